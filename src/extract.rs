@@ -1,0 +1,270 @@
+//! Where credentials are read from, strictly.
+//!
+//! A [`TokenExtractor`] reads a token from an ordered list of [`TokenSource`]s:
+//! `Authorization: Bearer` (the default), a custom header, or a cookie. It insists on
+//! exactly one credential:
+//!
+//! * two `Authorization` headers, the same cookie twice, or a token in two configured
+//!   places is `400 invalid_request`;
+//! * `Bearer` with an empty token, or a token with characters outside RFC 6750's
+//!   `b64token` alphabet, is `400 invalid_request`;
+//! * a token longer than the cap (default 8 KiB) is `401 invalid_token`, decided before
+//!   any decoding;
+//! * another scheme (`Basic …`) is no credential of this kind: `401` without an error code
+//!   when nothing else authenticates the request;
+//! * tokens in the query string (`?access_token=`) are never read.
+//!
+//! ```
+//! use tower_api_guard::extract::{TokenExtractor, TokenSource};
+//!
+//! let extractor = TokenExtractor::new([TokenSource::Bearer, TokenSource::Cookie("session".into())]);
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("authorization", "bearer abc.def.ghi".parse().unwrap());
+//! assert_eq!(extractor.extract(&headers).unwrap(), Some("abc.def.ghi"));
+//!
+//! headers.insert("cookie", "theme=dark; session=abc.def.ghi".parse().unwrap());
+//! assert!(extractor.extract(&headers).is_err()); // two credentials
+//! ```
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName};
+
+use crate::error::AuthError;
+
+/// The default cap on a token's length, in bytes.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// One place a token may be read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`, scheme matched case-insensitively.
+    Bearer,
+    /// The whole value of a header, e.g. `X-Access-Token`.
+    Header(HeaderName),
+    /// A cookie by name.
+    Cookie(String),
+}
+
+/// Reads exactly one token from the configured sources. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct TokenExtractor {
+    sources: Vec<TokenSource>,
+    max_len: usize,
+}
+
+impl Default for TokenExtractor {
+    fn default() -> Self {
+        Self::new([TokenSource::Bearer])
+    }
+}
+
+impl TokenExtractor {
+    /// Read from `sources`, in order.
+    pub fn new(sources: impl IntoIterator<Item = TokenSource>) -> Self {
+        Self {
+            sources: sources.into_iter().collect(),
+            max_len: DEFAULT_MAX_TOKEN_LEN,
+        }
+    }
+
+    /// Change the length cap (bytes).
+    #[must_use]
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// The sources.
+    pub fn sources(&self) -> &[TokenSource] {
+        &self.sources
+    }
+
+    /// The token, `None` when no source holds one.
+    ///
+    /// # Errors
+    /// `invalid_request` (400) for ambiguous or malformed credentials, `invalid_token`
+    /// (401) for an over-long token.
+    pub fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
+        let mut found = None;
+        for source in &self.sources {
+            let token = match source {
+                TokenSource::Bearer => bearer(headers)?,
+                TokenSource::Header(name) => single_header(headers, name)?,
+                TokenSource::Cookie(name) => cookie(headers, name)?,
+            };
+            if let Some(token) = token {
+                if found.is_some() {
+                    return Err(AuthError::invalid_request("credential in more than one place"));
+                }
+                found = Some(token);
+            }
+        }
+        let Some(token) = found else {
+            return Ok(None);
+        };
+        if token.len() > self.max_len {
+            return Err(AuthError::invalid_token("token longer than the cap"));
+        }
+        check_b64token(token)?;
+        Ok(Some(token))
+    }
+}
+
+/// One value of `name`, or `None`; two values is an ambiguous request.
+pub(crate) fn one_value<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h http::HeaderValue>, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AuthError::invalid_request("header repeated"));
+    }
+    Ok(first)
+}
+
+fn visible_ascii(value: &http::HeaderValue) -> Result<&str, AuthError> {
+    value
+        .to_str()
+        .map_err(|_| AuthError::invalid_request("credential header is not visible ASCII"))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = one_value(headers, &AUTHORIZATION)? else {
+        return Ok(None);
+    };
+    let value = visible_ascii(value)?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme is not our credential.
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::invalid_request("empty bearer token"));
+    }
+    Ok(Some(token))
+}
+
+fn single_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, AuthError> {
+    let Some(value) = one_value(headers, name)? else {
+        return Ok(None);
+    };
+    let token = visible_ascii(value)?.trim();
+    if token.is_empty() {
+        return Err(AuthError::invalid_request("empty credential header"));
+    }
+    Ok(Some(token))
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AuthError> {
+    let mut found = None;
+    for value in headers.get_all(COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else { continue };
+            if k.trim() == name {
+                if found.is_some() {
+                    return Err(AuthError::invalid_request("cookie repeated"));
+                }
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                if v.is_empty() {
+                    return Err(AuthError::invalid_request("empty credential cookie"));
+                }
+                found = Some(v);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn check_b64token(token: &str) -> Result<(), AuthError> {
+    let body = token.trim_end_matches('=');
+    let ok = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::invalid_request("token has characters outside the b64token alphabet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AuthErrorKind;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    fn kind(r: Result<Option<&str>, AuthError>) -> Option<AuthErrorKind> {
+        r.err().map(|e| e.kind())
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let x = TokenExtractor::default();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let h = headers(&[("authorization", &format!("{scheme} a.b.c"))]);
+            assert_eq!(x.extract(&h).unwrap(), Some("a.b.c"));
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_query_are_missing() {
+        let x = TokenExtractor::default();
+        assert_eq!(x.extract(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])).unwrap(), None);
+        assert_eq!(x.extract(&headers(&[("authorization", "Bearerabc")])).unwrap(), None);
+        assert_eq!(x.extract(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn ambiguity_is_invalid_request() {
+        let x = TokenExtractor::new([TokenSource::Bearer, TokenSource::Cookie("at".into())]);
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(kind(x.extract(&two)), Some(AuthErrorKind::InvalidRequest));
+        let both = headers(&[("authorization", "Bearer a"), ("cookie", "at=b")]);
+        assert_eq!(kind(x.extract(&both)), Some(AuthErrorKind::InvalidRequest));
+        let dup_cookie = headers(&[("cookie", "at=a; at=b")]);
+        assert_eq!(kind(x.extract(&dup_cookie)), Some(AuthErrorKind::InvalidRequest));
+        let cookie_only = headers(&[("cookie", "x=1; at=a.b.c")]);
+        assert_eq!(x.extract(&cookie_only).unwrap(), Some("a.b.c"));
+    }
+
+    #[test]
+    fn empty_and_bad_characters_are_invalid_request() {
+        let x = TokenExtractor::new([TokenSource::Bearer, TokenSource::Header(HeaderName::from_static("x-token"))]);
+        for bad in ["Bearer", "Bearer ", "Bearer   ", "Bearer a b", "Bearer a,b", "Bearer a\"b", "Bearer ====", "Bearer a=b"] {
+            assert_eq!(kind(x.extract(&headers(&[("authorization", bad)]))), Some(AuthErrorKind::InvalidRequest), "{bad:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("authorization", http::HeaderValue::from_bytes(b"Bearer a\xffb").unwrap());
+        assert_eq!(kind(x.extract(&h)), Some(AuthErrorKind::InvalidRequest));
+        assert_eq!(kind(x.extract(&headers(&[("x-token", "")]))), Some(AuthErrorKind::InvalidRequest));
+        assert_eq!(x.extract(&headers(&[("x-token", "abc~+/=")])).unwrap(), Some("abc~+/="));
+    }
+
+    #[test]
+    fn length_cap_before_decoding() {
+        let x = TokenExtractor::default().max_len(16);
+        let long = format!("Bearer {}", "a".repeat(17));
+        assert_eq!(kind(x.extract(&headers(&[("authorization", &long)]))), Some(AuthErrorKind::InvalidToken));
+        let ok = format!("Bearer {}", "a".repeat(16));
+        assert!(x.extract(&headers(&[("authorization", &ok)])).unwrap().is_some());
+        let huge = format!("Bearer {}", "a".repeat(100_000));
+        assert_eq!(kind(TokenExtractor::default().extract(&headers(&[("authorization", &huge)]))), Some(AuthErrorKind::InvalidToken));
+    }
+}

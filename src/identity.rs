@@ -1,0 +1,348 @@
+//! [`Identity`]: who the caller is, made by authentication and read by everything after it.
+//!
+//! An `Identity` is one [`Arc`]: cloning it is a reference-count increment. Auth layers
+//! insert it into the request's extensions; guards, rate limiters and handlers read it.
+//!
+//! ```
+//! use tower_api_guard::{Identity, Source};
+//!
+//! let identity = Identity::builder("alice", Source::Jwt { issuer: "https://issuer.example".into() })
+//!     .scopes(["items:read", "items:write"])
+//!     .roles(["admin"])
+//!     .claims(serde_json::json!({ "sub": "alice", "org": { "id": "acme" } }))
+//!     .build();
+//!
+//! assert!(identity.has_scope("items:read"));
+//! assert!(!identity.has_scope("items"));
+//! assert!(identity.has_role("admin"));
+//! assert_eq!(identity.claim("org.id"), Some(&serde_json::json!("acme")));
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Where an [`Identity`] came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// A bearer JWT issued by `issuer`.
+    Jwt {
+        /// The token's verified `iss`.
+        issuer: String,
+    },
+    /// An API key; `key_id` is the key record's id, never the key itself.
+    ApiKey {
+        /// The key record's id.
+        key_id: String,
+    },
+    /// A credential checked by an authenticator outside this crate.
+    Custom {
+        /// A name for the mechanism, for logs and handlers.
+        mechanism: String,
+    },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Jwt { .. } => f.write_str("jwt"),
+            Source::ApiKey { .. } => f.write_str("api_key"),
+            Source::Custom { mechanism } => write!(f, "custom:{mechanism}"),
+        }
+    }
+}
+
+/// A set of strings with exact, case-sensitive membership. Used for [`Scopes`] and [`Roles`].
+///
+/// Stored sorted and deduplicated; membership is a binary search.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct StringSet(Box<[Box<str>]>);
+
+impl StringSet {
+    /// Whether `item` is in the set (exact, case-sensitive: `admin` never matches `Admin`
+    /// or `admin:read`).
+    pub fn contains(&self, item: &str) -> bool {
+        self.0.binary_search_by(|s| (**s).cmp(item)).is_ok()
+    }
+
+    /// The items, sorted.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.0.iter().map(|s| &**s)
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<S: Into<Box<str>>> FromIterator<S> for StringSet {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut items: Vec<Box<str>> = iter.into_iter().map(Into::into).collect();
+        items.sort_unstable();
+        items.dedup();
+        StringSet(items.into_boxed_slice())
+    }
+}
+
+impl fmt::Debug for StringSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl serde::Serialize for StringSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// The scopes granted to an identity.
+pub type Scopes = StringSet;
+/// The roles held by an identity.
+pub type Roles = StringSet;
+
+struct Inner {
+    subject: String,
+    source: Source,
+    scopes: Scopes,
+    roles: Roles,
+    tenant: Option<String>,
+    expires_at: Option<SystemTime>,
+    claims: Value,
+    plan: Option<String>,
+}
+
+/// Who the caller is. Cheap to clone (one [`Arc`]).
+///
+/// `Debug` prints the subject, source, scopes and roles, never claims' values.
+#[derive(Clone)]
+pub struct Identity(Arc<Inner>);
+
+impl Identity {
+    /// Start building an identity for `subject`.
+    pub fn builder(subject: impl Into<String>, source: Source) -> IdentityBuilder {
+        IdentityBuilder {
+            inner: Inner {
+                subject: subject.into(),
+                source,
+                scopes: Scopes::default(),
+                roles: Roles::default(),
+                tenant: None,
+                expires_at: None,
+                claims: Value::Object(Default::default()),
+                plan: None,
+            },
+        }
+    }
+
+    /// The subject: the JWT's `sub` (or the configured fallback), or the API key's owner.
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+
+    /// Where the identity came from.
+    pub fn source(&self) -> &Source {
+        &self.0.source
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> &Scopes {
+        &self.0.scopes
+    }
+
+    /// The held roles.
+    pub fn roles(&self) -> &Roles {
+        &self.0.roles
+    }
+
+    /// Whether the scope is granted (exact, case-sensitive match).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0.scopes.contains(scope)
+    }
+
+    /// Whether the role is held (exact, case-sensitive match).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.0.roles.contains(role)
+    }
+
+    /// The tenant, when the credential names one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.0.tenant.as_deref()
+    }
+
+    /// When the credential expires.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.0.expires_at
+    }
+
+    /// The rate-limit plan, when the credential names one.
+    pub fn plan(&self) -> Option<&str> {
+        self.0.plan.as_deref()
+    }
+
+    /// All raw claims (for a JWT) or key metadata (for an API key), as a JSON object.
+    pub fn claims(&self) -> &Value {
+        &self.0.claims
+    }
+
+    /// One claim by dotted path: `"realm_access.roles"` reads `claims["realm_access"]["roles"]`.
+    ///
+    /// A path segment that names no member, or steps into a non-object, gives `None`.
+    pub fn claim(&self, path: &str) -> Option<&Value> {
+        claim_path(&self.0.claims, path)
+    }
+
+    /// Deserialize the raw claims into `T`.
+    ///
+    /// # Errors
+    /// When the claims do not have the shape of `T`.
+    pub fn claims_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.0.claims)
+    }
+}
+
+/// Follow a dotted path through JSON objects.
+pub(crate) fn claim_path<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    // An exact member name wins, so claims whose names contain dots stay reachable.
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut current = claims;
+    for segment in path.split('.') {
+        current = current.as_object()?.get(segment)?;
+    }
+    Some(current)
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("subject", &self.0.subject)
+            .field("source", &self.0.source)
+            .field("scopes", &self.0.scopes)
+            .field("roles", &self.0.roles)
+            .field("tenant", &self.0.tenant)
+            .field("expires_at", &self.0.expires_at)
+            .field("plan", &self.0.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Identity`]. Made by [`Identity::builder`].
+#[must_use]
+pub struct IdentityBuilder {
+    inner: Inner,
+}
+
+impl IdentityBuilder {
+    /// Granted scopes.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        self.inner.scopes = scopes.into_iter().collect();
+        self
+    }
+
+    /// Held roles.
+    pub fn roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        self.inner.roles = roles.into_iter().collect();
+        self
+    }
+
+    /// The tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.inner.tenant = Some(tenant.into());
+        self
+    }
+
+    /// When the credential expires.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.inner.expires_at = Some(at);
+        self
+    }
+
+    /// The raw claims or key metadata (a JSON object).
+    pub fn claims(mut self, claims: Value) -> Self {
+        self.inner.claims = claims;
+        self
+    }
+
+    /// The rate-limit plan.
+    pub fn plan(mut self, plan: impl Into<String>) -> Self {
+        self.inner.plan = Some(plan.into());
+        self
+    }
+
+    /// Finish.
+    pub fn build(self) -> Identity {
+        Identity(Arc::new(self.inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn id() -> Identity {
+        Identity::builder("alice", Source::ApiKey { key_id: "k1".into() })
+            .scopes(["b", "a", "a", "admin:read"])
+            .roles(["admin"])
+            .claims(json!({"a": {"b": [1]}, "x.y": 2, "n": 3}))
+            .build()
+    }
+
+    #[test]
+    fn exact_membership() {
+        let id = id();
+        assert!(id.has_scope("a"));
+        assert!(id.has_scope("admin:read"));
+        assert!(!id.has_scope("admin"));
+        assert!(!id.has_scope("A"));
+        assert!(!id.has_role("Admin"));
+        assert!(!id.has_role("notadmin"));
+        assert!(id.has_role("admin"));
+        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["a", "admin:read", "b"]);
+    }
+
+    #[test]
+    fn claim_paths() {
+        let id = id();
+        assert_eq!(id.claim("a.b"), Some(&json!([1])));
+        assert_eq!(id.claim("x.y"), Some(&json!(2)));
+        assert_eq!(id.claim("n.m"), None);
+        assert_eq!(id.claim("missing"), None);
+        #[derive(serde::Deserialize)]
+        struct C {
+            n: u32,
+        }
+        assert_eq!(id.claims_as::<C>().unwrap().n, 3);
+        assert!(id.claims_as::<Vec<u8>>().is_err());
+    }
+
+    #[test]
+    fn debug_has_no_claim_values() {
+        let id = Identity::builder("bob", Source::Custom { mechanism: "t".into() })
+            .claims(json!({"secret": "hunter2"}))
+            .build();
+        let dbg = format!("{id:?}");
+        assert!(dbg.contains("bob"));
+        assert!(!dbg.contains("hunter2"));
+    }
+}

@@ -1,0 +1,514 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::claims::{self, ClaimRules};
+use super::jose;
+use super::keys::{KeySet, KeySource, install_provider};
+use super::Algorithm;
+use crate::auth::Authenticator;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{AuthError, ConfigError, RequestHead};
+use crate::extract::TokenExtractor;
+use crate::identity::Identity;
+
+/// The default clock-skew allowance for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
+struct Config {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: Arc<dyn KeySource>,
+    algorithms: Vec<Algorithm>,
+    leeway: f64,
+    typ: Option<String>,
+    max_age: Option<Duration>,
+    required: Vec<String>,
+    subject_claims: Vec<String>,
+    scope_claims: Vec<String>,
+    role_claims: Vec<String>,
+    tenant_claim: Option<String>,
+    plan_claim: Option<String>,
+    extractor: TokenExtractor,
+    clock: Arc<dyn Clock>,
+}
+
+/// Verifies bearer JWTs strictly and maps them to an [`Identity`].
+///
+/// Made with [`JwtAuthenticator::builder`]; cheap to clone. See the [module docs](super)
+/// for every rule it enforces.
+#[derive(Clone)]
+pub struct JwtAuthenticator {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticator")
+            .field("issuer", &self.config.issuer)
+            .field("audiences", &self.config.audiences)
+            .field("algorithms", &self.config.algorithms)
+            .field("keys", &self.config.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`JwtAuthenticator`].
+#[must_use]
+pub struct JwtAuthenticatorBuilder {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: Option<Arc<dyn KeySource>>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    typ: Option<String>,
+    max_age: Option<Duration>,
+    required: Vec<String>,
+    subject_claims: Vec<String>,
+    scope_claims: Vec<String>,
+    role_claims: Vec<String>,
+    tenant_claim: Option<String>,
+    plan_claim: Option<String>,
+    extractor: TokenExtractor,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for JwtAuthenticatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticatorBuilder")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+fn strings<I, S>(items: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    items.into_iter().map(Into::into).collect()
+}
+
+impl JwtAuthenticator {
+    /// Start configuring: tokens must carry exactly `issuer` as `iss` and `audience` in `aud`.
+    pub fn builder(issuer: impl Into<String>, audience: impl Into<String>) -> JwtAuthenticatorBuilder {
+        JwtAuthenticatorBuilder {
+            issuer: issuer.into(),
+            audiences: vec![audience.into()],
+            keys: None,
+            algorithms: Algorithm::ASYMMETRIC.to_vec(),
+            leeway: DEFAULT_LEEWAY,
+            typ: None,
+            max_age: None,
+            required: Vec::new(),
+            subject_claims: vec!["sub".into()],
+            scope_claims: vec!["scope".into(), "scp".into()],
+            role_claims: vec!["roles".into()],
+            tenant_claim: None,
+            plan_claim: None,
+            extractor: TokenExtractor::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The configured issuer.
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// Verify a token outside a layer (a WebSocket handshake, a message queue).
+    ///
+    /// # Errors
+    /// Exactly the rejections the layer would give.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > crate::extract::DEFAULT_MAX_TOKEN_LEN {
+            return Err(AuthError::invalid_token("token longer than the cap"));
+        }
+        match self.authenticate(token.to_owned()).await? {
+            Some(identity) => Ok(identity),
+            None => Err(AuthError::invalid_token("no identity")),
+        }
+    }
+
+    fn rules(&self) -> ClaimRules<'_> {
+        let c = &*self.config;
+        ClaimRules {
+            issuer: &c.issuer,
+            audiences: &c.audiences,
+            leeway: c.leeway,
+            max_age: c.max_age,
+            required: &c.required,
+            subject_claims: &c.subject_claims,
+            scope_claims: &c.scope_claims,
+            role_claims: &c.role_claims,
+            tenant_claim: c.tenant_claim.as_deref(),
+            plan_claim: c.plan_claim.as_deref(),
+        }
+    }
+
+    /// The synchronous path. `Err(Refresh)` means: the `kid` is unknown and the source
+    /// offered a refresh.
+    fn verify_now(&self, token: &str, set: &KeySet) -> Result<Identity, Step> {
+        let c = &*self.config;
+        let verified = verify_jws(token, set, &c.algorithms, c.typ.as_deref())?;
+        let claims = jose::parse_object(&verified.payload).map_err(AuthError::invalid_token)?;
+        Ok(claims::validate(claims, &self.rules(), c.clock.now_unix())?)
+    }
+
+    fn verify_token(&self, token: String) -> JwtFuture {
+        let set = match self.config.keys.current() {
+            Ok(set) => set,
+            Err(e) => return JwtFuture::ready(Err(e)),
+        };
+        match self.verify_now(&token, &set) {
+            Ok(identity) => JwtFuture::ready(Ok(Some(identity))),
+            Err(Step::Reject(e)) => JwtFuture::ready(Err(e)),
+            Err(Step::UnknownKid(kid)) => match self.config.keys.refresh_for_unknown_kid(&kid) {
+                None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid"))),
+                Some(refresh) => {
+                    let this = self.clone();
+                    JwtFuture {
+                        state: FutState::Pending(Box::pin(async move {
+                            let set = refresh.await?;
+                            match this.verify_now(&token, &set) {
+                                Ok(identity) => Ok(Some(identity)),
+                                Err(Step::Reject(e)) => Err(e),
+                                Err(Step::UnknownKid(_)) => Err(AuthError::invalid_token("unknown kid")),
+                            }
+                        })),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Why the synchronous path stopped.
+pub(crate) enum Step {
+    Reject(AuthError),
+    UnknownKid(String),
+}
+
+impl From<AuthError> for Step {
+    fn from(e: AuthError) -> Self {
+        Step::Reject(e)
+    }
+}
+
+/// A JWS whose signature checked out.
+pub(crate) struct VerifiedJws {
+    pub payload: Vec<u8>,
+}
+
+/// The JWS layer: compact form, canonical base64url, strict header, algorithm allow-list
+/// and key fit, signature. No claims are looked at.
+pub(crate) fn verify_jws(
+    token: &str,
+    set: &KeySet,
+    algorithms: &[Algorithm],
+    typ: Option<&str>,
+) -> Result<VerifiedJws, Step> {
+    let invalid = |r: &'static str| Step::Reject(AuthError::invalid_token(r));
+    let compact = jose::split_compact(token).map_err(invalid)?;
+    let header_bytes = jose::decode_b64url(compact.header).map_err(invalid)?;
+    let payload = jose::decode_b64url(compact.claims).map_err(invalid)?;
+    let signature = jose::decode_b64url(compact.signature).map_err(invalid)?;
+    let header = jose::parse_object(&header_bytes).map_err(invalid)?;
+    let header = jose::parse_header(&header).map_err(invalid)?;
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(invalid("alg none"));
+    }
+    let alg: Algorithm = header
+        .alg
+        .parse()
+        .map_err(|_| invalid("alg not supported"))?;
+    if !algorithms.contains(&alg) {
+        return Err(invalid("alg not allowed"));
+    }
+    if let Some(required) = typ
+        && !typ_matches(header.typ.as_deref(), required)
+    {
+        return Err(invalid("typ does not match"));
+    }
+    if let Some(kid) = header.kid.as_deref()
+        && set.get(kid).is_none()
+    {
+        return Err(Step::UnknownKid(kid.to_owned()));
+    }
+    let mut any_key = false;
+    for key in set.candidates(header.kid.as_deref(), alg) {
+        any_key = true;
+        if key.verify(alg, compact.signing_input.as_bytes(), &signature) {
+            return Ok(VerifiedJws { payload });
+        }
+    }
+    if any_key {
+        Err(invalid("signature does not verify"))
+    } else {
+        Err(invalid("no key fits the token's alg"))
+    }
+}
+
+/// `typ` matching per RFC 8725 §3.11 / RFC 9068: case-insensitive, with an optional
+/// `application/` prefix.
+fn typ_matches(typ: Option<&str>, required: &str) -> bool {
+    let Some(typ) = typ else { return false };
+    let strip = |s: &str| -> String {
+        let lower = s.to_ascii_lowercase();
+        lower.strip_prefix("application/").map(str::to_owned).unwrap_or(lower)
+    };
+    strip(typ) == strip(required)
+}
+
+impl JwtAuthenticatorBuilder {
+    /// Also accept tokens whose `aud` holds `audience`.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
+    /// Where the verification keys come from: [`StaticKeys`](super::StaticKeys) or any
+    /// [`KeySource`].
+    pub fn keys(mut self, keys: impl KeySource) -> Self {
+        self.keys = Some(Arc::new(keys));
+        self
+    }
+
+    /// The algorithm allow-list. Default: every asymmetric algorithm
+    /// ([`Algorithm::ASYMMETRIC`]); a token's `alg` must also fit the key it names.
+    /// `HS*` work only with keys made by [`JwtKey::hmac_secret`](super::JwtKey::hmac_secret).
+    pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = algorithms.into_iter().collect();
+        self
+    }
+
+    /// Clock-skew allowance for `exp`, `nbf`, `iat` (default 60 s, at most 5 min).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Require the header's `typ`, e.g. `at+jwt` for RFC 9068 access tokens (matched
+    /// case-insensitively, `application/` prefix allowed).
+    pub fn require_typ(mut self, typ: impl Into<String>) -> Self {
+        self.typ = Some(typ.into());
+        self
+    }
+
+    /// Reject tokens whose `iat` is older than `max_age` (and tokens without `iat`).
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Claims that must be present (dotted paths allowed).
+    pub fn require_claims<I, S>(mut self, claims: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.required = strings(claims);
+        self
+    }
+
+    /// Claims tried in order for the subject (default `["sub"]`; e.g. `["sub", "client_id"]`).
+    pub fn subject_claims<I, S>(mut self, claims: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.subject_claims = strings(claims);
+        self
+    }
+
+    /// Claims holding scopes, as a space-delimited string or an array of strings
+    /// (default `["scope", "scp"]`; Auth0 uses `permissions`).
+    pub fn scope_claims<I, S>(mut self, claims: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scope_claims = strings(claims);
+        self
+    }
+
+    /// Claim paths holding roles (default `["roles"]`; Keycloak: `realm_access.roles`).
+    pub fn role_claims<I, S>(mut self, claims: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.role_claims = strings(claims);
+        self
+    }
+
+    /// Claim path holding the tenant (e.g. Entra ID's `tid`).
+    pub fn tenant_claim(mut self, claim: impl Into<String>) -> Self {
+        self.tenant_claim = Some(claim.into());
+        self
+    }
+
+    /// Claim path holding the rate-limit plan.
+    pub fn plan_claim(mut self, claim: impl Into<String>) -> Self {
+        self.plan_claim = Some(claim.into());
+        self
+    }
+
+    /// Where tokens are read from (default: `Authorization: Bearer`, 8 KiB cap).
+    pub fn extractor(mut self, extractor: TokenExtractor) -> Self {
+        self.extractor = extractor;
+        self
+    }
+
+    /// The clock (default: the system clock). Tests use
+    /// [`ManualClock`](crate::clock::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Finish.
+    ///
+    /// # Errors
+    /// An empty issuer or audience, no keys, an empty key set, an empty algorithm
+    /// allow-list, a leeway over 5 minutes, or no subject claim.
+    pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
+        install_provider();
+        if self.issuer.is_empty() {
+            return Err(ConfigError::new("issuer is empty"));
+        }
+        if self.audiences.iter().any(String::is_empty) {
+            return Err(ConfigError::new("audience is empty"));
+        }
+        let keys = self.keys.ok_or_else(|| ConfigError::new("no keys configured"))?;
+        if let Ok(set) = keys.current()
+            && set.is_empty()
+        {
+            return Err(ConfigError::new("the key set holds no usable key"));
+        }
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new("the algorithm allow-list is empty"));
+        }
+        if self.leeway > Duration::from_secs(300) {
+            return Err(ConfigError::new("leeway over 5 minutes"));
+        }
+        if self.subject_claims.is_empty() {
+            return Err(ConfigError::new("no subject claim configured"));
+        }
+        Ok(JwtAuthenticator {
+            config: Arc::new(Config {
+                issuer: self.issuer,
+                audiences: self.audiences,
+                keys,
+                algorithms: self.algorithms,
+                leeway: self.leeway.as_secs_f64(),
+                typ: self.typ,
+                max_age: self.max_age,
+                required: self.required,
+                subject_claims: self.subject_claims,
+                scope_claims: self.scope_claims,
+                role_claims: self.role_claims,
+                tenant_claim: self.tenant_claim,
+                plan_claim: self.plan_claim,
+                extractor: self.extractor,
+                clock: self.clock,
+            }),
+        })
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    type Credential = String;
+    type Future = JwtFuture;
+
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
+        Ok(self.config.extractor.extract(head.headers)?.map(str::to_owned))
+    }
+
+    fn authenticate(&self, token: String) -> JwtFuture {
+        self.verify_token(token)
+    }
+}
+
+type Outcome = Result<Option<Identity>, AuthError>;
+
+/// The future of [`JwtAuthenticator`]: ready at once unless the token's `kid` is unknown
+/// and the key source refreshes.
+pub struct JwtFuture {
+    state: FutState,
+}
+
+enum FutState {
+    Ready(Option<Outcome>),
+    Pending(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+impl JwtFuture {
+    fn ready(outcome: Outcome) -> Self {
+        Self {
+            state: FutState::Ready(Some(outcome)),
+        }
+    }
+}
+
+impl fmt::Debug for JwtFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for JwtFuture {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.state {
+            FutState::Ready(outcome) => Poll::Ready(
+                outcome
+                    .take()
+                    .expect("JwtFuture polled after completion"),
+            ),
+            FutState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Check only the JWS layer of `token` against `keys`: compact form, canonical base64url,
+/// strict header (no `crit`, no `b64`), `alg` in `algorithms` and fitting the key, and the
+/// signature. Returns the payload bytes. **No claim is checked**: use
+/// [`JwtAuthenticator`] for access tokens.
+///
+/// # Errors
+/// `invalid_token` with the reason.
+pub fn verify_signature(
+    token: &str,
+    keys: &KeySet,
+    algorithms: &[Algorithm],
+) -> Result<Vec<u8>, AuthError> {
+    install_provider();
+    match verify_jws(token, keys, algorithms, None) {
+        Ok(v) => Ok(v.payload),
+        Err(Step::Reject(e)) => Err(e),
+        Err(Step::UnknownKid(_)) => Err(AuthError::invalid_token("unknown kid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typ_rules() {
+        assert!(typ_matches(Some("at+jwt"), "at+jwt"));
+        assert!(typ_matches(Some("AT+JWT"), "at+jwt"));
+        assert!(typ_matches(Some("application/at+jwt"), "at+jwt"));
+        assert!(typ_matches(Some("Application/AT+JWT"), "at+jwt"));
+        assert!(!typ_matches(None, "at+jwt"));
+        assert!(!typ_matches(Some("JWT"), "at+jwt"));
+        assert!(!typ_matches(Some("dpop+jwt"), "at+jwt"));
+        assert!(!typ_matches(Some("at+jwt2"), "at+jwt"));
+    }
+}

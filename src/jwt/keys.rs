@@ -1,0 +1,548 @@
+//! Verification keys: [`JwtKey`], [`KeySet`], the [`KeySource`] trait and [`StaticKeys`].
+//!
+//! Keys only ever come from configuration: a PEM file, a JWK, a JWKS document, or (for
+//! `HS*`) an explicitly configured shared secret. A token's `jku`, `jwk`, `x5u` and `x5c`
+//! header parameters are never used and never fetched.
+//!
+//! Loading a JWKS document drops every key that cannot be used safely, with a `tracing`
+//! warning naming the reason: `use` other than `sig`, `key_ops` without `verify`, an `alg`
+//! we do not support or that does not fit the key, RSA moduli under 2048 bits or even
+//! exponents or exponents below 3, EC keys on curves other than P-256 / P-384 or with
+//! coordinates of the wrong length, keys carrying private members, symmetric (`oct`) keys,
+//! and every key whose `kid` appears twice.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::crypto::CryptoProvider;
+use serde_json::{Map, Value};
+
+use super::Algorithm;
+use super::jose;
+use crate::error::{AuthError, ConfigError};
+
+/// The jsonwebtoken crypto provider of the selected backend. Calling its factories
+/// directly means merged features can never make jsonwebtoken pick (or panic about) one.
+pub(crate) fn provider() -> &'static CryptoProvider {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER
+    }
+    #[cfg(all(feature = "rust-crypto", not(feature = "aws-lc-rs")))]
+    {
+        &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER
+    }
+}
+
+/// Install the selected backend as jsonwebtoken's process default, if none is installed
+/// yet, so that code using jsonwebtoken directly in the same process cannot panic about an
+/// ambiguous provider.
+pub(crate) fn install_provider() {
+    let _ = provider().install_default();
+}
+
+/// What kind of public key (or secret) this is, with what the algorithm check needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa { bits: usize },
+    P256,
+    P384,
+    Ed25519,
+    Hmac { len: usize },
+}
+
+/// The smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+
+struct KeyInner {
+    kid: Option<String>,
+    alg: Option<Algorithm>,
+    kind: KeyKind,
+    key: DecodingKey,
+}
+
+/// One verification key, with an optional `kid` and an optional algorithm restriction.
+///
+/// `Debug` never prints key material.
+#[derive(Clone)]
+pub struct JwtKey(Arc<KeyInner>);
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("kid", &self.0.kid)
+            .field("alg", &self.0.alg)
+            .field("kind", &self.0.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad_key(msg: &'static str) -> ConfigError {
+    ConfigError::new(msg)
+}
+
+impl JwtKey {
+    fn new(kind: KeyKind, key: DecodingKey) -> Self {
+        JwtKey(Arc::new(KeyInner {
+            kid: None,
+            alg: None,
+            kind,
+            key,
+        }))
+    }
+
+    /// An RSA public key from PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`).
+    ///
+    /// # Errors
+    /// When the PEM is not an RSA public key, or its modulus is under 2048 bits.
+    pub fn from_rsa_pem(pem: &[u8]) -> Result<Self, ConfigError> {
+        let der = DecodingKey::from_rsa_pem(pem).map_err(|_| bad_key("not an RSA public key PEM"))?;
+        let der = der
+            .try_get_as_bytes()
+            .map_err(|_| bad_key("not an RSA public key PEM"))?;
+        let (n, e) = (provider().key_utils.rsa_pub_components_from_public_key)(der)
+            .map_err(|_| bad_key("not an RSA public key"))?;
+        Self::from_rsa_components(&n, &e)
+    }
+
+    /// An RSA public key from its big-endian modulus and exponent.
+    ///
+    /// # Errors
+    /// When the modulus is under 2048 bits or even, or the exponent is even, below 3 or
+    /// longer than 8 bytes.
+    pub fn from_rsa_components(n: &[u8], e: &[u8]) -> Result<Self, ConfigError> {
+        let n = strip_leading_zeros(n);
+        let e = strip_leading_zeros(e);
+        let bits = n
+            .first()
+            .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+        if bits < MIN_RSA_BITS {
+            return Err(bad_key("RSA modulus shorter than 2048 bits"));
+        }
+        if n.last().is_some_and(|b| b & 1 == 0) {
+            return Err(bad_key("RSA modulus is even"));
+        }
+        if e.is_empty() || e.len() > 8 || e.last().is_some_and(|b| b & 1 == 0) || e == [1] {
+            return Err(bad_key("RSA exponent is not an odd number of at least 3"));
+        }
+        Ok(Self::new(
+            KeyKind::Rsa { bits },
+            DecodingKey::from_rsa_raw_components(n, e),
+        ))
+    }
+
+    /// An EC public key (P-256 or P-384) from PEM (`PUBLIC KEY`).
+    ///
+    /// # Errors
+    /// When the PEM is not a P-256 or P-384 public key.
+    pub fn from_ec_pem(pem: &[u8]) -> Result<Self, ConfigError> {
+        let key = DecodingKey::from_ec_pem(pem).map_err(|_| bad_key("not an EC public key PEM"))?;
+        let point = key
+            .try_get_as_bytes()
+            .map_err(|_| bad_key("not an EC public key PEM"))?;
+        Self::from_ec_point(point)
+    }
+
+    /// An EC public key from its uncompressed SEC1 point (`0x04 || x || y`).
+    fn from_ec_point(point: &[u8]) -> Result<Self, ConfigError> {
+        let kind = match (point.first(), point.len()) {
+            (Some(4), 65) => KeyKind::P256,
+            (Some(4), 97) => KeyKind::P384,
+            _ => return Err(bad_key("EC key is not an uncompressed P-256 or P-384 point")),
+        };
+        Ok(Self::new(kind, DecodingKey::from_ec_der(point)))
+    }
+
+    /// An Ed25519 public key from PEM (`PUBLIC KEY`).
+    ///
+    /// # Errors
+    /// When the PEM is not an Ed25519 public key.
+    pub fn from_ed_pem(pem: &[u8]) -> Result<Self, ConfigError> {
+        let key =
+            DecodingKey::from_ed_pem(pem).map_err(|_| bad_key("not an Ed25519 public key PEM"))?;
+        let raw = key
+            .try_get_as_bytes()
+            .map_err(|_| bad_key("not an Ed25519 public key PEM"))?;
+        Self::from_ed25519(raw)
+    }
+
+    fn from_ed25519(raw: &[u8]) -> Result<Self, ConfigError> {
+        if raw.len() != 32 {
+            return Err(bad_key("Ed25519 key is not 32 bytes"));
+        }
+        Ok(Self::new(KeyKind::Ed25519, DecodingKey::from_ed_der(raw)))
+    }
+
+    /// A shared secret for `HS256` / `HS384` / `HS512`. The secret must be at least as long
+    /// as the hash: 32 bytes for HS256, 48 for HS384, 64 for HS512 (RFC 7518 §3.2); a
+    /// shorter secret cannot verify the longer variants.
+    ///
+    /// This is the only way to get an HMAC key: a JWK set's `oct` keys are always dropped,
+    /// and public keys are never used as HMAC secrets.
+    ///
+    /// # Errors
+    /// When the secret is shorter than 32 bytes.
+    pub fn hmac_secret(secret: &[u8]) -> Result<Self, ConfigError> {
+        if secret.len() < 32 {
+            return Err(bad_key("HMAC secret shorter than 32 bytes"));
+        }
+        Ok(Self::new(
+            KeyKind::Hmac { len: secret.len() },
+            DecodingKey::from_secret(secret),
+        ))
+    }
+
+    /// One public JWK (a JSON object), checked as for a JWK set.
+    ///
+    /// # Errors
+    /// When the JWK is not valid JSON or is not a usable public signature key.
+    pub fn from_jwk_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let map = jose::parse_object(json).map_err(|_| bad_key("JWK is not a strict JSON object"))?;
+        Self::from_jwk(&map).map_err(ConfigError::new)
+    }
+
+    /// Check and convert one JWK from a key set. The error is a static reason for logs.
+    pub(crate) fn from_jwk(jwk: &Map<String, Value>) -> Result<Self, &'static str> {
+        const PRIVATE: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+        if PRIVATE.iter().any(|m| jwk.contains_key(*m)) {
+            return Err("JWK has private or symmetric key members");
+        }
+        let kty = jwk.get("kty").and_then(Value::as_str).ok_or("JWK has no kty")?;
+        match jwk.get("use") {
+            None => {}
+            Some(Value::String(u)) if u == "sig" => {}
+            Some(_) => return Err("JWK use is not sig"),
+        }
+        match jwk.get("key_ops") {
+            None => {}
+            Some(Value::Array(ops)) if ops.iter().any(|op| op == "verify") => {}
+            Some(_) => return Err("JWK key_ops lacks verify"),
+        }
+        let alg = match jwk.get("alg") {
+            None => None,
+            Some(Value::String(a)) => Some(
+                a.parse::<Algorithm>()
+                    .map_err(|_| "JWK alg is not a supported signature algorithm")?,
+            ),
+            Some(_) => return Err("JWK alg is not a string"),
+        };
+        let kid = match jwk.get("kid") {
+            None => None,
+            Some(Value::String(k)) if k.len() <= jose::MAX_KID_LEN => Some(k.clone()),
+            Some(_) => return Err("JWK kid is not a string of at most 256 bytes"),
+        };
+        let member = |name: &'static str| -> Result<Vec<u8>, &'static str> {
+            let s = jwk.get(name).and_then(Value::as_str).ok_or("JWK lacks a key member")?;
+            jose::decode_b64url(s).map_err(|_| "JWK member is not base64url")
+        };
+        let key = match kty {
+            "RSA" => {
+                JwtKey::from_rsa_components(&member("n")?, &member("e")?).map_err(|e| match e
+                    .message()
+                {
+                    m if m.contains("2048") => "RSA JWK shorter than 2048 bits",
+                    m if m.contains("modulus") => "RSA JWK modulus is even",
+                    _ => "RSA JWK exponent is unusable",
+                })?
+            }
+            "EC" => {
+                let (x, y) = (member("x")?, member("y")?);
+                let len = match jwk.get("crv").and_then(Value::as_str) {
+                    Some("P-256") => 32,
+                    Some("P-384") => 48,
+                    _ => return Err("EC JWK curve is not P-256 or P-384"),
+                };
+                if x.len() != len || y.len() != len {
+                    return Err("EC JWK coordinates have the wrong length");
+                }
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                JwtKey::from_ec_point(&point).map_err(|_| "EC JWK point is malformed")?
+            }
+            "OKP" => {
+                if jwk.get("crv").and_then(Value::as_str) != Some("Ed25519") {
+                    return Err("OKP JWK curve is not Ed25519");
+                }
+                JwtKey::from_ed25519(&member("x")?).map_err(|_| "Ed25519 JWK is not 32 bytes")?
+            }
+            "oct" => return Err("symmetric JWK in a key set"),
+            _ => return Err("JWK kty is not supported"),
+        };
+        let mut key = key;
+        if let Some(alg) = alg {
+            if !key.kind_fits(alg) {
+                return Err("JWK alg does not fit its key type");
+            }
+            key = key.with_algorithm(alg);
+        }
+        if let Some(kid) = kid {
+            key = key.with_kid(kid);
+        }
+        Ok(key)
+    }
+
+    /// Give the key a `kid`.
+    #[must_use]
+    pub fn with_kid(self, kid: impl Into<String>) -> Self {
+        let mut inner = self.into_inner();
+        inner.kid = Some(kid.into());
+        JwtKey(Arc::new(inner))
+    }
+
+    /// Restrict the key to one algorithm. An algorithm that does not fit the key makes the
+    /// key unusable (it then verifies nothing).
+    #[must_use]
+    pub fn with_algorithm(self, alg: Algorithm) -> Self {
+        let mut inner = self.into_inner();
+        inner.alg = Some(alg);
+        JwtKey(Arc::new(inner))
+    }
+
+    fn into_inner(self) -> KeyInner {
+        Arc::try_unwrap(self.0).unwrap_or_else(|arc| KeyInner {
+            kid: arc.kid.clone(),
+            alg: arc.alg,
+            kind: arc.kind,
+            key: arc.key.clone(),
+        })
+    }
+
+    /// The `kid`, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.0.kid.as_deref()
+    }
+
+    /// The algorithm restriction, if any.
+    pub fn algorithm(&self) -> Option<Algorithm> {
+        self.0.alg
+    }
+
+    /// Whether the key type fits `alg` (kty, curve, RSA size, HMAC secret length).
+    fn kind_fits(&self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match (self.0.kind, alg) {
+            (KeyKind::Rsa { bits }, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => {
+                bits >= MIN_RSA_BITS
+            }
+            (KeyKind::P256, ES256) | (KeyKind::P384, ES384) | (KeyKind::Ed25519, EdDSA) => true,
+            (KeyKind::Hmac { len }, HS256) => len >= 32,
+            (KeyKind::Hmac { len }, HS384) => len >= 48,
+            (KeyKind::Hmac { len }, HS512) => len >= 64,
+            _ => false,
+        }
+    }
+
+    /// Whether this key may verify a token signed with `alg`: the key type fits and the
+    /// key's own algorithm restriction, if any, is `alg`.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        self.0.alg.is_none_or(|a| a == alg) && self.kind_fits(alg)
+    }
+
+    /// Check `signature` over `message`. The caller has already checked [`fits`](Self::fits).
+    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(verifier) = (provider().verifier_factory)(&alg.to_jsonwebtoken(), &self.0.key)
+        else {
+            return false;
+        };
+        verifier.verify(message, &signature.to_vec()).is_ok()
+    }
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+/// An immutable set of verification keys, indexed by `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<JwtKey>,
+    by_kid: HashMap<String, usize>,
+}
+
+/// The most keys without a `kid` tried for one token that names none.
+pub const MAX_KIDLESS_CANDIDATES: usize = 4;
+
+impl KeySet {
+    /// A key set from keys. Keys sharing a `kid` are all dropped (a lookup by that `kid`
+    /// would be ambiguous), with a warning.
+    pub fn new(keys: impl IntoIterator<Item = JwtKey>) -> Self {
+        let keys: Vec<JwtKey> = keys.into_iter().collect();
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for k in &keys {
+            if let Some(kid) = k.kid() {
+                *count.entry(kid).or_default() += 1;
+            }
+        }
+        let duplicated: Vec<String> = count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, _)| k.to_owned())
+            .collect();
+        let keys: Vec<JwtKey> = keys
+            .into_iter()
+            .filter(|k| {
+                let dup = k.kid().is_some_and(|kid| duplicated.iter().any(|d| d == kid));
+                if dup {
+                    tracing::warn!(reason = "duplicate kid", "dropping key from key set");
+                }
+                !dup
+            })
+            .collect();
+        let by_kid = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.kid().map(|kid| (kid.to_owned(), i)))
+            .collect();
+        KeySet { keys, by_kid }
+    }
+
+    /// Parse a JWKS document (`{"keys": [...]}`), dropping unusable keys with a warning.
+    ///
+    /// # Errors
+    /// When the document is not a strict JSON object with a `keys` array. A document whose
+    /// keys are all unusable parses to an empty set.
+    pub fn from_jwks_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let doc = jose::parse_object(json)
+            .map_err(|_| ConfigError::new("JWKS is not a strict JSON object"))?;
+        let Some(Value::Array(entries)) = doc.get("keys") else {
+            return Err(ConfigError::new("JWKS has no keys array"));
+        };
+        let mut keys = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Object(jwk) = entry else {
+                tracing::warn!(reason = "JWK is not an object", "dropping key from key set");
+                continue;
+            };
+            match JwtKey::from_jwk(jwk) {
+                Ok(key) => keys.push(key),
+                Err(reason) => {
+                    let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or("");
+                    let kid: String = kid.chars().take(64).filter(|c| !c.is_control()).collect();
+                    tracing::warn!(reason, kid = %kid, "dropping key from key set");
+                }
+            }
+        }
+        Ok(KeySet::new(keys))
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[JwtKey] {
+        &self.keys
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key with this `kid`.
+    pub fn get(&self, kid: &str) -> Option<&JwtKey> {
+        self.by_kid.get(kid).map(|&i| &self.keys[i])
+    }
+
+    /// Keys that may verify a token with this `kid` (or none) and `alg`: the key with that
+    /// `kid` if it fits `alg`; for a token without `kid`, up to
+    /// [`MAX_KIDLESS_CANDIDATES`] keys that fit `alg`.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a JwtKey> + 'a {
+        let by_kid = kid.and_then(|kid| self.get(kid)).into_iter();
+        let kidless = self
+            .keys
+            .iter()
+            .filter(move |_| kid.is_none())
+            .filter(move |k| k.fits(alg))
+            .take(MAX_KIDLESS_CANDIDATES);
+        by_kid.filter(move |k| k.fits(alg)).chain(kidless)
+    }
+}
+
+/// A future resolving to a refreshed key set.
+pub type KeySetFuture = Pin<Box<dyn Future<Output = Result<Arc<KeySet>, AuthError>> + Send>>;
+
+/// Where a [`JwtAuthenticator`](super::JwtAuthenticator) gets its keys.
+///
+/// The verifier reads [`current`](Self::current) on every request, so it must be cheap
+/// (a snapshot, no lock held across I/O). When a token names a `kid` that the current set
+/// does not hold, the verifier asks [`refresh_for_unknown_kid`](Self::refresh_for_unknown_kid)
+/// once; a source that cannot refresh (like [`StaticKeys`]) returns `None` and the token is
+/// rejected at once.
+pub trait KeySource: Send + Sync + fmt::Debug + 'static {
+    /// The keys usable now.
+    ///
+    /// # Errors
+    /// [`AuthError::unavailable`] when the source holds no usable key set (503).
+    fn current(&self) -> Result<Arc<KeySet>, AuthError>;
+
+    /// A token names `kid`, which the current set lacks. Return a future with a refreshed
+    /// set, or `None` when no refresh is possible or allowed now (rate-limited).
+    fn refresh_for_unknown_kid(&self, kid: &str) -> Option<KeySetFuture> {
+        let _ = kid;
+        None
+    }
+}
+
+/// Keys given at start-up. Never refreshed.
+///
+/// ```
+/// use tower_api_guard::jwt::{JwtKey, KeySource, StaticKeys};
+///
+/// let jwks = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1",
+///     "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+/// let keys = StaticKeys::from_jwks_json(jwks).unwrap();
+/// assert_eq!(keys.current().unwrap().len(), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StaticKeys {
+    set: Arc<KeySet>,
+}
+
+impl StaticKeys {
+    /// From keys.
+    pub fn new(keys: impl IntoIterator<Item = JwtKey>) -> Self {
+        Self {
+            set: Arc::new(KeySet::new(keys)),
+        }
+    }
+
+    /// From a JWKS document. See [`KeySet::from_jwks_json`].
+    ///
+    /// # Errors
+    /// When the document does not parse.
+    pub fn from_jwks_json(json: &[u8]) -> Result<Self, ConfigError> {
+        Ok(Self {
+            set: Arc::new(KeySet::from_jwks_json(json)?),
+        })
+    }
+
+    /// The key set.
+    pub fn key_set(&self) -> &Arc<KeySet> {
+        &self.set
+    }
+}
+
+impl From<KeySet> for StaticKeys {
+    fn from(set: KeySet) -> Self {
+        Self { set: Arc::new(set) }
+    }
+}
+
+impl KeySource for StaticKeys {
+    fn current(&self) -> Result<Arc<KeySet>, AuthError> {
+        Ok(self.set.clone())
+    }
+}

@@ -1,0 +1,82 @@
+//! # tower-api-guard
+//!
+//! Tower layers that protect an HTTP or gRPC API. Authentication produces one
+//! [`Identity`]; everything after it (guards, rate limits, handlers) reads that
+//! identity and never cares which credential produced it.
+//!
+//! ```text
+//! request ─► [Auth: JWT | API key | both] ─► [Require: scopes / roles] ─► handler
+//! ```
+//!
+//! * [`auth`]: [`AuthLayer`](auth::AuthLayer), the [`Authenticator`](auth::Authenticator)
+//!   trait and its combinators `or` and `optional`.
+//! * [`jwt`] (feature `jwt`): strict bearer-JWT verification.
+//! * [`extract`]: where credentials are read from (bearer header, custom header, cookie).
+//! * [`error`]: [`AuthError`] and its rendering to HTTP (RFC 6750) and gRPC.
+//! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
+//! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(all(feature = "jwt", feature = "testing"))]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_guard::{auth::AuthLayer, jwt::JwtAuthenticator, testing::TestIssuer, Identity};
+//! use http::{Request, Response, StatusCode};
+//!
+//! let issuer = TestIssuer::new("https://issuer.example");
+//! let jwt = JwtAuthenticator::builder("https://issuer.example", "my-api")
+//!     .keys(issuer.static_keys())
+//!     .build()
+//!     .unwrap();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(jwt))
+//!     .service_fn(|req: Request<String>| async move {
+//!         let identity = req.extensions().get::<Identity>().unwrap();
+//!         Ok::<_, std::convert::Infallible>(Response::new(identity.subject().to_owned()))
+//!     });
+//!
+//! let token = issuer.token().subject("alice").audience("my-api").mint();
+//! let request = Request::get("/")
+//!     .header("authorization", format!("Bearer {token}"))
+//!     .body(String::new())
+//!     .unwrap();
+//! let response = service.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//!
+//! let response = service.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # });
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(all(feature = "jwt", not(any(feature = "aws-lc-rs", feature = "rust-crypto"))))]
+compile_error!(
+    "tower-api-guard: the `jwt` feature needs a crypto backend: enable `aws-lc-rs` (default) or `rust-crypto`"
+);
+
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod error;
+pub mod extract;
+pub mod identity;
+
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use error::{AuthError, AuthErrorKind, ConfigError};
+pub use identity::{Identity, Roles, Scopes, Source};
