@@ -6,7 +6,7 @@
 //!
 //! Loading a JWKS document drops every key that cannot be used safely, with a `tracing`
 //! warning naming the reason: `use` other than `sig`, `key_ops` without `verify`, an `alg`
-//! we do not support or that does not fit the key, RSA moduli under 2048 bits or even
+//! we do not support or that does not fit the key, EC points that are not on their curve, RSA moduli under 2048 bits or even
 //! exponents or exponents below 3, EC keys on curves other than P-256 / P-384 or with
 //! coordinates of the wrong length, keys carrying private members, symmetric (`oct`) keys,
 //! and every key whose `kid` appears twice.
@@ -147,13 +147,17 @@ impl JwtKey {
         Self::from_ec_point(point)
     }
 
-    /// An EC public key from its uncompressed SEC1 point (`0x04 || x || y`).
+    /// An EC public key from its uncompressed SEC1 point (`0x04 || x || y`), which must
+    /// lie on its curve.
     fn from_ec_point(point: &[u8]) -> Result<Self, ConfigError> {
         let kind = match (point.first(), point.len()) {
             (Some(4), 65) => KeyKind::P256,
             (Some(4), 97) => KeyKind::P384,
             _ => return Err(bad_key("EC key is not an uncompressed P-256 or P-384 point")),
         };
+        if !ec_point_is_valid(kind, point) {
+            return Err(bad_key("EC key is not a point on its curve"));
+        }
         Ok(Self::new(kind, DecodingKey::from_ec_der(point)))
     }
 
@@ -344,13 +348,41 @@ impl JwtKey {
         self.0.alg.is_none_or(|a| a == alg) && self.kind_fits(alg)
     }
 
-    /// Check `signature` over `message`. The caller has already checked [`fits`](Self::fits).
-    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+    /// Check a raw JWS `signature` (the decoded third segment) over `message` (the
+    /// signing input) with `alg`. `false` when the key does not [fit](Self::fits) `alg`,
+    /// when the signature has the wrong form (e.g. DER instead of the fixed-length
+    /// `R || S` for ECDSA) or does not verify.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        if !self.fits(alg) {
+            return false;
+        }
         let Ok(verifier) = (provider().verifier_factory)(&alg.to_jsonwebtoken(), &self.0.key)
         else {
             return false;
         };
         verifier.verify(message, &signature.to_vec()).is_ok()
+    }
+}
+
+/// Whether `point` is a valid public point (on the curve, not the identity).
+#[cfg(feature = "aws-lc-rs")]
+fn ec_point_is_valid(kind: KeyKind, point: &[u8]) -> bool {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
+    let alg = match kind {
+        KeyKind::P256 => &ECDSA_P256_SHA256_FIXED,
+        KeyKind::P384 => &ECDSA_P384_SHA384_FIXED,
+        _ => return false,
+    };
+    ParsedPublicKey::new(alg, point).is_ok()
+}
+
+/// Whether `point` is a valid public point (on the curve, not the identity).
+#[cfg(all(feature = "rust-crypto", not(feature = "aws-lc-rs")))]
+fn ec_point_is_valid(kind: KeyKind, point: &[u8]) -> bool {
+    match kind {
+        KeyKind::P256 => p256::PublicKey::from_sec1_bytes(point).is_ok(),
+        KeyKind::P384 => p384::PublicKey::from_sec1_bytes(point).is_ok(),
+        _ => false,
     }
 }
 
@@ -544,5 +576,132 @@ impl From<KeySet> for StaticKeys {
 impl KeySource for StaticKeys {
     fn current(&self) -> Result<Arc<KeySet>, AuthError> {
         Ok(self.set.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::json;
+
+    // RFC 7515 A.3 (P-256) and RFC 8037 A.2 (Ed25519) public keys.
+    const P256_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const P256_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+    const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn rsa_n(bits: usize) -> String {
+        let mut n = vec![0xffu8; bits / 8];
+        n[0] = 0xc5;
+        URL_SAFE_NO_PAD.encode(n)
+    }
+
+    fn jwk(v: serde_json::Value) -> Result<JwtKey, &'static str> {
+        let serde_json::Value::Object(m) = v else { unreachable!() };
+        JwtKey::from_jwk(&m)
+    }
+
+    fn ec() -> serde_json::Value {
+        json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "ec"})
+    }
+
+    #[test]
+    fn accepts_good_keys() {
+        let k = jwk(ec()).unwrap();
+        assert!(k.fits(Algorithm::ES256));
+        assert!(!k.fits(Algorithm::ES384));
+        assert!(!k.fits(Algorithm::RS256));
+        assert!(!k.fits(Algorithm::HS256));
+        let k = jwk(json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X})).unwrap();
+        assert!(k.fits(Algorithm::EdDSA) && !k.fits(Algorithm::ES256));
+        let k = jwk(json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "PS256", "use": "sig", "key_ops": ["verify"]})).unwrap();
+        assert!(k.fits(Algorithm::PS256));
+        assert!(!k.fits(Algorithm::RS256), "alg restriction");
+        assert!(!k.fits(Algorithm::PS512), "alg restriction");
+    }
+
+    #[test]
+    fn drops_unusable_keys() {
+        let mut bad = vec![
+            json!({"kty": "RSA", "n": rsa_n(2040), "e": "AQAB"}),
+            json!({"kty": "RSA", "n": rsa_n(1024), "e": "AQAB"}),
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQ"}),        // e = 1
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AAE"}),       // e = 1 with a leading zero
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "Ag"}),        // e = 2 (even)
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "d": "AQAB"}),
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "RSA-OAEP"}),
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "ES256"}),
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "none"}),
+            json!({"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_X}), // off the curve
+            json!({"kty": "EC", "crv": "P-384", "x": P256_X, "y": P256_Y}), // wrong length
+            json!({"kty": "EC", "crv": "P-521", "x": P256_X, "y": P256_Y}),
+            json!({"kty": "EC", "crv": "secp256k1", "x": P256_X, "y": P256_Y}),
+            json!({"kty": "OKP", "crv": "X25519", "x": ED_X}),
+            json!({"kty": "OKP", "crv": "Ed448", "x": ED_X}),
+            json!({"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}),
+            json!({"kty": "oct", "alg": "HS256"}),
+            json!({"kty": "XYZ"}),
+            json!({}),
+            json!({"kty": 1}),
+        ];
+        for (k, v) in [("use", json!("enc")), ("use", json!(1)), ("key_ops", json!(["sign"])), ("key_ops", json!("verify")), ("kid", json!(1)), ("kid", json!("k".repeat(300))), ("x", json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU=")), ("d", json!("x"))] {
+            let mut e = ec();
+            e[k] = v;
+            bad.push(e);
+        }
+        for b in bad {
+            assert!(jwk(b.clone()).is_err(), "{b}");
+        }
+    }
+
+    #[test]
+    fn jwks_parsing_keeps_good_keys_and_drops_duplicate_kids() {
+        let doc = json!({"keys": [
+            ec(),
+            {"kty": "OKP", "crv": "Ed25519", "x": ED_X, "kid": "dup"},
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "dup"},
+            {"kty": "oct", "k": "AAAA", "kid": "hmac"},
+            {"kty": "RSA", "n": rsa_n(1024), "e": "AQAB", "kid": "small"},
+            "not an object",
+        ]});
+        let set = KeySet::from_jwks_json(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.get("ec").is_some());
+        assert!(set.get("dup").is_none());
+        assert!(set.get("hmac").is_none());
+        for bad in [&b"{}"[..], b"[]", b"{\"keys\":{}}", b"not json", b"{\"keys\":[],\"keys\":[]}"] {
+            assert!(KeySet::from_jwks_json(bad).is_err());
+        }
+        assert!(KeySet::from_jwks_json(b"{\"keys\":[]}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn candidates_by_kid_and_alg() {
+        let ed = jwk(json!({"kty": "OKP", "crv": "Ed25519", "x": ED_X})).unwrap();
+        let set = KeySet::new([jwk(ec()).unwrap(), ed]);
+        assert_eq!(set.candidates(Some("ec"), Algorithm::ES256).count(), 1);
+        assert_eq!(set.candidates(Some("ec"), Algorithm::EdDSA).count(), 0);
+        assert_eq!(set.candidates(None, Algorithm::EdDSA).count(), 1);
+        assert_eq!(set.candidates(None, Algorithm::ES256).count(), 1);
+        assert_eq!(set.candidates(None, Algorithm::RS256).count(), 0);
+        assert_eq!(set.candidates(Some("nope"), Algorithm::ES256).count(), 0);
+    }
+
+    #[test]
+    fn hmac_secrets() {
+        assert!(JwtKey::hmac_secret(&[7; 31]).is_err());
+        let k = JwtKey::hmac_secret(&[7; 32]).unwrap();
+        assert!(k.fits(Algorithm::HS256));
+        assert!(!k.fits(Algorithm::HS384) && !k.fits(Algorithm::HS512) && !k.fits(Algorithm::RS256));
+        assert!(JwtKey::hmac_secret(&[7; 64]).unwrap().fits(Algorithm::HS512));
+        assert!(!format!("{k:?}").contains("7, 7"));
+    }
+
+    #[test]
+    fn pem_loading() {
+        assert!(JwtKey::from_rsa_pem(b"not a pem").is_err());
+        assert!(JwtKey::from_ec_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(JwtKey::from_ed_pem(b"").is_err());
     }
 }
