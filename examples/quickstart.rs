@@ -1,0 +1,173 @@
+//! The demo server: a protected API with no setup.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! With no settings it starts an embedded development issuer (keys made at start, its
+//! JWKS served on loopback), prints ready-to-paste curl lines with sample tokens, and
+//! protects these routes on `GUARD_ADDR` (default `127.0.0.1:3000`):
+//!
+//! | route | needs |
+//! |---|---|
+//! | `GET /health` | nothing |
+//! | `GET /me` | any valid identity; answers its subject, source, scopes and roles |
+//! | `GET /items` | scope `items:read` |
+//! | `POST /items` | scope `items:write` |
+//! | `GET /admin` | role `admin` |
+//!
+//! To protect the same routes with a real identity provider, set `GUARD_ISSUER`,
+//! `GUARD_AUDIENCE` and `GUARD_JWKS_FILE` (a JWKS document on disk). Fetching
+//! `GUARD_JWKS_URL` or discovering it from the issuer arrives with the remote key-set
+//! support; rate limiting (`GUARD_RATE`, `GUARD_AUTH_FAILURE_LIMIT`, `REDIS_URL`) with the
+//! rate limiter.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::jwt::{JwtAuthenticator, StaticKeys};
+use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{AuthError, Identity};
+
+const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
+const DEV_AUDIENCE: &str = "quickstart-api";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_api_guard=debug".into()),
+        )
+        .init();
+
+    let addr: SocketAddr = std::env::var("GUARD_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()
+        .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
+    for name in ["GUARD_RATE", "GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL", "GUARD_JWKS_URL"] {
+        if std::env::var_os(name).is_some() {
+            eprintln!("note: {name} is not supported yet by this version and is ignored");
+        }
+    }
+
+    // Keep the dev issuer's JWKS server alive for the life of the process.
+    let mut _served = None;
+    let jwt = match std::env::var("GUARD_ISSUER") {
+        Ok(issuer) => {
+            let audience = std::env::var("GUARD_AUDIENCE")
+                .map_err(|_| "GUARD_ISSUER is set, so GUARD_AUDIENCE must be set too")?;
+            let file = std::env::var("GUARD_JWKS_FILE").map_err(|_| {
+                "set GUARD_JWKS_FILE to the issuer's JWKS document: remote JWKS and \
+                 OIDC discovery are not supported by this version yet"
+            })?;
+            let jwks = std::fs::read(&file).map_err(|e| format!("reading {file}: {e}"))?;
+            let jwt = authenticator(&issuer, &audience, StaticKeys::from_jwks_json(&jwks)?)?;
+            println!("Protecting http://{addr} for issuer {issuer}, audience {audience}");
+            jwt
+        }
+        Err(_) => {
+            let issuer = TestIssuer::new(DEV_ISSUER);
+            let served = issuer.serve().await?;
+            let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, issuer.static_keys())?;
+            print_demo(&issuer, &served.jwks_url(), addr);
+            _served = Some(served);
+            jwt
+        }
+    };
+
+    let protected = Router::new()
+        .route("/me", get(me))
+        .route("/items", get(list_items).post(create_item))
+        .route("/admin", get(admin))
+        // route_layer: unknown routes stay 404 instead of becoming 401.
+        .route_layer(AuthLayer::new(jwt));
+    let app = Router::new().route("/health", get(|| async { "ok" })).merge(protected);
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn authenticator(
+    issuer: &str,
+    audience: &str,
+    keys: StaticKeys,
+) -> Result<JwtAuthenticator, tower_api_guard::ConfigError> {
+    JwtAuthenticator::builder(issuer, audience)
+        .keys(keys)
+        .scope_claims(["scope", "scp"])
+        .role_claims(["roles", "realm_access.roles"])
+        .build()
+}
+
+fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr) {
+    let mint = |scope: &str, roles: &[&str]| {
+        issuer
+            .token()
+            .subject("demo-user")
+            .audience(DEV_AUDIENCE)
+            .scope(scope)
+            .roles(roles.iter().copied())
+            .expires_in(Duration::from_secs(3600))
+            .mint()
+    };
+    let admin = mint("items:read items:write", &["admin"]);
+    let reader = mint("items:read", &[]);
+    println!("tower-api-guard quickstart on http://{addr}");
+    println!("Embedded dev issuer {DEV_ISSUER}, JWKS at {jwks_url}; tokens valid for 1 hour.\n");
+    println!("# no credentials: 401");
+    println!("curl -i http://{addr}/me\n");
+    println!("# admin token (items:read items:write, role admin)");
+    println!("TOKEN={admin}");
+    println!("curl -i -H \"Authorization: Bearer $TOKEN\" http://{addr}/me");
+    println!("curl -i -X POST -H \"Authorization: Bearer $TOKEN\" http://{addr}/items");
+    println!("curl -i -H \"Authorization: Bearer $TOKEN\" http://{addr}/admin\n");
+    println!("# read-only token: GET /items 200, POST /items and /admin 403");
+    println!("READER={reader}");
+    println!("curl -i -H \"Authorization: Bearer $READER\" http://{addr}/items");
+    println!("curl -i -X POST -H \"Authorization: Bearer $READER\" http://{addr}/items\n");
+}
+
+async fn me(identity: Identity) -> Json<Value> {
+    Json(json!({
+        "subject": identity.subject(),
+        "source": identity.source().to_string(),
+        "scopes": identity.scopes(),
+        "roles": identity.roles(),
+    }))
+}
+
+async fn list_items(identity: Identity) -> Result<Json<Value>, AuthError> {
+    require_scope(&identity, "items:read")?;
+    Ok(Json(json!({ "items": [{ "id": 1, "name": "first" }] })))
+}
+
+async fn create_item(identity: Identity) -> Result<Json<Value>, AuthError> {
+    require_scope(&identity, "items:write")?;
+    Ok(Json(json!({ "created": { "id": 2, "by": identity.subject() } })))
+}
+
+async fn admin(identity: Identity) -> Result<Json<Value>, AuthError> {
+    if !identity.has_role("admin") {
+        return Err(AuthError::insufficient_scope("admin"));
+    }
+    Ok(Json(json!({ "admin": true })))
+}
+
+/// Until the guard layer lands, handlers check scopes with `Identity` methods.
+fn require_scope(identity: &Identity, scope: &'static str) -> Result<(), AuthError> {
+    if identity.has_scope(scope) {
+        Ok(())
+    } else {
+        Err(AuthError::insufficient_scope(scope))
+    }
+}
