@@ -49,7 +49,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
-    for name in ["GUARD_RATE", "GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL", "GUARD_JWKS_URL"] {
+    for name in [
+        "GUARD_RATE",
+        "GUARD_AUTH_FAILURE_LIMIT",
+        "REDIS_URL",
+        "GUARD_JWKS_URL",
+    ] {
         if std::env::var_os(name).is_some() {
             eprintln!("note: {name} is not supported yet by this version and is ignored");
         }
@@ -86,7 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/admin", get(admin))
         // route_layer: unknown routes stay 404 instead of becoming 401.
         .route_layer(AuthLayer::new(jwt));
-    let app = Router::new().route("/health", get(|| async { "ok" })).merge(protected);
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
@@ -153,7 +160,9 @@ async fn list_items(identity: Identity) -> Result<Json<Value>, AuthError> {
 
 async fn create_item(identity: Identity) -> Result<Json<Value>, AuthError> {
     require_scope(&identity, "items:write")?;
-    Ok(Json(json!({ "created": { "id": 2, "by": identity.subject() } })))
+    Ok(Json(
+        json!({ "created": { "id": 2, "by": identity.subject() } }),
+    ))
 }
 
 async fn admin(identity: Identity) -> Result<Json<Value>, AuthError> {

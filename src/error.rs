@@ -364,12 +364,12 @@ impl DefaultRenderer {
         let mut response = Response::new(Bytes::new());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from(u16::from(kind.grpc_code())));
-        // Descriptions are fixed ASCII without '%', so they need no percent-encoding.
         headers.insert(
-            "grpc-message",
-            HeaderValue::from_static(kind.description()),
+            "grpc-status",
+            HeaderValue::from(u16::from(kind.grpc_code())),
         );
+        // Descriptions are fixed ASCII without '%', so they need no percent-encoding.
+        headers.insert("grpc-message", HeaderValue::from_static(kind.description()));
         if let Some(retry) = error.retry_after() {
             headers.insert(RETRY_AFTER, retry_after_value(retry));
         }
@@ -428,7 +428,10 @@ mod tests {
     fn render(error: &AuthError, grpc: bool) -> Response<Bytes> {
         let mut headers = HeaderMap::new();
         if grpc {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc+proto"),
+            );
         }
         let uri: Uri = "/".parse().unwrap();
         DefaultRenderer::new("api").render(error, &RequestHead::new(&Method::GET, &uri, &headers))
@@ -446,7 +449,12 @@ mod tests {
     fn statuses_and_challenges() {
         let r = render(&AuthError::invalid_request("two headers"), false);
         assert_eq!(r.status(), 400);
-        assert!(r.headers()[WWW_AUTHENTICATE].to_str().unwrap().contains(r#"error="invalid_request""#));
+        assert!(
+            r.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains(r#"error="invalid_request""#)
+        );
 
         let r = render(&AuthError::insufficient_scope("items:write \"x\\"), false);
         assert_eq!(r.status(), 403);
@@ -460,7 +468,10 @@ mod tests {
         assert_eq!(r.headers()[RETRY_AFTER], "2");
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
 
-        let r = render(&AuthError::unavailable("jwks down", Duration::from_secs(30)), false);
+        let r = render(
+            &AuthError::unavailable("jwks down", Duration::from_secs(30)),
+            false,
+        );
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "30");
     }

@@ -95,7 +95,9 @@ impl TokenExtractor {
             };
             if let Some(token) = token {
                 if found.is_some() {
-                    return Err(AuthError::invalid_request("credential in more than one place"));
+                    return Err(AuthError::invalid_request(
+                        "credential in more than one place",
+                    ));
                 }
                 found = Some(token);
             }
@@ -147,7 +149,10 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(Some(token))
 }
 
-fn single_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, AuthError> {
+fn single_header<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h str>, AuthError> {
     let Some(value) = one_value(headers, name)? else {
         return Ok(None);
     };
@@ -163,7 +168,9 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Aut
     for value in headers.get_all(COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
-            let Some((k, v)) = pair.trim().split_once('=') else { continue };
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
             if k.trim() == name {
                 if found.is_some() {
                     return Err(AuthError::invalid_request("cookie repeated"));
@@ -187,13 +194,15 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Aut
 fn check_b64token(token: &str) -> Result<(), AuthError> {
     let body = token.trim_end_matches('=');
     let ok = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if ok {
         Ok(())
     } else {
-        Err(AuthError::invalid_request("token has characters outside the b64token alphabet"))
+        Err(AuthError::invalid_request(
+            "token has characters outside the b64token alphabet",
+        ))
     }
 }
 
@@ -205,7 +214,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -226,8 +238,16 @@ mod tests {
     #[test]
     fn other_schemes_and_query_are_missing() {
         let x = TokenExtractor::default();
-        assert_eq!(x.extract(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])).unwrap(), None);
-        assert_eq!(x.extract(&headers(&[("authorization", "Bearerabc")])).unwrap(), None);
+        assert_eq!(
+            x.extract(&headers(&[("authorization", "Basic dXNlcjpwYXNz")]))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            x.extract(&headers(&[("authorization", "Bearerabc")]))
+                .unwrap(),
+            None
+        );
         assert_eq!(x.extract(&HeaderMap::new()).unwrap(), None);
     }
 
@@ -239,32 +259,70 @@ mod tests {
         let both = headers(&[("authorization", "Bearer a"), ("cookie", "at=b")]);
         assert_eq!(kind(x.extract(&both)), Some(AuthErrorKind::InvalidRequest));
         let dup_cookie = headers(&[("cookie", "at=a; at=b")]);
-        assert_eq!(kind(x.extract(&dup_cookie)), Some(AuthErrorKind::InvalidRequest));
+        assert_eq!(
+            kind(x.extract(&dup_cookie)),
+            Some(AuthErrorKind::InvalidRequest)
+        );
         let cookie_only = headers(&[("cookie", "x=1; at=a.b.c")]);
         assert_eq!(x.extract(&cookie_only).unwrap(), Some("a.b.c"));
     }
 
     #[test]
     fn empty_and_bad_characters_are_invalid_request() {
-        let x = TokenExtractor::new([TokenSource::Bearer, TokenSource::Header(HeaderName::from_static("x-token"))]);
-        for bad in ["Bearer", "Bearer ", "Bearer   ", "Bearer a b", "Bearer a,b", "Bearer a\"b", "Bearer ====", "Bearer a=b"] {
-            assert_eq!(kind(x.extract(&headers(&[("authorization", bad)]))), Some(AuthErrorKind::InvalidRequest), "{bad:?}");
+        let x = TokenExtractor::new([
+            TokenSource::Bearer,
+            TokenSource::Header(HeaderName::from_static("x-token")),
+        ]);
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Bearer   ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer a\"b",
+            "Bearer ====",
+            "Bearer a=b",
+        ] {
+            assert_eq!(
+                kind(x.extract(&headers(&[("authorization", bad)]))),
+                Some(AuthErrorKind::InvalidRequest),
+                "{bad:?}"
+            );
         }
         let mut h = HeaderMap::new();
-        h.insert("authorization", http::HeaderValue::from_bytes(b"Bearer a\xffb").unwrap());
+        h.insert(
+            "authorization",
+            http::HeaderValue::from_bytes(b"Bearer a\xffb").unwrap(),
+        );
         assert_eq!(kind(x.extract(&h)), Some(AuthErrorKind::InvalidRequest));
-        assert_eq!(kind(x.extract(&headers(&[("x-token", "")]))), Some(AuthErrorKind::InvalidRequest));
-        assert_eq!(x.extract(&headers(&[("x-token", "abc~+/=")])).unwrap(), Some("abc~+/="));
+        assert_eq!(
+            kind(x.extract(&headers(&[("x-token", "")]))),
+            Some(AuthErrorKind::InvalidRequest)
+        );
+        assert_eq!(
+            x.extract(&headers(&[("x-token", "abc~+/=")])).unwrap(),
+            Some("abc~+/=")
+        );
     }
 
     #[test]
     fn length_cap_before_decoding() {
         let x = TokenExtractor::default().max_len(16);
         let long = format!("Bearer {}", "a".repeat(17));
-        assert_eq!(kind(x.extract(&headers(&[("authorization", &long)]))), Some(AuthErrorKind::InvalidToken));
+        assert_eq!(
+            kind(x.extract(&headers(&[("authorization", &long)]))),
+            Some(AuthErrorKind::InvalidToken)
+        );
         let ok = format!("Bearer {}", "a".repeat(16));
-        assert!(x.extract(&headers(&[("authorization", &ok)])).unwrap().is_some());
+        assert!(
+            x.extract(&headers(&[("authorization", &ok)]))
+                .unwrap()
+                .is_some()
+        );
         let huge = format!("Bearer {}", "a".repeat(100_000));
-        assert_eq!(kind(TokenExtractor::default().extract(&headers(&[("authorization", &huge)]))), Some(AuthErrorKind::InvalidToken));
+        assert_eq!(
+            kind(TokenExtractor::default().extract(&headers(&[("authorization", &huge)]))),
+            Some(AuthErrorKind::InvalidToken)
+        );
     }
 }

@@ -301,11 +301,16 @@ mod tests {
     use serde_json::json;
 
     fn id() -> Identity {
-        Identity::builder("alice", Source::ApiKey { key_id: "k1".into() })
-            .scopes(["b", "a", "a", "admin:read"])
-            .roles(["admin"])
-            .claims(json!({"a": {"b": [1]}, "x.y": 2, "n": 3}))
-            .build()
+        Identity::builder(
+            "alice",
+            Source::ApiKey {
+                key_id: "k1".into(),
+            },
+        )
+        .scopes(["b", "a", "a", "admin:read"])
+        .roles(["admin"])
+        .claims(json!({"a": {"b": [1]}, "x.y": 2, "n": 3}))
+        .build()
     }
 
     #[test]
@@ -318,7 +323,10 @@ mod tests {
         assert!(!id.has_role("Admin"));
         assert!(!id.has_role("notadmin"));
         assert!(id.has_role("admin"));
-        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["a", "admin:read", "b"]);
+        assert_eq!(
+            id.scopes().iter().collect::<Vec<_>>(),
+            ["a", "admin:read", "b"]
+        );
     }
 
     #[test]
@@ -338,9 +346,14 @@ mod tests {
 
     #[test]
     fn debug_has_no_claim_values() {
-        let id = Identity::builder("bob", Source::Custom { mechanism: "t".into() })
-            .claims(json!({"secret": "hunter2"}))
-            .build();
+        let id = Identity::builder(
+            "bob",
+            Source::Custom {
+                mechanism: "t".into(),
+            },
+        )
+        .claims(json!({"secret": "hunter2"}))
+        .build();
         let dbg = format!("{id:?}");
         assert!(dbg.contains("bob"));
         assert!(!dbg.contains("hunter2"));

@@ -54,7 +54,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(all(feature = "jwt", not(any(feature = "aws-lc-rs", feature = "rust-crypto"))))]
+#[cfg(all(
+    feature = "jwt",
+    not(any(feature = "aws-lc-rs", feature = "rust-crypto"))
+))]
 compile_error!(
     "tower-api-guard: the `jwt` feature needs a crypto backend: enable `aws-lc-rs` (default) or `rust-crypto`"
 );

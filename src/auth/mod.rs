@@ -116,7 +116,10 @@ impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
 pub trait AuthenticatorExt: Authenticator + Sized {
     /// Try `self`, and `other` only when `self` finds no credential of its kind.
     fn or<B: Authenticator>(self, other: B) -> Or<Self, B> {
-        Or { first: self, second: other }
+        Or {
+            first: self,
+            second: other,
+        }
     }
 
     /// Let requests without any credential through, with no [`Identity`].

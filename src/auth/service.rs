@@ -29,7 +29,9 @@ impl<A, S: Clone> Clone for Auth<A, S> {
 
 impl<A, S: fmt::Debug> fmt::Debug for Auth<A, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,9 +86,11 @@ where
         let credential = match extracted {
             Ok(Some(credential)) => credential,
             Ok(None) => {
-                return ResponseFuture::rejected(
-                    reject(&*self.renderer, AuthError::missing_credentials(), &request),
-                );
+                return ResponseFuture::rejected(reject(
+                    &*self.renderer,
+                    AuthError::missing_credentials(),
+                    &request,
+                ));
             }
             Err(error) => {
                 return ResponseFuture::rejected(reject(&*self.renderer, error, &request));

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::Algorithm;
 use super::claims::{self, ClaimRules};
 use super::jose;
 use super::keys::{KeySet, KeySource, install_provider};
-use super::Algorithm;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ConfigError, RequestHead};
@@ -95,7 +95,10 @@ where
 
 impl JwtAuthenticator {
     /// Start configuring: tokens must carry exactly `issuer` as `iss` and `audience` in `aud`.
-    pub fn builder(issuer: impl Into<String>, audience: impl Into<String>) -> JwtAuthenticatorBuilder {
+    pub fn builder(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> JwtAuthenticatorBuilder {
         JwtAuthenticatorBuilder {
             issuer: issuer.into(),
             audiences: vec![audience.into()],
@@ -177,7 +180,9 @@ impl JwtAuthenticator {
                             match this.verify_now(&token, &set) {
                                 Ok(identity) => Ok(Some(identity)),
                                 Err(Step::Reject(e)) => Err(e),
-                                Err(Step::UnknownKid(_)) => Err(AuthError::invalid_token("unknown kid")),
+                                Err(Step::UnknownKid(_)) => {
+                                    Err(AuthError::invalid_token("unknown kid"))
+                                }
                             }
                         })),
                     }
@@ -259,7 +264,10 @@ fn typ_matches(typ: Option<&str>, required: &str) -> bool {
     let Some(typ) = typ else { return false };
     let strip = |s: &str| -> String {
         let lower = s.to_ascii_lowercase();
-        lower.strip_prefix("application/").map(str::to_owned).unwrap_or(lower)
+        lower
+            .strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(lower)
     };
     strip(typ) == strip(required)
 }
@@ -384,7 +392,9 @@ impl JwtAuthenticatorBuilder {
         if self.audiences.iter().any(String::is_empty) {
             return Err(ConfigError::new("audience is empty"));
         }
-        let keys = self.keys.ok_or_else(|| ConfigError::new("no keys configured"))?;
+        let keys = self
+            .keys
+            .ok_or_else(|| ConfigError::new("no keys configured"))?;
         if let Ok(set) = keys.current()
             && set.is_empty()
         {
@@ -426,7 +436,11 @@ impl Authenticator for JwtAuthenticator {
     type Future = JwtFuture;
 
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
-        Ok(self.config.extractor.extract(head.headers)?.map(str::to_owned))
+        Ok(self
+            .config
+            .extractor
+            .extract(head.headers)?
+            .map(str::to_owned))
     }
 
     fn authenticate(&self, token: String) -> JwtFuture {
@@ -466,11 +480,9 @@ impl Future for JwtFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         match &mut self.state {
-            FutState::Ready(outcome) => Poll::Ready(
-                outcome
-                    .take()
-                    .expect("JwtFuture polled after completion"),
-            ),
+            FutState::Ready(outcome) => {
+                Poll::Ready(outcome.take().expect("JwtFuture polled after completion"))
+            }
             FutState::Pending(future) => future.as_mut().poll(cx),
         }
     }

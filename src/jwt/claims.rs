@@ -137,7 +137,9 @@ pub(crate) fn validate(
     for name in rules.scope_claims {
         match claim_path_map(&claims, name) {
             None => {}
-            Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+            Some(Value::String(s)) => {
+                scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
+            }
             Some(Value::Array(items)) => {
                 for item in items {
                     let Value::String(s) = item else {
@@ -221,9 +223,12 @@ mod tests {
     const NOW: f64 = 1_700_000_000.0;
 
     fn rules() -> ClaimRules<'static> {
-        static AUD: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["api".into()]);
-        static SUB: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["sub".into(), "client_id".into()]);
-        static SCOPE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| vec!["scope".into(), "scp".into()]);
+        static AUD: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["api".into()]);
+        static SUB: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["sub".into(), "client_id".into()]);
+        static SCOPE: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["scope".into(), "scp".into()]);
         static ROLES: std::sync::LazyLock<Vec<String>> =
             std::sync::LazyLock::new(|| vec!["roles".into(), "realm_access.roles".into()]);
         ClaimRules {
@@ -268,13 +273,27 @@ mod tests {
     fn accepts_base() {
         let id = check(base()).unwrap();
         assert_eq!(id.subject(), "alice");
-        assert_eq!(id.expires_at(), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_100)));
+        assert_eq!(
+            id.expires_at(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_100))
+        );
     }
 
     #[test]
     fn exp_rules() {
         assert!(check(without("exp")).is_err());
-        for bad in [json!("never"), json!("9999999999"), json!(null), json!(true), json!([]), json!({}), json!(-1), json!(1e308), json!(18446744073709551615u64), json!(253402300800i64)] {
+        for bad in [
+            json!("never"),
+            json!("9999999999"),
+            json!(null),
+            json!(true),
+            json!([]),
+            json!({}),
+            json!(-1),
+            json!(1e308),
+            json!(18446744073709551615u64),
+            json!(253402300800i64),
+        ] {
             assert!(check(with("exp", bad.clone())).is_err(), "{bad}");
         }
         // leeway: 59 s past exp is still fine, 60 s is not
@@ -345,7 +364,10 @@ mod tests {
         m.insert("roles".into(), json!("viewer"));
         m.insert("tid".into(), json!("acme"));
         let id = check(m).unwrap();
-        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["extra", "items:read", "items:write"]);
+        assert_eq!(
+            id.scopes().iter().collect::<Vec<_>>(),
+            ["extra", "items:read", "items:write"]
+        );
         assert!(id.has_role("admin") && id.has_role("viewer"));
         assert_eq!(id.tenant(), Some("acme"));
         assert_eq!(id.claim("realm_access.roles"), Some(&json!(["admin"])));

@@ -204,7 +204,17 @@ mod tests {
         assert!(split_compact("a.b.c").is_ok());
         let c = split_compact("aa.bb.cc").unwrap();
         assert_eq!(c.signing_input, "aa.bb");
-        for bad in ["a.b", "a.b.c.d", "a.b.c.d.e", ".b.c", "a..c", "a.b.", "", "abc", "{\"a\":1}"] {
+        for bad in [
+            "a.b",
+            "a.b.c.d",
+            "a.b.c.d.e",
+            ".b.c",
+            "a..c",
+            "a.b.",
+            "",
+            "abc",
+            "{\"a\":1}",
+        ] {
             assert!(split_compact(bad).is_err(), "{bad}");
         }
     }
@@ -217,7 +227,7 @@ mod tests {
             "eyJhIjoxfQ=",
             "ey+hIjoxfQ", // standard alphabet
             "ey/hIjoxfQ",
-            "eyJh Ijo",  // whitespace
+            "eyJh Ijo", // whitespace
             "eyJhIjoxfQ\n",
             "eyJhIjoxfR", // non-zero trailing bits ('R' vs 'Q')
             "a",          // impossible length
@@ -246,7 +256,11 @@ mod tests {
             br#"{'a':1}"#,
             b"",
         ] {
-            assert!(parse_object(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_object(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // trailing whitespace is fine JSON
         assert!(parse_object(b"{\"a\":1} ").is_ok());
@@ -254,9 +268,17 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded() {
-        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(MAX_JSON_DEPTH - 1), "]".repeat(MAX_JSON_DEPTH - 1));
+        let ok = format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
         assert!(parse_object(ok.as_bytes()).is_ok());
-        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        let deep = format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(MAX_JSON_DEPTH),
+            "]".repeat(MAX_JSON_DEPTH)
+        );
         assert!(parse_object(deep.as_bytes()).is_err());
         let huge = format!("{{\"a\":{}", "[".repeat(100_000));
         assert!(parse_object(huge.as_bytes()).is_err());
@@ -267,7 +289,11 @@ mod tests {
         let h = |s: &str| parse_header(&parse_object(s.as_bytes()).unwrap());
         assert_eq!(
             h(r#"{"alg":"RS256","kid":"k","typ":"JWT","jku":"https://evil","x5c":["x"]}"#).unwrap(),
-            Header { alg: "RS256".into(), kid: Some("k".into()), typ: Some("JWT".into()) }
+            Header {
+                alg: "RS256".into(),
+                kid: Some("k".into()),
+                typ: Some("JWT".into())
+            }
         );
         for bad in [
             r#"{"kid":"k"}"#,
@@ -286,7 +312,10 @@ mod tests {
         ] {
             assert!(h(bad).is_err(), "{bad}");
         }
-        let long = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "a".repeat(MAX_KID_LEN + 1));
+        let long = format!(
+            r#"{{"alg":"RS256","kid":"{}"}}"#,
+            "a".repeat(MAX_KID_LEN + 1)
+        );
         assert!(h(&long).is_err());
     }
 

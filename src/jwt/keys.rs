@@ -100,7 +100,8 @@ impl JwtKey {
     /// # Errors
     /// When the PEM is not an RSA public key, or its modulus is under 2048 bits.
     pub fn from_rsa_pem(pem: &[u8]) -> Result<Self, ConfigError> {
-        let der = DecodingKey::from_rsa_pem(pem).map_err(|_| bad_key("not an RSA public key PEM"))?;
+        let der =
+            DecodingKey::from_rsa_pem(pem).map_err(|_| bad_key("not an RSA public key PEM"))?;
         let der = der
             .try_get_as_bytes()
             .map_err(|_| bad_key("not an RSA public key PEM"))?;
@@ -153,7 +154,11 @@ impl JwtKey {
         let kind = match (point.first(), point.len()) {
             (Some(4), 65) => KeyKind::P256,
             (Some(4), 97) => KeyKind::P384,
-            _ => return Err(bad_key("EC key is not an uncompressed P-256 or P-384 point")),
+            _ => {
+                return Err(bad_key(
+                    "EC key is not an uncompressed P-256 or P-384 point",
+                ));
+            }
         };
         if !ec_point_is_valid(kind, point) {
             return Err(bad_key("EC key is not a point on its curve"));
@@ -205,7 +210,8 @@ impl JwtKey {
     /// # Errors
     /// When the JWK is not valid JSON or is not a usable public signature key.
     pub fn from_jwk_json(json: &[u8]) -> Result<Self, ConfigError> {
-        let map = jose::parse_object(json).map_err(|_| bad_key("JWK is not a strict JSON object"))?;
+        let map =
+            jose::parse_object(json).map_err(|_| bad_key("JWK is not a strict JSON object"))?;
         Self::from_jwk(&map).map_err(ConfigError::new)
     }
 
@@ -215,7 +221,10 @@ impl JwtKey {
         if PRIVATE.iter().any(|m| jwk.contains_key(*m)) {
             return Err("JWK has private or symmetric key members");
         }
-        let kty = jwk.get("kty").and_then(Value::as_str).ok_or("JWK has no kty")?;
+        let kty = jwk
+            .get("kty")
+            .and_then(Value::as_str)
+            .ok_or("JWK has no kty")?;
         match jwk.get("use") {
             None => {}
             Some(Value::String(u)) if u == "sig" => {}
@@ -240,17 +249,20 @@ impl JwtKey {
             Some(_) => return Err("JWK kid is not a string of at most 256 bytes"),
         };
         let member = |name: &'static str| -> Result<Vec<u8>, &'static str> {
-            let s = jwk.get(name).and_then(Value::as_str).ok_or("JWK lacks a key member")?;
+            let s = jwk
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or("JWK lacks a key member")?;
             jose::decode_b64url(s).map_err(|_| "JWK member is not base64url")
         };
         let key = match kty {
             "RSA" => {
-                JwtKey::from_rsa_components(&member("n")?, &member("e")?).map_err(|e| match e
-                    .message()
-                {
-                    m if m.contains("2048") => "RSA JWK shorter than 2048 bits",
-                    m if m.contains("modulus") => "RSA JWK modulus is even",
-                    _ => "RSA JWK exponent is unusable",
+                JwtKey::from_rsa_components(&member("n")?, &member("e")?).map_err(|e| {
+                    match e.message() {
+                        m if m.contains("2048") => "RSA JWK shorter than 2048 bits",
+                        m if m.contains("modulus") => "RSA JWK modulus is even",
+                        _ => "RSA JWK exponent is unusable",
+                    }
                 })?
             }
             "EC" => {
@@ -420,7 +432,9 @@ impl KeySet {
         let keys: Vec<JwtKey> = keys
             .into_iter()
             .filter(|k| {
-                let dup = k.kid().is_some_and(|kid| duplicated.iter().any(|d| d == kid));
+                let dup = k
+                    .kid()
+                    .is_some_and(|kid| duplicated.iter().any(|d| d == kid));
                 if dup {
                     tracing::warn!(reason = "duplicate kid", "dropping key from key set");
                 }
@@ -598,7 +612,9 @@ mod tests {
     }
 
     fn jwk(v: serde_json::Value) -> Result<JwtKey, &'static str> {
-        let serde_json::Value::Object(m) = v else { unreachable!() };
+        let serde_json::Value::Object(m) = v else {
+            unreachable!()
+        };
         JwtKey::from_jwk(&m)
     }
 
@@ -626,9 +642,9 @@ mod tests {
         let mut bad = vec![
             json!({"kty": "RSA", "n": rsa_n(2040), "e": "AQAB"}),
             json!({"kty": "RSA", "n": rsa_n(1024), "e": "AQAB"}),
-            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQ"}),        // e = 1
-            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AAE"}),       // e = 1 with a leading zero
-            json!({"kty": "RSA", "n": rsa_n(2048), "e": "Ag"}),        // e = 2 (even)
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQ"}), // e = 1
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "AAE"}), // e = 1 with a leading zero
+            json!({"kty": "RSA", "n": rsa_n(2048), "e": "Ag"}), // e = 2 (even)
             json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "d": "AQAB"}),
             json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "RSA-OAEP"}),
             json!({"kty": "RSA", "n": rsa_n(2048), "e": "AQAB", "alg": "ES256"}),
@@ -645,7 +661,16 @@ mod tests {
             json!({}),
             json!({"kty": 1}),
         ];
-        for (k, v) in [("use", json!("enc")), ("use", json!(1)), ("key_ops", json!(["sign"])), ("key_ops", json!("verify")), ("kid", json!(1)), ("kid", json!("k".repeat(300))), ("x", json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU=")), ("d", json!("x"))] {
+        for (k, v) in [
+            ("use", json!("enc")),
+            ("use", json!(1)),
+            ("key_ops", json!(["sign"])),
+            ("key_ops", json!("verify")),
+            ("kid", json!(1)),
+            ("kid", json!("k".repeat(300))),
+            ("x", json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU=")),
+            ("d", json!("x")),
+        ] {
             let mut e = ec();
             e[k] = v;
             bad.push(e);
@@ -670,7 +695,13 @@ mod tests {
         assert!(set.get("ec").is_some());
         assert!(set.get("dup").is_none());
         assert!(set.get("hmac").is_none());
-        for bad in [&b"{}"[..], b"[]", b"{\"keys\":{}}", b"not json", b"{\"keys\":[],\"keys\":[]}"] {
+        for bad in [
+            &b"{}"[..],
+            b"[]",
+            b"{\"keys\":{}}",
+            b"not json",
+            b"{\"keys\":[],\"keys\":[]}",
+        ] {
             assert!(KeySet::from_jwks_json(bad).is_err());
         }
         assert!(KeySet::from_jwks_json(b"{\"keys\":[]}").unwrap().is_empty());
@@ -693,15 +724,24 @@ mod tests {
         assert!(JwtKey::hmac_secret(&[7; 31]).is_err());
         let k = JwtKey::hmac_secret(&[7; 32]).unwrap();
         assert!(k.fits(Algorithm::HS256));
-        assert!(!k.fits(Algorithm::HS384) && !k.fits(Algorithm::HS512) && !k.fits(Algorithm::RS256));
-        assert!(JwtKey::hmac_secret(&[7; 64]).unwrap().fits(Algorithm::HS512));
+        assert!(
+            !k.fits(Algorithm::HS384) && !k.fits(Algorithm::HS512) && !k.fits(Algorithm::RS256)
+        );
+        assert!(
+            JwtKey::hmac_secret(&[7; 64])
+                .unwrap()
+                .fits(Algorithm::HS512)
+        );
         assert!(!format!("{k:?}").contains("7, 7"));
     }
 
     #[test]
     fn pem_loading() {
         assert!(JwtKey::from_rsa_pem(b"not a pem").is_err());
-        assert!(JwtKey::from_ec_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(
+            JwtKey::from_ec_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+                .is_err()
+        );
         assert!(JwtKey::from_ed_pem(b"").is_err());
     }
 }

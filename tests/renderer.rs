@@ -1,0 +1,91 @@
+//! Custom rejection renderers, the realm, and gRPC rendering through the layer.
+#![cfg(all(feature = "jwt", feature = "testing"))]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::error::RequestHead;
+use tower_api_guard::jwt::JwtAuthenticator;
+use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{AuthError, AuthErrorKind};
+
+fn jwt(issuer: &TestIssuer) -> JwtAuthenticator {
+    JwtAuthenticator::builder(issuer.issuer(), "api")
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap()
+}
+
+async fn body(res: Response<impl http_body::Body<Data = Bytes, Error = Infallible>>) -> String {
+    use http_body_util::BodyExt;
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn custom_renderer_replaces_the_response_and_keeps_the_error() {
+    let issuer = TestIssuer::new("https://issuer.example");
+    let layer =
+        AuthLayer::new(jwt(&issuer)).with_renderer(|e: &AuthError, head: &RequestHead<'_>| {
+            let mut r = Response::new(Bytes::from(format!("denied {}", head.uri.path())));
+            *r.status_mut() = if e.kind() == AuthErrorKind::MissingCredentials {
+                StatusCode::IM_A_TEAPOT
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            r
+        });
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_r: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::new())))
+        });
+    let res = svc
+        .oneshot(Request::get("/x").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(
+        res.extensions().get::<AuthError>().unwrap().kind(),
+        AuthErrorKind::MissingCredentials
+    );
+    assert_eq!(body(res).await, "denied /x");
+}
+
+#[tokio::test]
+async fn realm_and_grpc_rendering() {
+    let issuer = TestIssuer::new("https://issuer.example");
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt(&issuer)).realm("orders"))
+        .service_fn(|_r: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::new())))
+        });
+
+    let res = svc
+        .clone()
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer realm="orders""#
+    );
+
+    let bad = issuer.token().audience("other").mint();
+    let req = Request::post("/pkg.Svc/Method")
+        .header("content-type", "application/grpc")
+        .header("authorization", format!("Bearer {bad}"))
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "16");
+    assert_eq!(res.headers()["content-type"], "application/grpc");
+    assert_eq!(
+        res.extensions().get::<AuthError>().unwrap().kind(),
+        AuthErrorKind::InvalidToken
+    );
+    assert_eq!(body(res).await, "");
+}
