@@ -26,7 +26,8 @@
 //!
 //! let renderer = DefaultRenderer::new("my-api");
 //! let headers = http::HeaderMap::new();
-//! let head = RequestHead::new(&http::Method::GET, &"/".parse().unwrap(), &headers);
+//! let uri: http::Uri = "/".parse().unwrap();
+//! let head = RequestHead::new(&http::Method::GET, &uri, &headers);
 //! let response = renderer.render(&AuthError::invalid_token("expired"), &head);
 //! assert_eq!(response.status(), 401);
 //! assert_eq!(

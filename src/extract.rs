@@ -190,14 +190,23 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Aut
     Ok(found)
 }
 
+/// Bytes of RFC 6750's `b64token` alphabet, as a lookup table (this runs on every request).
+static B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
 /// RFC 6750 `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn check_b64token(token: &str) -> Result<(), AuthError> {
     let body = token.trim_end_matches('=');
-    let ok = !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        });
-    if ok {
+    if !body.is_empty() && body.bytes().all(|b| B64TOKEN[usize::from(b)]) {
         Ok(())
     } else {
         Err(AuthError::invalid_request(

@@ -22,7 +22,7 @@
 //! With axum, put the layer on `route_layer` so that unknown routes stay `404` instead of
 //! turning into `401`:
 //!
-//! ```ignore
+//! ```text
 //! let app = Router::new()
 //!     .route("/items", get(list_items))
 //!     .route_layer(AuthLayer::new(jwt));

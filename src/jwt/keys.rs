@@ -63,6 +63,9 @@ struct KeyInner {
     alg: Option<Algorithm>,
     kind: KeyKind,
     key: DecodingKey,
+    /// The public key parsed once per algorithm it fits (aws-lc-rs backend only).
+    #[cfg(feature = "aws-lc-rs")]
+    parsed: std::sync::Arc<[(Algorithm, aws_lc_rs::signature::ParsedPublicKey)]>,
 }
 
 /// One verification key, with an optional `kid` and an optional algorithm restriction.
@@ -91,6 +94,8 @@ impl JwtKey {
             kid: None,
             alg: None,
             kind,
+            #[cfg(feature = "aws-lc-rs")]
+            parsed: fast::parse(kind, &key).into(),
             key,
         }))
     }
@@ -326,6 +331,8 @@ impl JwtKey {
             alg: arc.alg,
             kind: arc.kind,
             key: arc.key.clone(),
+            #[cfg(feature = "aws-lc-rs")]
+            parsed: arc.parsed.clone(),
         })
     }
 
@@ -368,11 +375,61 @@ impl JwtKey {
         if !self.fits(alg) {
             return false;
         }
+        #[cfg(feature = "aws-lc-rs")]
+        if let Some((_, parsed)) = self.0.parsed.iter().find(|(a, _)| *a == alg) {
+            return parsed.verify_sig(message, signature).is_ok();
+        }
         let Ok(verifier) = (provider().verifier_factory)(&alg.to_jsonwebtoken(), &self.0.key)
         else {
             return false;
         };
         verifier.verify(message, &signature.to_vec()).is_ok()
+    }
+}
+
+/// Public keys parsed once, for the aws-lc-rs backend.
+///
+/// jsonwebtoken's aws-lc provider rebuilds the public key from its bytes on every
+/// verification. The verification algorithms here are the very ones that provider uses
+/// (`RSA_PKCS1_2048_8192_*`, `RSA_PSS_2048_8192_*`, `ECDSA_P*_FIXED`, `ED25519`), so the
+/// accepted signatures are identical; only the per-request key parsing is gone. HMAC keys
+/// and the rust-crypto backend go through jsonwebtoken's provider.
+#[cfg(feature = "aws-lc-rs")]
+mod fast {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::PublicKeyComponents;
+    use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
+    use jsonwebtoken::{DecodingKey, DecodingKeyKind};
+
+    use super::{Algorithm, KeyKind};
+
+    pub(super) fn parse(kind: KeyKind, key: &DecodingKey) -> Vec<(Algorithm, ParsedPublicKey)> {
+        let algs: &[(Algorithm, &'static dyn VerificationAlgorithm)] = match kind {
+            KeyKind::Rsa { .. } => &[
+                (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+                (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+                (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+                (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+                (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+                (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+            ],
+            KeyKind::P256 => &[(Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED)],
+            KeyKind::P384 => &[(Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED)],
+            KeyKind::Ed25519 => &[(Algorithm::EdDSA, &sig::ED25519)],
+            KeyKind::Hmac { .. } => &[],
+        };
+        let bytes: Vec<u8> = match key.kind() {
+            DecodingKeyKind::SecretOrDer(der) => der.clone(),
+            DecodingKeyKind::RsaModulusExponent { n, e } => {
+                match (PublicKeyComponents { n, e }).as_der() {
+                    Ok(der) => der.as_ref().to_vec(),
+                    Err(_) => return Vec::new(),
+                }
+            }
+        };
+        algs.iter()
+            .filter_map(|&(alg, va)| ParsedPublicKey::new(va, &bytes).ok().map(|p| (alg, p)))
+            .collect()
     }
 }
 
