@@ -75,6 +75,11 @@ impl TokenExtractor {
         self
     }
 
+    /// The length cap, in bytes.
+    pub fn max_token_len(&self) -> usize {
+        self.max_len
+    }
+
     /// The sources.
     pub fn sources(&self) -> &[TokenSource] {
         &self.sources

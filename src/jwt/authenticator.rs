@@ -123,12 +123,13 @@ impl JwtAuthenticator {
         &self.config.issuer
     }
 
-    /// Verify a token outside a layer (a WebSocket handshake, a message queue).
+    /// Verify a token outside a layer (a WebSocket handshake, a message queue). The
+    /// extractor's length cap applies.
     ///
     /// # Errors
     /// Exactly the rejections the layer would give.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        if token.len() > crate::extract::DEFAULT_MAX_TOKEN_LEN {
+        if token.len() > self.config.extractor.max_token_len() {
             return Err(AuthError::invalid_token("token longer than the cap"));
         }
         match self.authenticate(token.to_owned()).await? {
@@ -511,6 +512,123 @@ pub fn verify_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::AuthErrorKind;
+    use crate::jwt::{JwtKey, StaticKeys};
+
+    #[cfg(feature = "testing")]
+    mod with_issuer {
+        use super::*;
+        use crate::testing::TestIssuer;
+
+        fn block_on<F: Future>(f: F) -> F::Output {
+            let mut f = std::pin::pin!(f);
+            match f
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            {
+                Poll::Ready(out) => out,
+                Poll::Pending => panic!("static keys never wait"),
+            }
+        }
+
+        fn jwt(issuer: &TestIssuer) -> JwtAuthenticatorBuilder {
+            JwtAuthenticator::builder(issuer.issuer(), "api").keys(issuer.static_keys())
+        }
+
+        #[test]
+        fn verify_outside_a_layer() {
+            let issuer = TestIssuer::new("https://iss");
+            let j = jwt(&issuer).build().unwrap();
+            let id =
+                block_on(j.verify(&issuer.token().subject("a").audience("api").mint())).unwrap();
+            assert_eq!(id.subject(), "a");
+            assert!(block_on(j.verify(&"a".repeat(9000))).is_err());
+        }
+
+        #[test]
+        fn empty_payload_is_not_a_jwt() {
+            let issuer = TestIssuer::new("https://iss");
+            let j = jwt(&issuer).build().unwrap();
+            let token = issuer.sign_raw(Algorithm::RS256, r#"{"alg":"RS256","kid":"rs256"}"#, "");
+            assert_eq!(token.split('.').nth(1), Some(""));
+            let err = block_on(j.verify(&token)).unwrap_err();
+            assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+            assert_eq!(err.reason(), "segment is not strict JSON");
+        }
+
+        #[test]
+        fn kidless_tokens_pick_a_key_by_algorithm() {
+            let issuer = TestIssuer::new("https://iss");
+            let j = jwt(&issuer).build().unwrap();
+            for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+                let t = issuer
+                    .token()
+                    .audience("api")
+                    .algorithm(alg)
+                    .without_header("kid")
+                    .mint();
+                assert!(block_on(j.verify(&t)).is_ok(), "{alg}");
+            }
+            let t = issuer
+                .token()
+                .audience("api")
+                .header("kid", "unknown".into())
+                .mint();
+            assert_eq!(block_on(j.verify(&t)).unwrap_err().reason(), "unknown kid");
+        }
+
+        #[test]
+        fn allow_list_is_enforced_even_when_the_key_fits() {
+            let issuer = TestIssuer::new("https://iss");
+            let j = jwt(&issuer).algorithms([Algorithm::ES256]).build().unwrap();
+            let t = issuer.token().audience("api").mint();
+            assert_eq!(
+                block_on(j.verify(&t)).unwrap_err().reason(),
+                "alg not allowed"
+            );
+            let t = issuer
+                .token()
+                .audience("api")
+                .algorithm(Algorithm::ES256)
+                .mint();
+            assert!(block_on(j.verify(&t)).is_ok());
+        }
+    }
+
+    #[test]
+    fn configuration_errors() {
+        let keys = || StaticKeys::new([JwtKey::hmac_secret(&[1; 32]).unwrap()]);
+        let ok = || JwtAuthenticator::builder("https://iss", "api").keys(keys());
+        assert!(ok().build().is_ok());
+        assert!(
+            JwtAuthenticator::builder("", "api")
+                .keys(keys())
+                .build()
+                .is_err()
+        );
+        assert!(
+            JwtAuthenticator::builder("https://iss", "")
+                .keys(keys())
+                .build()
+                .is_err()
+        );
+        assert!(
+            JwtAuthenticator::builder("https://iss", "api")
+                .build()
+                .is_err()
+        );
+        assert!(
+            JwtAuthenticator::builder("https://iss", "api")
+                .keys(StaticKeys::new([]))
+                .build()
+                .is_err()
+        );
+        assert!(ok().algorithms([]).build().is_err());
+        assert!(ok().leeway(Duration::from_secs(301)).build().is_err());
+        assert!(ok().subject_claims(Vec::<String>::new()).build().is_err());
+        let dbg = format!("{:?}", ok().build().unwrap());
+        assert!(dbg.contains("https://iss") && !dbg.contains("[1, 1"));
+    }
 
     #[test]
     fn typ_rules() {
