@@ -10,9 +10,11 @@
 //! | [`Claims<T>`] | `401`, like missing credentials | the claims as `T`; `401 invalid_token` if they do not fit `T` |
 //! | `Option<Claims<T>>` | `None` | `Some(claims)`; `401 invalid_token` if they do not fit `T` |
 //!
-//! Rejections are [`AuthError`]s rendered like the layer's (RFC 6750 `WWW-Authenticate`,
-//! `application/problem+json`, realm `api`), with the [`AuthError`] in the response's
-//! extensions. The reason (e.g. which field of `T` was missing) goes to a `tracing` event
+//! Rejections are [`AuthRejection`]s: the [`AuthError`] rendered by the renderer of the
+//! layer that handled the request (its realm, its custom renderer, gRPC detection), or by
+//! [`DefaultRenderer`] when no layer ran, with the [`AuthError`] in the response's
+//! extensions. A handler may also return an [`AuthError`] itself (e.g. a 403); that renders
+//! with [`DefaultRenderer::render_http`]. The reason (e.g. which field of `T` was missing) goes to a `tracing` event
 //! (target `tower_api_guard::axum`), never to the response.
 //!
 //! Put the layer on [`route_layer`](https://docs.rs/axum/0.8/axum/struct.Router.html#method.route_layer),
@@ -108,8 +110,70 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::error::{AuthError, DefaultRenderer};
+use bytes::Bytes;
+
+use crate::error::{AuthError, DefaultRenderer, LayerRenderer, RenderRejection, RequestHead};
 use crate::identity::Identity;
+
+/// An extractor's rejection: the [`AuthError`] (also reachable through `Deref`), rendered
+/// by the renderer of the [`AuthLayer`](crate::auth::AuthLayer) that handled the request, so
+/// its realm, custom rendering and gRPC detection apply; [`DefaultRenderer`] when no layer
+/// ran. The response carries the [`AuthError`] in its extensions.
+pub struct AuthRejection {
+    error: AuthError,
+    response: http::Response<Bytes>,
+}
+
+impl AuthRejection {
+    fn new(parts: &Parts, error: AuthError) -> Self {
+        let head = RequestHead::new(&parts.method, &parts.uri, &parts.headers);
+        let response = match parts.extensions.get::<LayerRenderer>() {
+            Some(LayerRenderer(renderer)) => renderer.render(&error, &head),
+            None => DefaultRenderer::default().render(&error, &head),
+        };
+        Self { error, response }
+    }
+
+    /// The error.
+    pub fn error(&self) -> &AuthError {
+        &self.error
+    }
+
+    /// Unwrap the error.
+    pub fn into_error(self) -> AuthError {
+        self.error
+    }
+}
+
+impl Deref for AuthRejection {
+    type Target = AuthError;
+
+    fn deref(&self) -> &AuthError {
+        &self.error
+    }
+}
+
+impl std::fmt::Debug for AuthRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AuthRejection").field(&self.error).finish()
+    }
+}
+
+impl std::fmt::Display for AuthRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for AuthRejection {}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        let mut response = self.response.map(Body::from);
+        response.extensions_mut().insert(self.error);
+        response
+    }
+}
 
 /// Renders with [`DefaultRenderer::render_http`] (realm `api`) and puts the error into the
 /// response's extensions.
@@ -130,10 +194,10 @@ impl IntoResponse for AuthError {
 /// request has no identity (no layer, or an [`optional`](crate::auth::AuthenticatorExt::optional)
 /// one let an anonymous request through).
 impl<S: Send + Sync> FromRequestParts<S> for Identity {
-    type Rejection = AuthError;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        identity_of(parts).ok_or_else(no_identity)
+        identity_of(parts).ok_or_else(|| no_identity(parts))
     }
 }
 
@@ -200,11 +264,13 @@ where
     S: Send + Sync,
     T: DeserializeOwned,
 {
-    type Rejection = AuthError;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let identity = identity_of(parts).ok_or_else(no_identity)?;
-        claims_of(&identity).map(Claims)
+        let identity = identity_of(parts).ok_or_else(|| no_identity(parts))?;
+        claims_of(&identity)
+            .map(Claims)
+            .map_err(|e| AuthRejection::new(parts, e))
     }
 }
 
@@ -215,14 +281,16 @@ where
     S: Send + Sync,
     T: DeserializeOwned,
 {
-    type Rejection = AuthError;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         match identity_of(parts) {
-            Some(identity) => claims_of(&identity).map(|c| Some(Claims(c))),
+            Some(identity) => claims_of(&identity)
+                .map(|c| Some(Claims(c)))
+                .map_err(|e| AuthRejection::new(parts, e)),
             None => Ok(None),
         }
     }
@@ -232,10 +300,10 @@ fn identity_of(parts: &Parts) -> Option<Identity> {
     parts.extensions.get::<Identity>().cloned()
 }
 
-fn no_identity() -> AuthError {
+fn no_identity(parts: &Parts) -> AuthRejection {
     let error = AuthError::missing_credentials();
     log_rejection(&error, "no identity in the request extensions");
-    error
+    AuthRejection::new(parts, error)
 }
 
 fn claims_of<T: DeserializeOwned>(identity: &Identity) -> Result<T, AuthError> {

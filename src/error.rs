@@ -288,6 +288,11 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The renderer of the [`AuthLayer`](crate::auth::AuthLayer) that let a request through,
+/// left in the request's extensions so that extractors reject the same way.
+#[derive(Clone)]
+pub(crate) struct LayerRenderer(pub(crate) Arc<dyn RenderRejection>);
+
 /// Turns an [`AuthError`] into a response. Implement it to change the rejection's shape;
 /// pass it to a layer's `with_renderer`.
 ///

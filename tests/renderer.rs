@@ -89,3 +89,48 @@ async fn realm_and_grpc_rendering() {
     );
     assert_eq!(body(res).await, "");
 }
+
+#[tokio::test]
+async fn extractor_rejections_use_the_layers_renderer() {
+    use axum::Router;
+    use axum::routing::get;
+    use tower_api_guard::Identity;
+    use tower_api_guard::auth::AuthenticatorExt;
+
+    let issuer = TestIssuer::new("https://issuer.example");
+    // An optional layer lets anonymous requests reach a handler that requires an identity:
+    // the extractor rejects, and must do so with the layer's realm.
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|id: Identity| async move { id.subject().to_owned() }),
+        )
+        .route_layer(AuthLayer::new(jwt(&issuer).optional()).realm("orders"));
+    let res = app
+        .clone()
+        .oneshot(Request::get("/me").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"Bearer realm="orders""#
+    );
+    assert_eq!(
+        res.extensions().get::<AuthError>().unwrap().kind(),
+        AuthErrorKind::MissingCredentials
+    );
+
+    // The same rejection for a gRPC request is a trailers-only gRPC status.
+    let res = app
+        .oneshot(
+            Request::get("/me")
+                .header("content-type", "application/grpc")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "16");
+}

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::service::reject;
 use crate::body::ResponseBody;
-use crate::error::{AuthError, RenderRejection};
+use crate::error::{AuthError, LayerRenderer, RenderRejection};
 use crate::identity::Identity;
 
 pin_project! {
@@ -97,6 +97,9 @@ where
                                     target: "tower_api_guard::auth",
                                     "anonymous request let through"
                                 );
+                            }
+                            if let Some(renderer) = this.renderer.take() {
+                                request.extensions_mut().insert(LayerRenderer(renderer));
                             }
                             let Some(mut inner) = this.inner.take() else {
                                 panic!("ResponseFuture polled after completion");
