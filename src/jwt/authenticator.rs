@@ -245,6 +245,10 @@ pub(crate) fn verify_jws(
     {
         return Err(Step::UnknownKid(kid.to_owned()));
     }
+    if set.is_empty() {
+        // No key yet (a remote source before its first fetch): ask the source.
+        return Err(Step::UnknownKid(header.kid.unwrap_or_default()));
+    }
     let mut any_key = false;
     for key in set.candidates(header.kid.as_deref(), alg) {
         any_key = true;
@@ -396,11 +400,7 @@ impl JwtAuthenticatorBuilder {
         let keys = self
             .keys
             .ok_or_else(|| ConfigError::new("no keys configured"))?;
-        if let Ok(set) = keys.current()
-            && set.is_empty()
-        {
-            return Err(ConfigError::new("the key set holds no usable key"));
-        }
+        keys.check()?;
         if self.algorithms.is_empty() {
             return Err(ConfigError::new("the algorithm allow-list is empty"));
         }

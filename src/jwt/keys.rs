@@ -597,6 +597,15 @@ pub trait KeySource: Send + Sync + fmt::Debug + 'static {
         let _ = kid;
         None
     }
+
+    /// Checked once when the authenticator is built (no I/O): a source that can never
+    /// verify anything (an empty static set) is a configuration error.
+    ///
+    /// # Errors
+    /// When the source is unusable.
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// Keys given at start-up. Never refreshed.
@@ -647,6 +656,14 @@ impl From<KeySet> for StaticKeys {
 impl KeySource for StaticKeys {
     fn current(&self) -> Result<Arc<KeySet>, AuthError> {
         Ok(self.set.clone())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.set.is_empty() {
+            Err(ConfigError::new("the key set holds no usable key"))
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -57,6 +57,7 @@ mod authenticator;
 mod claims;
 mod jose;
 mod keys;
+mod remote;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use authenticator::{
@@ -64,4 +65,10 @@ pub use authenticator::{
 };
 pub use keys::{
     JwtKey, KeySet, KeySetFuture, KeySource, MAX_KIDLESS_CANDIDATES, MIN_RSA_BITS, StaticKeys,
+};
+#[cfg(feature = "reqwest")]
+pub use remote::ReqwestFetcher;
+pub use remote::{
+    FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, KeySourceStatus, RemoteJwks,
+    RemoteJwksBuilder, parse_max_age,
 };
