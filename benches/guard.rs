@@ -49,11 +49,19 @@ fn jwt_benches(c: &mut Criterion) {
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     let issuer = TestIssuer::new(ISSUER);
     let jwks: JwkSet = serde_json::from_str(&issuer.jwks_json()).unwrap();
+    // Cache off: every call verifies the signature (the comparison with decode).
     let jwt = JwtAuthenticator::builder(ISSUER, AUDIENCE)
         .keys(issuer.static_keys())
+        .token_cache(0)
         .build()
         .unwrap();
     let mut service: Svc = AuthLayer::new(jwt).layer(service_fn(inner as fn(_) -> _));
+    // Cache on (the default): a repeated token is a cache hit.
+    let cached_jwt = JwtAuthenticator::builder(ISSUER, AUDIENCE)
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let mut cached_service: Svc = AuthLayer::new(cached_jwt).layer(service_fn(inner as fn(_) -> _));
 
     for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
         let token = issuer
@@ -117,6 +125,14 @@ fn jwt_benches(c: &mut Criterion) {
                         .unwrap(),
                 )
             })
+        });
+        assert_eq!(call(&mut cached_service, &bearer).status(), StatusCode::OK);
+        group.bench_function("ours_full_call_cache_hit", |b| {
+            b.iter_batched(
+                request,
+                |req| black_box(now(cached_service.call(req)).unwrap()),
+                BatchSize::SmallInput,
+            )
         });
         let set = issuer.static_keys().key_set().clone();
         group.bench_function("ours_verify_signature_only", |b| {

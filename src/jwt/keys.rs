@@ -336,6 +336,11 @@ impl JwtKey {
         })
     }
 
+    /// Whether both handles are the very same loaded key.
+    pub(crate) fn same_key(&self, other: &JwtKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The `kid`, if any.
     pub fn kid(&self) -> Option<&str> {
         self.0.kid.as_deref()

@@ -1,0 +1,145 @@
+//! The verified-token cache: a hit skips the signature check, never outlives `exp`, only
+//! matches byte-identical tokens, and is bounded.
+#![cfg(all(feature = "jwt", feature = "testing"))]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_api_guard::clock::ManualClock;
+use tower_api_guard::jwt::{Algorithm, JwtAuthenticator};
+use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{AuthErrorKind, Identity};
+
+const ISS: &str = "https://issuer.example";
+
+fn setup(capacity: u64) -> (Arc<ManualClock>, TestIssuer, JwtAuthenticator) {
+    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+    let jwt = JwtAuthenticator::builder(ISS, "api")
+        .keys(issuer.static_keys())
+        .clock(clock.clone())
+        .token_cache(capacity)
+        .build()
+        .unwrap();
+    (clock, issuer, jwt)
+}
+
+/// Same cached identity: the very same allocation.
+fn same(a: &Identity, b: &Identity) -> bool {
+    std::ptr::eq(a.subject().as_ptr(), b.subject().as_ptr())
+}
+
+#[tokio::test]
+async fn a_hit_returns_the_cached_identity() {
+    let (_, issuer, jwt) = setup(100);
+    let token = issuer.token().audience("api").mint();
+    let first = jwt.verify(&token).await.unwrap();
+    let second = jwt.verify(&token).await.unwrap();
+    assert!(
+        same(&first, &second),
+        "the second verification is a cache hit"
+    );
+    assert_eq!(jwt.cached_tokens(), 1);
+
+    let (_, issuer, uncached) = setup(0);
+    let token = issuer.token().audience("api").mint();
+    let a = uncached.verify(&token).await.unwrap();
+    let b = uncached.verify(&token).await.unwrap();
+    assert!(!same(&a, &b), "with the cache off every call verifies");
+    assert_eq!(uncached.cached_tokens(), 0);
+}
+
+#[tokio::test]
+async fn an_entry_never_outlives_exp() {
+    let (clock, issuer, jwt) = setup(100);
+    let token = issuer
+        .token()
+        .audience("api")
+        .expires_in(Duration::from_secs(100))
+        .mint();
+    jwt.verify(&token).await.unwrap();
+    clock.advance(Duration::from_secs(159)); // exp + 59 s: within the 60 s leeway
+    jwt.verify(&token).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let err = jwt.verify(&token).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.reason(), "token expired");
+}
+
+#[tokio::test]
+async fn only_byte_identical_tokens_hit() {
+    let (_, issuer, jwt) = setup(100);
+    let token = issuer
+        .token()
+        .audience("api")
+        .algorithm(Algorithm::ES256)
+        .mint();
+    let cached = jwt.verify(&token).await.unwrap();
+
+    // Another signature over the same header and claims: full verification, which fails.
+    let (head, _) = token.rsplit_once('.').unwrap();
+    let forged = format!("{head}.{}", "A".repeat(86));
+    assert_eq!(
+        jwt.verify(&forged).await.unwrap_err().reason(),
+        "signature does not verify"
+    );
+
+    // A token differing only in trailing text is not the cached one.
+    assert!(jwt.verify(&format!("{token}A")).await.is_err());
+    assert!(jwt.verify(&token[..token.len() - 1]).await.is_err());
+
+    // Same signature (so the same cache key) over other claims: not a hit, rejected.
+    let (_, sig) = token.rsplit_once('.').unwrap();
+    let other = issuer
+        .token()
+        .audience("api")
+        .subject("mallory")
+        .algorithm(Algorithm::ES256)
+        .mint();
+    let (other_head, _) = other.rsplit_once('.').unwrap();
+    let spliced = format!("{other_head}.{sig}");
+    assert_eq!(
+        jwt.verify(&spliced).await.unwrap_err().reason(),
+        "signature does not verify"
+    );
+
+    // The cached token still hits.
+    assert!(same(&cached, &jwt.verify(&token).await.unwrap()));
+}
+
+#[tokio::test]
+async fn max_age_is_rechecked_on_a_hit() {
+    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+    let jwt = JwtAuthenticator::builder(ISS, "api")
+        .keys(issuer.static_keys())
+        .clock(clock.clone())
+        .max_age(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let token = issuer
+        .token()
+        .audience("api")
+        .expires_in(Duration::from_secs(7200))
+        .mint();
+    jwt.verify(&token).await.unwrap();
+    clock.advance(Duration::from_secs(661));
+    assert_eq!(
+        jwt.verify(&token).await.unwrap_err().reason(),
+        "token older than the maximum age"
+    );
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded() {
+    let (_, issuer, jwt) = setup(50);
+    for i in 0..500 {
+        let t = issuer
+            .token()
+            .audience("api")
+            .subject(format!("user-{i}"))
+            .mint();
+        jwt.verify(&t).await.unwrap();
+    }
+    assert!(jwt.cached_tokens() <= 50, "{}", jwt.cached_tokens());
+}
