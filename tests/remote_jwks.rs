@@ -526,3 +526,71 @@ fn configuration_errors() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn several_issuers_route_by_iss_and_unknown_issuers_cost_no_fetch() {
+    use tower_api_guard::jwt::JwtIssuers;
+    let clock = Arc::new(ManualClock::at_unix(START));
+    let staff = TestIssuer::with_algorithms("https://staff.example", &[Algorithm::RS256])
+        .with_clock(clock.clone());
+    let partners = TestIssuer::with_algorithms("https://partners.example", &[Algorithm::ES256])
+        .with_clock(clock.clone());
+    let server = Server::start(serve(&partners, Some(600))).await;
+    let issuers = JwtIssuers::new([
+        JwtAuthenticator::builder("https://staff.example", "staff-api")
+            .keys(staff.static_keys())
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+        JwtAuthenticator::builder("https://partners.example", "partner-api")
+            .keys(remote(RemoteJwks::builder(server.url()), &clock))
+            .algorithms([Algorithm::ES256])
+            .clock(clock.clone())
+            .build()
+            .unwrap(),
+    ])
+    .unwrap();
+
+    // An unknown issuer is rejected before any key is fetched.
+    let stranger = TestIssuer::with_algorithms("https://evil.example", &[Algorithm::ES256]);
+    let t = stranger.token().audience("partner-api").mint();
+    assert_eq!(
+        issuers.verify(&t).await.unwrap_err().reason(),
+        "issuer not configured"
+    );
+    assert_eq!(server.hits(), 0);
+
+    // Each issuer with its own keys, audiences and algorithms.
+    let t = staff.token().audience("staff-api").mint();
+    assert_eq!(
+        issuers.verify(&t).await.unwrap().source().to_string(),
+        "jwt"
+    );
+    let t = partners.token().audience("partner-api").mint();
+    assert!(issuers.verify(&t).await.is_ok());
+    assert_eq!(server.hits(), 1);
+    // The partner audience is not accepted for staff tokens, nor staff keys for partners.
+    let t = staff.token().audience("partner-api").mint();
+    assert_eq!(
+        issuers.verify(&t).await.unwrap_err().reason(),
+        "aud does not match"
+    );
+    let forged = staff
+        .token()
+        .issuer("https://partners.example")
+        .audience("partner-api")
+        .mint();
+    assert!(issuers.verify(&forged).await.is_err());
+    // Malformed iss.
+    let t = staff
+        .token()
+        .audience("staff-api")
+        .claim("iss", 5.into())
+        .mint();
+    assert_eq!(
+        issuers.verify(&t).await.unwrap_err().reason(),
+        "iss is not a string"
+    );
+
+    assert!(JwtIssuers::new([]).is_err());
+}

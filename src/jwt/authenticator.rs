@@ -571,7 +571,7 @@ enum FutState {
 }
 
 impl JwtFuture {
-    fn ready(outcome: Outcome) -> Self {
+    pub(crate) fn ready(outcome: Outcome) -> Self {
         Self {
             state: FutState::Ready(Some(outcome)),
         }

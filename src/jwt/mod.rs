@@ -55,6 +55,7 @@
 mod algorithm;
 mod authenticator;
 mod claims;
+mod issuers;
 mod jose;
 mod keys;
 mod remote;
@@ -63,6 +64,7 @@ pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use authenticator::{
     DEFAULT_LEEWAY, JwtAuthenticator, JwtAuthenticatorBuilder, JwtFuture, verify_signature,
 };
+pub use issuers::JwtIssuers;
 pub use keys::{
     JwtKey, KeySet, KeySetFuture, KeySource, MAX_KIDLESS_CANDIDATES, MIN_RSA_BITS, StaticKeys,
 };
