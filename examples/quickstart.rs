@@ -16,11 +16,11 @@
 //! | `POST /items` | scope `items:write` |
 //! | `GET /admin` | role `admin` |
 //!
-//! To protect the same routes with a real identity provider, set `GUARD_ISSUER`,
-//! `GUARD_AUDIENCE` and `GUARD_JWKS_FILE` (a JWKS document on disk). Fetching
-//! `GUARD_JWKS_URL` or discovering it from the issuer arrives with the remote key-set
-//! support; rate limiting (`GUARD_RATE`, `GUARD_AUTH_FAILURE_LIMIT`, `REDIS_URL`) with the
-//! rate limiter.
+//! To protect the same routes with a real identity provider, set `GUARD_ISSUER` and
+//! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
+//! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Rate
+//! limiting (`GUARD_RATE`, `GUARD_AUTH_FAILURE_LIMIT`, `REDIS_URL`) arrives with the rate
+//! limiter.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tower_api_guard::auth::AuthLayer;
-use tower_api_guard::jwt::{JwtAuthenticator, StaticKeys};
+use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthError, Identity};
 
@@ -49,12 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
-    for name in [
-        "GUARD_RATE",
-        "GUARD_AUTH_FAILURE_LIMIT",
-        "REDIS_URL",
-        "GUARD_JWKS_URL",
-    ] {
+    for name in ["GUARD_RATE", "GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL"] {
         if std::env::var_os(name).is_some() {
             eprintln!("note: {name} is not supported yet by this version and is ignored");
         }
@@ -66,19 +61,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(issuer) => {
             let audience = std::env::var("GUARD_AUDIENCE")
                 .map_err(|_| "GUARD_ISSUER is set, so GUARD_AUDIENCE must be set too")?;
-            let file = std::env::var("GUARD_JWKS_FILE").map_err(|_| {
-                "set GUARD_JWKS_FILE to the issuer's JWKS document: remote JWKS and \
-                 OIDC discovery are not supported by this version yet"
-            })?;
-            let jwks = std::fs::read(&file).map_err(|e| format!("reading {file}: {e}"))?;
-            let jwt = authenticator(&issuer, &audience, StaticKeys::from_jwks_json(&jwks)?)?;
+            let jwt = if let Ok(file) = std::env::var("GUARD_JWKS_FILE") {
+                let jwks = std::fs::read(&file).map_err(|e| format!("reading {file}: {e}"))?;
+                println!("Keys from {file}");
+                authenticator(&issuer, &audience, StaticKeys::from_jwks_json(&jwks)?)?
+            } else {
+                let keys = match std::env::var("GUARD_JWKS_URL") {
+                    Ok(url) => {
+                        println!("Keys from {url}");
+                        RemoteJwks::builder(url).build()?
+                    }
+                    Err(_) => {
+                        println!("Keys through OIDC discovery on {issuer}");
+                        RemoteJwks::discover(issuer.clone()).build()?
+                    }
+                };
+                if let Err(e) = keys.ready().await {
+                    eprintln!(
+                        "warning: could not fetch the key set yet ({e}); requests will answer 503 \
+                         until it can be fetched: {:?}",
+                        keys.status().last_error
+                    );
+                }
+                authenticator(&issuer, &audience, keys)?
+            };
             println!("Protecting http://{addr} for issuer {issuer}, audience {audience}");
             jwt
         }
         Err(_) => {
             let issuer = TestIssuer::new(DEV_ISSUER);
             let served = issuer.serve().await?;
-            let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, issuer.static_keys())?;
+            // The same path a real issuer takes: a remote, cached, refreshed key set.
+            let keys = RemoteJwks::builder(served.jwks_url()).build()?;
+            keys.ready().await?;
+            let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, keys)?;
             print_demo(&issuer, &served.jwks_url(), addr);
             _served = Some(served);
             jwt
@@ -107,7 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn authenticator(
     issuer: &str,
     audience: &str,
-    keys: StaticKeys,
+    keys: impl KeySource,
 ) -> Result<JwtAuthenticator, tower_api_guard::ConfigError> {
     JwtAuthenticator::builder(issuer, audience)
         .keys(keys)

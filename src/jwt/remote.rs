@@ -839,8 +839,10 @@ async fn refresh_once(inner: &Inner) -> Result<Arc<KeySet>, AuthError> {
     // Jitter: between half and all of the backoff.
     let frac = (inner.jitter.hash_one(now) % 1000) as f64 / 2000.0 + 0.5;
     let retry_in = backoff.mul_f64(frac);
-    if before.failures == 0 {
+    if before.failures == 0 && before.keys.is_some() {
         tracing::warn!(target: "tower_api_guard::jwks", reason = %failure, retry_in_ms = retry_in.as_millis() as u64, "key set fetch failed; keeping the last good keys");
+    } else if before.failures == 0 {
+        tracing::warn!(target: "tower_api_guard::jwks", reason = %failure, retry_in_ms = retry_in.as_millis() as u64, "key set fetch failed; no key set held");
     } else {
         tracing::debug!(target: "tower_api_guard::jwks", reason = %failure, failures, "key set fetch failed again");
     }
