@@ -9,6 +9,7 @@ use super::Algorithm;
 use super::claims::{self, ClaimRules};
 use super::jose;
 use super::keys::{JwtKey, KeySet, KeySource, install_provider};
+use super::revocation::{FailurePolicy, RevocationStore, TokenFacts};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ConfigError, RequestHead};
@@ -35,6 +36,7 @@ struct Config {
     extractor: TokenExtractor,
     clock: Arc<dyn Clock>,
     cache: Option<moka::sync::Cache<Box<str>, CachedToken>>,
+    revocation: Option<(Arc<dyn RevocationStore>, FailurePolicy)>,
 }
 
 /// How many trailing characters of a token key the cache (they fall in the signature).
@@ -101,6 +103,8 @@ pub struct JwtAuthenticatorBuilder {
     extractor: TokenExtractor,
     clock: Arc<dyn Clock>,
     cache_capacity: u64,
+    revocation: Option<Arc<dyn RevocationStore>>,
+    revocation_policy: FailurePolicy,
 }
 
 impl fmt::Debug for JwtAuthenticatorBuilder {
@@ -143,6 +147,8 @@ impl JwtAuthenticator {
             extractor: TokenExtractor::default(),
             clock: Arc::new(SystemClock),
             cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
+            revocation: None,
+            revocation_policy: FailurePolicy::Closed,
         }
     }
 
@@ -250,10 +256,10 @@ impl JwtAuthenticator {
             Err(e) => return JwtFuture::ready(Err(e)),
         };
         if let Some(identity) = self.cached(&token, &set) {
-            return JwtFuture::ready(Ok(Some(identity)));
+            return self.after_verification(identity);
         }
         match self.verify_now(&token, &set) {
-            Ok(identity) => JwtFuture::ready(Ok(Some(identity))),
+            Ok(identity) => self.after_verification(identity),
             Err(Step::Reject(e)) => JwtFuture::ready(Err(e)),
             Err(Step::UnknownKid(kid)) => match self.config.keys.refresh_for_unknown_kid(&kid) {
                 None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid"))),
@@ -263,7 +269,7 @@ impl JwtAuthenticator {
                         state: FutState::Pending(Box::pin(async move {
                             let set = refresh.await?;
                             match this.verify_now(&token, &set) {
-                                Ok(identity) => Ok(Some(identity)),
+                                Ok(identity) => this.check_revocation(identity).await,
                                 Err(Step::Reject(e)) => Err(e),
                                 Err(Step::UnknownKid(_)) => {
                                     Err(AuthError::invalid_token("unknown kid"))
@@ -271,6 +277,53 @@ impl JwtAuthenticator {
                             }
                         })),
                     }
+                }
+            },
+        }
+    }
+}
+
+impl JwtAuthenticator {
+    /// A verified identity: ready, unless a revocation store must be asked.
+    fn after_verification(&self, identity: Identity) -> JwtFuture {
+        if self.config.revocation.is_none() {
+            return JwtFuture::ready(Ok(Some(identity)));
+        }
+        let this = self.clone();
+        JwtFuture {
+            state: FutState::Pending(Box::pin(
+                async move { this.check_revocation(identity).await },
+            )),
+        }
+    }
+
+    async fn check_revocation(&self, identity: Identity) -> Outcome {
+        let Some((store, policy)) = &self.config.revocation else {
+            return Ok(Some(identity));
+        };
+        let issued_at = identity
+            .claim("iat")
+            .and_then(serde_json::Value::as_f64)
+            .map(|iat| std::time::UNIX_EPOCH + Duration::from_secs_f64(iat));
+        let facts = TokenFacts {
+            jti: identity.claim("jti").and_then(serde_json::Value::as_str),
+            subject: identity.subject(),
+            issued_at,
+        };
+        match store.is_revoked(&facts).await {
+            Ok(false) => Ok(Some(identity)),
+            Ok(true) => Err(AuthError::invalid_token("token revoked")),
+            Err(e) => match policy {
+                FailurePolicy::Closed => {
+                    tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; rejecting (fail closed)");
+                    Err(AuthError::unavailable(
+                        "revocation store failed",
+                        Duration::from_secs(1),
+                    ))
+                }
+                FailurePolicy::Open => {
+                    tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; letting the request through (fail open)");
+                    Ok(Some(identity))
                 }
             },
         }
@@ -486,6 +539,20 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
+    /// Ask `store` whether each verified token (cache hits included) was revoked.
+    /// A store failure rejects with 503 unless the policy says
+    /// [`FailurePolicy::Open`] (see [`revocation_failure_policy`](Self::revocation_failure_policy)).
+    pub fn revocation(mut self, store: impl RevocationStore) -> Self {
+        self.revocation = Some(Arc::new(store));
+        self
+    }
+
+    /// What a revocation-store failure does (default [`FailurePolicy::Closed`]: 503).
+    pub fn revocation_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.revocation_policy = policy;
+        self
+    }
+
     /// Finish.
     ///
     /// # Errors
@@ -529,6 +596,7 @@ impl JwtAuthenticatorBuilder {
                 plan_claim: self.plan_claim,
                 extractor: self.extractor,
                 clock: self.clock,
+                revocation: self.revocation.map(|store| (store, self.revocation_policy)),
                 cache: (self.cache_capacity > 0).then(|| {
                     moka::sync::Cache::builder()
                         .max_capacity(self.cache_capacity)

@@ -59,6 +59,7 @@ mod issuers;
 mod jose;
 mod keys;
 mod remote;
+mod revocation;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use authenticator::{
@@ -73,4 +74,10 @@ pub use remote::ReqwestFetcher;
 pub use remote::{
     FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, KeySourceStatus, RemoteJwks,
     RemoteJwksBuilder, parse_max_age,
+};
+#[cfg(feature = "redis")]
+pub use revocation::RedisRevocations;
+pub use revocation::{
+    DEFAULT_MAX_TOKEN_LIFETIME, FailurePolicy, MemoryRevocations, RevocationError,
+    RevocationFuture, RevocationStore, TokenFacts,
 };

@@ -1,0 +1,380 @@
+//! Revocation of verified tokens: [`RevocationStore`], [`MemoryRevocations`] and (feature
+//! `redis`) `RedisRevocations`.
+//!
+//! Two kinds of revocation:
+//! * one token, by its `jti`, until the token would have expired anyway;
+//! * every token of a subject issued before an instant (logout everywhere, password
+//!   change): tokens whose `iat` is earlier, or that carry no `iat`, are rejected.
+//!
+//! The authenticator asks the store after every successful verification, verified-token
+//! cache hits included. A revoked token is a 401 `invalid_token`. When the store fails, the
+//! configured [`FailurePolicy`] decides: closed (the default) answers 503, open lets the
+//! request through; both log the failure.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::time::{Duration, SystemTime};
+//! use tower_api_guard::jwt::{MemoryRevocations, RevocationStore, TokenFacts};
+//!
+//! let store = MemoryRevocations::new();
+//! let expires = SystemTime::now() + Duration::from_secs(3600);
+//! store.revoke_token("jti-1", expires).await.unwrap();
+//! let facts = TokenFacts { jti: Some("jti-1"), subject: "alice", issued_at: None };
+//! assert!(store.is_revoked(&facts).await.unwrap());
+//! # });
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::{Clock, SystemClock};
+
+/// What a revocation check needs to know about a verified token.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFacts<'a> {
+    /// The `jti`, if the token has one.
+    pub jti: Option<&'a str>,
+    /// The subject.
+    pub subject: &'a str,
+    /// The `iat`, if the token has one.
+    pub issued_at: Option<SystemTime>,
+}
+
+/// A revocation store failed (unreachable, timed out). The reason is for logs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("revocation store failed: {reason}")]
+pub struct RevocationError {
+    reason: Cow<'static, str>,
+}
+
+impl RevocationError {
+    /// A failure with a reason (never containing tokens).
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// A revocation store's future.
+pub type RevocationFuture<T> = Pin<Box<dyn Future<Output = Result<T, RevocationError>> + Send>>;
+
+/// What to do when the revocation store fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Reject the request with 503 (the default: a revoked token must not slip through).
+    #[default]
+    Closed,
+    /// Let the request through, logged.
+    Open,
+}
+
+/// Where revocations live. Implementations must be cheap to ask: the authenticator asks
+/// on every authenticated request.
+pub trait RevocationStore: Send + Sync + fmt::Debug + 'static {
+    /// Whether the token is revoked.
+    fn is_revoked(&self, token: &TokenFacts<'_>) -> RevocationFuture<bool>;
+
+    /// Revoke one token by its `jti` until `expires_at` (the token's `exp`).
+    fn revoke_token(&self, jti: &str, expires_at: SystemTime) -> RevocationFuture<()>;
+
+    /// Revoke every token of `subject` issued before `issued_before`.
+    fn revoke_subject(&self, subject: &str, issued_before: SystemTime) -> RevocationFuture<()>;
+}
+
+/// The longest token lifetime assumed by default: a subject revocation is kept this long.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// An in-process [`RevocationStore`]: bounded (1,000,000 entries of each kind by default),
+/// entries expire with the tokens they concern. For one process; use `RedisRevocations`
+/// when the API runs on several machines.
+#[derive(Clone)]
+pub struct MemoryRevocations {
+    jtis: moka::sync::Cache<String, SystemTime>,
+    subjects: moka::sync::Cache<String, SystemTime>,
+    clock: Arc<dyn Clock>,
+    max_token_lifetime: Duration,
+}
+
+impl fmt::Debug for MemoryRevocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryRevocations")
+            .field("tokens", &self.jtis.entry_count())
+            .field("subjects", &self.subjects.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryRevocations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryRevocations {
+    /// A store with the default bounds and the system clock.
+    pub fn new() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+
+    /// A store holding at most `capacity` revoked tokens and `capacity` revoked subjects.
+    pub fn with_capacity(capacity: u64) -> Self {
+        let cache = || {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(DEFAULT_MAX_TOKEN_LIFETIME * 2)
+                .build()
+        };
+        Self {
+            jtis: cache(),
+            subjects: cache(),
+            clock: Arc::new(SystemClock),
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+        }
+    }
+
+    /// Use this clock (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How long a subject revocation is kept (default 24 h): set it to your tokens'
+    /// longest lifetime.
+    #[must_use]
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_token_lifetime = lifetime;
+        self
+    }
+
+    fn check(&self, token: &TokenFacts<'_>) -> bool {
+        let now = self.clock.now();
+        if let Some(jti) = token.jti
+            && self.jtis.get(jti).is_some_and(|until| now < until)
+        {
+            return true;
+        }
+        self.subjects.get(token.subject).is_some_and(|before| {
+            now < before + self.max_token_lifetime && token.issued_at.is_none_or(|iat| iat < before)
+        })
+    }
+}
+
+impl RevocationStore for MemoryRevocations {
+    fn is_revoked(&self, token: &TokenFacts<'_>) -> RevocationFuture<bool> {
+        let revoked = self.check(token);
+        Box::pin(std::future::ready(Ok(revoked)))
+    }
+
+    fn revoke_token(&self, jti: &str, expires_at: SystemTime) -> RevocationFuture<()> {
+        self.jtis.insert(jti.to_owned(), expires_at);
+        tracing::info!(target: "tower_api_guard::revocation", "token revoked");
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn revoke_subject(&self, subject: &str, issued_before: SystemTime) -> RevocationFuture<()> {
+        let newest = match self.subjects.get(subject) {
+            Some(existing) if existing > issued_before => existing,
+            _ => issued_before,
+        };
+        self.subjects.insert(subject.to_owned(), newest);
+        tracing::info!(target: "tower_api_guard::revocation", "subject's tokens revoked");
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(feature = "redis")]
+pub use redis_store::RedisRevocations;
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    use super::*;
+    use crate::error::ConfigError;
+    use redis::aio::ConnectionManager;
+
+    /// Keeps a subject's revocation instant, only ever moving it later.
+    const KEEP_LATEST: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1";
+
+    /// A [`RevocationStore`] in Redis, so that every replica sees a revocation at once.
+    /// One round trip per check (a pipelined `GET` of the token's and the subject's keys),
+    /// bounded by a timeout (default 50 ms). Keys expire with the tokens they concern.
+    #[derive(Clone)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub struct RedisRevocations {
+        conn: ConnectionManager,
+        prefix: Arc<str>,
+        clock: Arc<dyn Clock>,
+        max_token_lifetime: Duration,
+        timeout: Duration,
+        script: Arc<redis::Script>,
+    }
+
+    impl fmt::Debug for RedisRevocations {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RedisRevocations")
+                .field("prefix", &self.prefix)
+                .finish_non_exhaustive()
+        }
+    }
+
+    fn millis(t: SystemTime) -> u64 {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    impl RedisRevocations {
+        /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys are named
+        /// `tag:revoked:…` (change with [`prefix`](Self::prefix)).
+        ///
+        /// # Errors
+        /// A malformed URL or a failed first connection.
+        pub async fn connect(url: &str) -> Result<Self, ConfigError> {
+            let client =
+                redis::Client::open(url).map_err(|_| ConfigError::new("invalid Redis URL"))?;
+            let conn = ConnectionManager::new(client)
+                .await
+                .map_err(|_| ConfigError::new("cannot connect to Redis"))?;
+            Ok(Self {
+                conn,
+                prefix: "tag:revoked".into(),
+                clock: Arc::new(SystemClock),
+                max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+                timeout: Duration::from_millis(50),
+                script: Arc::new(redis::Script::new(KEEP_LATEST)),
+            })
+        }
+
+        /// The key prefix.
+        #[must_use]
+        pub fn prefix(mut self, prefix: &str) -> Self {
+            self.prefix = prefix.into();
+            self
+        }
+
+        /// The time budget of one call (default 50 ms).
+        #[must_use]
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = timeout;
+            self
+        }
+
+        /// Use this clock (tests).
+        #[must_use]
+        pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+            self.clock = clock;
+            self
+        }
+
+        /// How long a subject revocation is kept (default 24 h).
+        #[must_use]
+        pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+            self.max_token_lifetime = lifetime;
+            self
+        }
+
+        fn jti_key(&self, jti: &str) -> String {
+            format!("{}:jti:{jti}", self.prefix)
+        }
+
+        fn subject_key(&self, subject: &str) -> String {
+            format!("{}:sub:{subject}", self.prefix)
+        }
+
+        async fn bounded<T>(
+            timeout: Duration,
+            f: impl Future<Output = redis::RedisResult<T>>,
+        ) -> Result<T, RevocationError> {
+            match tokio::time::timeout(timeout, f).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(_)) => Err(RevocationError::new("Redis error")),
+                Err(_) => Err(RevocationError::new("Redis timed out")),
+            }
+        }
+    }
+
+    impl RevocationStore for RedisRevocations {
+        fn is_revoked(&self, token: &TokenFacts<'_>) -> RevocationFuture<bool> {
+            let mut conn = self.conn.clone();
+            let jti_key = token.jti.map(|j| self.jti_key(j));
+            let sub_key = self.subject_key(token.subject);
+            let iat = token.issued_at.map(millis);
+            let timeout = self.timeout;
+            Box::pin(async move {
+                let before: Option<u64> = match jti_key {
+                    Some(jti_key) => {
+                        let mut pipe = redis::pipe();
+                        pipe.get(jti_key).get(sub_key);
+                        let (jti, before): (Option<String>, Option<u64>) =
+                            Self::bounded(timeout, pipe.query_async(&mut conn)).await?;
+                        if jti.is_some() {
+                            return Ok(true);
+                        }
+                        before
+                    }
+                    None => {
+                        let get = redis::cmd("GET").arg(sub_key).to_owned();
+                        Self::bounded(timeout, get.query_async(&mut conn)).await?
+                    }
+                };
+                Ok(before.is_some_and(|before| iat.is_none_or(|iat| iat < before)))
+            })
+        }
+
+        fn revoke_token(&self, jti: &str, expires_at: SystemTime) -> RevocationFuture<()> {
+            let mut conn = self.conn.clone();
+            let key = self.jti_key(jti);
+            let ttl = expires_at
+                .duration_since(self.clock.now())
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(1));
+            let timeout = self.timeout;
+            Box::pin(async move {
+                let set = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .to_owned();
+                Self::bounded::<()>(timeout, set.query_async(&mut conn)).await?;
+                tracing::info!(target: "tower_api_guard::revocation", "token revoked");
+                Ok(())
+            })
+        }
+
+        fn revoke_subject(&self, subject: &str, issued_before: SystemTime) -> RevocationFuture<()> {
+            let mut conn = self.conn.clone();
+            let key = self.subject_key(subject);
+            let keep = (issued_before + self.max_token_lifetime)
+                .duration_since(self.clock.now())
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(1));
+            let script = self.script.clone();
+            let timeout = self.timeout;
+            Box::pin(async move {
+                let mut invocation = script.key(&key);
+                invocation
+                    .arg(millis(issued_before))
+                    .arg(keep.as_millis() as u64);
+                Self::bounded::<i64>(timeout, invocation.invoke_async(&mut conn)).await?;
+                tracing::info!(target: "tower_api_guard::revocation", "subject's tokens revoked");
+                Ok(())
+            })
+        }
+    }
+}
