@@ -19,7 +19,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use tower::{Layer, Service, service_fn};
 use tower_api_guard::auth::AuthLayer;
-use tower_api_guard::jwt::{Algorithm, JwtAuthenticator, verify_signature};
+use tower_api_guard::jwt::{
+    Algorithm, JwtAuthenticator, JwtAuthenticatorBuilder, verify_signature,
+};
 use tower_api_guard::testing::TestIssuer;
 
 type Svc = tower_api_guard::auth::Auth<
@@ -165,6 +167,84 @@ fn jwt_benches(c: &mut Criterion) {
     }
 }
 
+/// Uncached verification through a `RemoteJwks` (lock-free snapshot) against the same
+/// through `StaticKeys`, and the memory held by 10,000 cached tokens.
+fn remote_benches(c: &mut Criterion) {
+    use tower_api_guard::jwt::RemoteJwks;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let issuer = TestIssuer::new(ISSUER);
+    let served = rt.block_on(issuer.serve()).unwrap();
+    let remote = RemoteJwks::builder(served.jwks_url()).build().unwrap();
+    rt.block_on(remote.ready()).unwrap();
+    let make = |keys: Box<dyn FnOnce(JwtAuthenticatorBuilder) -> JwtAuthenticatorBuilder>| {
+        keys(JwtAuthenticator::builder(ISSUER, AUDIENCE).token_cache(0))
+            .build()
+            .unwrap()
+    };
+    let static_jwt = make(Box::new({
+        let keys = issuer.static_keys();
+        move |b| b.keys(keys)
+    }));
+    let remote_jwt = make(Box::new(move |b| b.keys(remote)));
+    let token = issuer
+        .token()
+        .audience(AUDIENCE)
+        .expires_in(Duration::from_secs(3600))
+        .mint();
+    let mut group = c.benchmark_group("keysource/RS256");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("static_uncached", |b| {
+        b.iter(|| black_box(now(static_jwt.verify(black_box(&token))).unwrap()))
+    });
+    group.bench_function("remote_uncached", |b| {
+        b.iter(|| black_box(now(remote_jwt.verify(black_box(&token))).unwrap()))
+    });
+    group.finish();
+
+    // Memory of 10,000 cached tokens (RSS delta; printed, not timed).
+    let cached = JwtAuthenticator::builder(ISSUER, AUDIENCE)
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let tokens: Vec<String> = (0..10_000)
+        .map(|i| {
+            issuer
+                .token()
+                .audience(AUDIENCE)
+                .subject(format!("user-{i}"))
+                .scope("items:read items:write")
+                .expires_in(Duration::from_secs(3600))
+                .mint()
+        })
+        .collect();
+    let before = rss_kib();
+    for t in &tokens {
+        now(cached.verify(t)).unwrap();
+    }
+    let after = rss_kib();
+    println!(
+        "memory: 10,000 cached tokens ({} cached, ~{} bytes each as text) take about {} KiB          of resident memory ({} bytes per token)",
+        cached.cached_tokens(),
+        tokens[0].len(),
+        after.saturating_sub(before),
+        after.saturating_sub(before) * 1024 / 10_000
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
+        })
+        .unwrap_or(0)
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -172,5 +252,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches }
 criterion_main!(benches);
