@@ -10,7 +10,7 @@
 //!
 //! | route | needs |
 //! |---|---|
-//! | `GET /health` | nothing |
+//! | `GET /health` | nothing; 200 while the key set is usable, else 503 (readiness) |
 //! | `GET /me` | any valid identity; answers its subject, source, scopes and roles |
 //! | `GET /items` | scope `items:read` |
 //! | `POST /items` | scope `items:write` |
@@ -101,15 +101,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
+    // Readiness: 200 while tokens can be verified, 503 otherwise.
+    let health = {
+        let jwt = jwt.clone();
+        move || async move {
+            let status = jwt.key_status();
+            let code = if status.usable {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = json!({
+                "status": if status.usable { "ok" } else { "unavailable" },
+                "keys": status.keys,
+                "stale": status.stale,
+                "last_error": status.last_error,
+            });
+            (code, Json(body))
+        }
+    };
     let protected = Router::new()
         .route("/me", get(me))
         .route("/items", get(list_items).post(create_item))
         .route("/admin", get(admin))
         // route_layer: unknown routes stay 404 instead of becoming 401.
         .route_layer(AuthLayer::new(jwt));
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .merge(protected);
+    let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)

@@ -152,6 +152,11 @@ impl JwtAuthenticator {
         }
     }
 
+    /// The key source's state, for a readiness endpoint.
+    pub fn key_status(&self) -> super::KeySourceStatus {
+        self.config.keys.status()
+    }
+
     /// How many verified tokens the cache holds now (0 when it is off).
     pub fn cached_tokens(&self) -> u64 {
         self.config.cache.as_ref().map_or(0, |cache| {

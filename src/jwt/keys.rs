@@ -611,6 +611,12 @@ pub trait KeySource: Send + Sync + fmt::Debug + 'static {
     fn check(&self) -> Result<(), ConfigError> {
         Ok(())
     }
+
+    /// The source's state, for a readiness endpoint. The default reports the size of the
+    /// [current](Self::current) set.
+    fn status(&self) -> super::KeySourceStatus {
+        super::KeySourceStatus::fixed(self.current().map_or(0, |set| set.len()))
+    }
 }
 
 /// Keys given at start-up. Never refreshed.
@@ -661,6 +667,10 @@ impl From<KeySet> for StaticKeys {
 impl KeySource for StaticKeys {
     fn current(&self) -> Result<Arc<KeySet>, AuthError> {
         Ok(self.set.clone())
+    }
+
+    fn status(&self) -> super::KeySourceStatus {
+        super::KeySourceStatus::fixed(self.set.len())
     }
 
     fn check(&self) -> Result<(), ConfigError> {

@@ -340,6 +340,19 @@ pub struct KeySourceStatus {
     pub usable: bool,
 }
 
+impl KeySourceStatus {
+    /// The status of keys that never change (static keys).
+    pub fn fixed(keys: usize) -> Self {
+        Self {
+            keys,
+            last_success: None,
+            last_error: None,
+            stale: false,
+            usable: keys > 0,
+        }
+    }
+}
+
 type SharedRefresh = Shared<Pin<Box<dyn Future<Output = Result<Arc<KeySet>, AuthError>> + Send>>>;
 
 struct Inner {
@@ -419,7 +432,7 @@ impl RemoteJwks {
         }
     }
 
-    /// The state, for a readiness endpoint.
+    /// The state, for a readiness endpoint (same as [`KeySource::status`]).
     pub fn status(&self) -> KeySourceStatus {
         let snap = self.inner.state.load();
         let now = self.inner.clock.now();
@@ -486,6 +499,10 @@ fn usable(inner: &Inner, snap: &Snapshot, now: SystemTime) -> bool {
 }
 
 impl KeySource for RemoteJwks {
+    fn status(&self) -> KeySourceStatus {
+        RemoteJwks::status(self)
+    }
+
     fn current(&self) -> Result<Arc<KeySet>, AuthError> {
         let snap = self.inner.state.load();
         let now = self.inner.clock.now();
