@@ -334,20 +334,28 @@ async fn unknown_kid_refetches_once_per_cooldown_and_fails_fast() {
     assert!(jwt.verify(&token(&a)).await.is_ok());
 
     // 10,000 concurrent requests with random unknown kids: no fetch during the cooldown.
+    // Every tenth request carries a valid token, which must keep passing.
+    let valid = token(&a);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..10_000 {
         let jwt = jwt.clone();
-        let t = b
-            .token()
-            .audience("api")
-            .header("kid", format!("random-{i}").into())
-            .mint();
-        tasks.spawn(async move { jwt.verify(&t).await.is_err() });
+        if i % 10 == 0 {
+            let t = valid.clone();
+            tasks.spawn(async move { jwt.verify(&t).await.is_ok() });
+        } else {
+            let t = b
+                .token()
+                .audience("api")
+                .header("kid", format!("random-{i}").into())
+                .mint();
+            tasks.spawn(async move { jwt.verify(&t).await.is_err() });
+        }
     }
-    while let Some(rejected) = tasks.join_next().await {
-        assert!(rejected.unwrap());
+    while let Some(as_expected) = tasks.join_next().await {
+        assert!(as_expected.unwrap());
     }
     assert_eq!(server.hits(), 2);
+    assert!(jwt.key_status().usable);
 
     // After the cooldown, one refetch finds B's key.
     clock.advance(Duration::from_secs(31));
