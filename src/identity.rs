@@ -116,6 +116,7 @@ struct Inner {
     source: Source,
     scopes: Scopes,
     roles: Roles,
+    permissions: StringSet,
     tenant: Option<String>,
     expires_at: Option<SystemTime>,
     claims: Value,
@@ -137,6 +138,7 @@ impl Identity {
                 source,
                 scopes: Scopes::default(),
                 roles: Roles::default(),
+                permissions: StringSet::default(),
                 tenant: None,
                 expires_at: None,
                 claims: Value::Object(Default::default()),
@@ -163,6 +165,16 @@ impl Identity {
     /// The held roles.
     pub fn roles(&self) -> &Roles {
         &self.0.roles
+    }
+
+    /// The permissions granted through roles (see [`RoleModel`]).
+    pub fn permissions(&self) -> &StringSet {
+        &self.0.permissions
+    }
+
+    /// Whether the permission is granted through a role (exact, case-sensitive match).
+    pub fn has_permission(&self, permission: &str) -> bool {
+        self.0.permissions.contains(permission)
     }
 
     /// Whether the scope is granted (exact, case-sensitive match).
@@ -231,6 +243,7 @@ impl fmt::Debug for Identity {
             .field("source", &self.0.source)
             .field("scopes", &self.0.scopes)
             .field("roles", &self.0.roles)
+            .field("permissions", &self.0.permissions)
             .field("tenant", &self.0.tenant)
             .field("expires_at", &self.0.expires_at)
             .field("plan", &self.0.plan)
@@ -265,6 +278,27 @@ impl IdentityBuilder {
         self
     }
 
+    /// Permissions granted through roles.
+    pub fn permissions<I, S>(mut self, permissions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        self.inner.permissions = permissions.into_iter().collect();
+        self
+    }
+
+    /// Expand the roles set so far through `model` (hierarchy) and grant their
+    /// permissions. Done once, when the identity is made, so a check is a set lookup.
+    pub fn role_model(mut self, model: &RoleModel) -> Self {
+        let (roles, permissions) = model.resolve(self.inner.roles.iter());
+        self.inner.roles = roles.into_iter().collect();
+        let mut all: Vec<Box<str>> = self.inner.permissions.iter().map(Box::from).collect();
+        all.extend(permissions.into_iter().map(String::into_boxed_str));
+        self.inner.permissions = all.into_iter().collect();
+        self
+    }
+
     /// The tenant.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.inner.tenant = Some(tenant.into());
@@ -292,6 +326,93 @@ impl IdentityBuilder {
     /// Finish.
     pub fn build(self) -> Identity {
         Identity(Arc::new(self.inner))
+    }
+}
+
+/// Roles with a hierarchy (`admin` includes `editor` includes `viewer`) and the permissions
+/// each role grants (`editor` → `posts:read posts:write`). Applied once when an identity is
+/// made ([`IdentityBuilder::role_model`], `JwtAuthenticatorBuilder::role_model`), so a
+/// check is a set lookup.
+///
+/// ```
+/// use tower_api_guard::{Identity, RoleModel, Source};
+///
+/// let model = RoleModel::new()
+///     .inherit("admin", ["editor"])
+///     .inherit("editor", ["viewer"])
+///     .grant("editor", ["posts:write"])
+///     .grant("viewer", ["posts:read"]);
+/// let id = Identity::builder("ann", Source::Custom { mechanism: "doc".into() })
+///     .roles(["admin"])
+///     .role_model(&model)
+///     .build();
+/// assert!(id.has_role("viewer"));
+/// assert!(id.has_permission("posts:read") && id.has_permission("posts:write"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RoleModel {
+    includes: std::collections::HashMap<String, Vec<String>>,
+    grants: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl RoleModel {
+    /// An empty model: roles are taken as they are.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `role` includes every role in `included` (and, transitively, what they include).
+    #[must_use]
+    pub fn inherit<I, S>(mut self, role: &str, included: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.includes
+            .entry(role.to_owned())
+            .or_default()
+            .extend(included.into_iter().map(Into::into));
+        self
+    }
+
+    /// `role` grants `permissions`.
+    #[must_use]
+    pub fn grant<I, S>(mut self, role: &str, permissions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.grants
+            .entry(role.to_owned())
+            .or_default()
+            .extend(permissions.into_iter().map(Into::into));
+        self
+    }
+
+    /// Every role reachable from `roles` (cycles are harmless) and the permissions they
+    /// grant.
+    pub fn resolve<'a>(
+        &self,
+        roles: impl IntoIterator<Item = &'a str>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut seen: Vec<String> = Vec::new();
+        let mut stack: Vec<String> = roles.into_iter().map(str::to_owned).collect();
+        while let Some(role) = stack.pop() {
+            if seen.contains(&role) {
+                continue;
+            }
+            if let Some(children) = self.includes.get(&role) {
+                stack.extend(children.iter().cloned());
+            }
+            seen.push(role);
+        }
+        let permissions = seen
+            .iter()
+            .filter_map(|r| self.grants.get(r))
+            .flatten()
+            .cloned()
+            .collect();
+        (seen, permissions)
     }
 }
 
@@ -327,6 +448,37 @@ mod tests {
             id.scopes().iter().collect::<Vec<_>>(),
             ["a", "admin:read", "b"]
         );
+    }
+
+    #[test]
+    fn role_hierarchy_and_permissions() {
+        let model = RoleModel::new()
+            .inherit("admin", ["editor"])
+            .inherit("editor", ["viewer"])
+            .inherit("viewer", ["admin"]) // a cycle must not loop
+            .grant("editor", ["posts:read", "posts:write"])
+            .grant("viewer", ["posts:read"]);
+        let id = Identity::builder("a", Source::ApiKey { key_id: "k".into() })
+            .roles(["editor"])
+            .role_model(&model)
+            .build();
+        assert!(id.has_role("editor") && id.has_role("viewer") && id.has_role("admin"));
+        let id = Identity::builder("b", Source::ApiKey { key_id: "k".into() })
+            .roles(["viewer-only"])
+            .role_model(&model)
+            .build();
+        assert_eq!(id.roles().iter().collect::<Vec<_>>(), ["viewer-only"]);
+        assert!(id.permissions().is_empty());
+        let model = RoleModel::new()
+            .inherit("admin", ["editor"])
+            .grant("editor", ["posts:write"]);
+        let id = Identity::builder("c", Source::ApiKey { key_id: "k".into() })
+            .roles(["admin"])
+            .role_model(&model)
+            .build();
+        assert!(id.has_permission("posts:write"));
+        assert!(!id.has_permission("posts:read"));
+        assert!(!id.has_scope("posts:write"), "permissions are not scopes");
     }
 
     #[test]

@@ -82,4 +82,4 @@ pub mod axum;
 pub mod testing;
 
 pub use error::{AuthError, AuthErrorKind, ConfigError};
-pub use identity::{Identity, Roles, Scopes, Source};
+pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

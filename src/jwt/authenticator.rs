@@ -14,7 +14,7 @@ use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ConfigError, RequestHead};
 use crate::extract::TokenExtractor;
-use crate::identity::Identity;
+use crate::identity::{Identity, RoleModel};
 
 /// The default clock-skew allowance for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
@@ -33,6 +33,7 @@ struct Config {
     role_claims: Vec<String>,
     tenant_claim: Option<String>,
     plan_claim: Option<String>,
+    role_model: Option<RoleModel>,
     extractor: TokenExtractor,
     clock: Arc<dyn Clock>,
     cache: Option<moka::sync::Cache<Box<str>, CachedToken>>,
@@ -100,6 +101,7 @@ pub struct JwtAuthenticatorBuilder {
     role_claims: Vec<String>,
     tenant_claim: Option<String>,
     plan_claim: Option<String>,
+    role_model: Option<RoleModel>,
     extractor: TokenExtractor,
     clock: Arc<dyn Clock>,
     cache_capacity: u64,
@@ -144,6 +146,7 @@ impl JwtAuthenticator {
             role_claims: vec!["roles".into()],
             tenant_claim: None,
             plan_claim: None,
+            role_model: None,
             extractor: TokenExtractor::default(),
             clock: Arc::new(SystemClock),
             cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
@@ -198,6 +201,7 @@ impl JwtAuthenticator {
             role_claims: &c.role_claims,
             tenant_claim: c.tenant_claim.as_deref(),
             plan_claim: c.plan_claim.as_deref(),
+            role_model: c.role_model.as_ref(),
         }
     }
 
@@ -512,6 +516,12 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
+    /// Expand roles through a hierarchy and grant their permissions, once per token.
+    pub fn role_model(mut self, model: RoleModel) -> Self {
+        self.role_model = Some(model);
+        self
+    }
+
     /// Claim path holding the rate-limit plan.
     pub fn plan_claim(mut self, claim: impl Into<String>) -> Self {
         self.plan_claim = Some(claim.into());
@@ -599,6 +609,7 @@ impl JwtAuthenticatorBuilder {
                 role_claims: self.role_claims,
                 tenant_claim: self.tenant_claim,
                 plan_claim: self.plan_claim,
+                role_model: self.role_model,
                 extractor: self.extractor,
                 clock: self.clock,
                 revocation: self.revocation.map(|store| (store, self.revocation_policy)),

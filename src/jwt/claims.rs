@@ -22,6 +22,7 @@ pub(crate) struct ClaimRules<'a> {
     pub role_claims: &'a [String],
     pub tenant_claim: Option<&'a str>,
     pub plan_claim: Option<&'a str>,
+    pub role_model: Option<&'a crate::identity::RoleModel>,
 }
 
 fn invalid(reason: &'static str) -> AuthError {
@@ -187,6 +188,9 @@ pub(crate) fn validate(
     if let Some(p) = plan {
         builder = builder.plan(p);
     }
+    if let Some(model) = rules.role_model {
+        builder = builder.role_model(model);
+    }
     Ok(builder.claims(Value::Object(claims)).build())
 }
 
@@ -242,6 +246,7 @@ mod tests {
             role_claims: &ROLES,
             tenant_claim: Some("tid"),
             plan_claim: None,
+            role_model: None,
         }
     }
 
