@@ -25,13 +25,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::handler::Handler;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use tower_api_guard::Identity;
 use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
 use tower_api_guard::testing::TestIssuer;
-use tower_api_guard::{AuthError, Identity};
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
 const DEV_AUDIENCE: &str = "quickstart-api";
@@ -122,8 +124,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let protected = Router::new()
         .route("/me", get(me))
-        .route("/items", get(list_items).post(create_item))
-        .route("/admin", get(admin))
+        // Each handler gets its own guard (a MethodRouter's `layer` would cover every
+        // method registered so far).
+        .route(
+            "/items",
+            get(list_items.layer(RequireLayer::all_scopes(["items:read"])))
+                .post(create_item.layer(RequireLayer::all_scopes(["items:write"]))),
+        )
+        .route(
+            "/admin",
+            get(admin.layer(RequireLayer::any_role(["admin"]))),
+        )
         // route_layer: unknown routes stay 404 instead of becoming 401.
         .route_layer(AuthLayer::new(jwt));
     let app = Router::new().route("/health", get(health)).merge(protected);
@@ -186,30 +197,14 @@ async fn me(identity: Identity) -> Json<Value> {
     }))
 }
 
-async fn list_items(identity: Identity) -> Result<Json<Value>, AuthError> {
-    require_scope(&identity, "items:read")?;
-    Ok(Json(json!({ "items": [{ "id": 1, "name": "first" }] })))
+async fn list_items() -> Json<Value> {
+    Json(json!({ "items": [{ "id": 1, "name": "first" }] }))
 }
 
-async fn create_item(identity: Identity) -> Result<Json<Value>, AuthError> {
-    require_scope(&identity, "items:write")?;
-    Ok(Json(
-        json!({ "created": { "id": 2, "by": identity.subject() } }),
-    ))
+async fn create_item(identity: Identity) -> Json<Value> {
+    Json(json!({ "created": { "id": 2, "by": identity.subject() } }))
 }
 
-async fn admin(identity: Identity) -> Result<Json<Value>, AuthError> {
-    if !identity.has_role("admin") {
-        return Err(AuthError::insufficient_scope("admin"));
-    }
-    Ok(Json(json!({ "admin": true })))
-}
-
-/// Until the guard layer lands, handlers check scopes with `Identity` methods.
-fn require_scope(identity: &Identity, scope: &'static str) -> Result<(), AuthError> {
-    if identity.has_scope(scope) {
-        Ok(())
-    } else {
-        Err(AuthError::insufficient_scope(scope))
-    }
+async fn admin(identity: Identity) -> Json<Value> {
+    Json(json!({ "admin": true, "subject": identity.subject() }))
 }

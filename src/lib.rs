@@ -13,6 +13,7 @@
 //! * [`jwt`] (feature `jwt`): strict bearer-JWT verification.
 //! * [`extract`]: where credentials are read from (bearer header, custom header, cookie).
 //! * [`error`]: [`AuthError`] and its rendering to HTTP (RFC 6750) and gRPC.
+//! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
 //! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server.
 //!
@@ -76,6 +77,10 @@ pub mod jwt;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+
+#[cfg(feature = "authz")]
+#[cfg_attr(docsrs, doc(cfg(feature = "authz")))]
+pub mod authz;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
