@@ -245,6 +245,60 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A scope check and an expression check against a bare inner service call.
+fn authz_benches(c: &mut Criterion) {
+    use tower_api_guard::authz::RequireLayer;
+    use tower_api_guard::{Identity, Source};
+    let identity = Identity::builder(
+        "bench",
+        Source::Custom {
+            mechanism: "bench".into(),
+        },
+    )
+    .scopes(["items:read", "items:write", "orders:read", "profile"])
+    .roles(["support", "viewer"])
+    .build();
+    let request = || {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(identity.clone());
+        req
+    };
+    type Inner = fn(Request<()>) -> std::future::Ready<Result<Response<String>, Infallible>>;
+    let mut bare = service_fn(inner as Inner);
+    let mut scope =
+        RequireLayer::all_scopes(["items:write"]).layer(service_fn(inner as fn(_) -> _));
+    let mut expr = RequireLayer::expr("items:write and (admin or support) and not suspended")
+        .unwrap()
+        .layer(service_fn(inner as fn(_) -> _));
+    assert_eq!(now(scope.call(request())).unwrap().status(), StatusCode::OK);
+    assert_eq!(now(expr.call(request())).unwrap().status(), StatusCode::OK);
+
+    let mut group = c.benchmark_group("authz");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("bare_inner_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(bare.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("scope_check", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(scope.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("expression_check", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(expr.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -252,5 +306,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches }
 criterion_main!(benches);

@@ -58,7 +58,8 @@ impl fmt::Display for Source {
 
 /// A set of strings with exact, case-sensitive membership. Used for [`Scopes`] and [`Roles`].
 ///
-/// Stored sorted and deduplicated; membership is a binary search.
+/// Stored sorted and deduplicated; membership is a short linear scan for small sets and a
+/// binary search for larger ones.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct StringSet(Box<[Box<str>]>);
 
@@ -66,7 +67,13 @@ impl StringSet {
     /// Whether `item` is in the set (exact, case-sensitive: `admin` never matches `Admin`
     /// or `admin:read`).
     pub fn contains(&self, item: &str) -> bool {
-        self.0.binary_search_by(|s| (**s).cmp(item)).is_ok()
+        // Small sets (the common case): a linear scan that rejects by length before
+        // comparing bytes beats a binary search of string comparisons.
+        if self.0.len() <= 8 {
+            self.0.iter().any(|s| s.len() == item.len() && **s == *item)
+        } else {
+            self.0.binary_search_by(|s| (**s).cmp(item)).is_ok()
+        }
     }
 
     /// The items, sorted.
@@ -479,6 +486,16 @@ mod tests {
         assert!(id.has_permission("posts:write"));
         assert!(!id.has_permission("posts:read"));
         assert!(!id.has_scope("posts:write"), "permissions are not scopes");
+    }
+
+    #[test]
+    fn large_and_small_sets() {
+        let small: StringSet = ["b", "a", "ab"].into_iter().collect();
+        assert!(small.contains("ab") && small.contains("a") && !small.contains("abc") && !small.contains(""));
+        let names: Vec<String> = (0..100).map(|i| format!("scope-{i}")).collect();
+        let large: StringSet = names.iter().map(String::as_str).collect();
+        assert!(names.iter().all(|n| large.contains(n)));
+        assert!(!large.contains("scope-100") && !large.contains("scope-"));
     }
 
     #[test]

@@ -423,3 +423,60 @@ mod grpc {
         server.abort();
     }
 }
+
+#[tokio::test]
+async fn claim_presets() {
+    let issuer = TestIssuer::new(ISS);
+    let base = || JwtAuthenticator::builder(ISS, "api").keys(issuer.static_keys());
+    let kc = base().keycloak(Some("shop")).build().unwrap();
+    let t = issuer
+        .token()
+        .audience("api")
+        .claim("realm_access", json!({"roles": ["user"]}))
+        .claim(
+            "resource_access",
+            json!({"shop": {"roles": ["clerk"]}, "other": {"roles": ["boss"]}}),
+        )
+        .mint();
+    let id = kc.verify(&t).await.unwrap();
+    assert!(id.has_role("user") && id.has_role("clerk") && !id.has_role("boss"));
+    let wrong = issuer
+        .token()
+        .audience("api")
+        .claim("realm_access", json!({"roles": "user"}))
+        .mint();
+    assert!(kc.verify(&wrong).await.is_ok(), "a string role is one role");
+    let wrong = issuer
+        .token()
+        .audience("api")
+        .claim("realm_access", json!({"roles": 5}))
+        .mint();
+    assert_eq!(
+        kc.verify(&wrong).await.unwrap_err().kind(),
+        AuthErrorKind::InvalidToken
+    );
+
+    let auth0 = base().auth0().build().unwrap();
+    let t = issuer
+        .token()
+        .audience("api")
+        .scope("openid")
+        .claim("permissions", json!(["read:items"]))
+        .mint();
+    let id = auth0.verify(&t).await.unwrap();
+    assert!(id.has_scope("openid") && id.has_scope("read:items"));
+
+    let entra = base().entra_id().build().unwrap();
+    let t = issuer
+        .token()
+        .audience("api")
+        .without_claim("sub")
+        .claim("oid", "0001".into())
+        .claim("scp", "User.Read".into())
+        .claim("roles", json!(["Task.Write"]))
+        .claim("tid", "tenant-1".into())
+        .mint();
+    let id = entra.verify(&t).await.unwrap();
+    assert_eq!((id.subject(), id.tenant()), ("0001", Some("tenant-1")));
+    assert!(id.has_scope("User.Read") && id.has_role("Task.Write"));
+}

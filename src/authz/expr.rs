@@ -222,7 +222,7 @@ impl Expr {
     }
 
     /// Evaluate, with `has` deciding each atom. Short-circuits; allocates nothing.
-    pub fn eval(&self, has: &mut dyn FnMut(&str) -> bool) -> bool {
+    pub fn eval<F: FnMut(&str) -> bool>(&self, has: &mut F) -> bool {
         eval(&self.root, has)
     }
 
@@ -234,7 +234,7 @@ impl Expr {
     }
 }
 
-fn eval(node: &Node, has: &mut dyn FnMut(&str) -> bool) -> bool {
+fn eval<F: FnMut(&str) -> bool>(node: &Node, has: &mut F) -> bool {
     match node {
         Node::Atom(a) => has(a),
         Node::Not(inner) => !eval(inner, has),

@@ -510,6 +510,31 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
+    /// Preset for Keycloak: roles from `realm_access.roles`, plus
+    /// `resource_access.<client>.roles` when `client` is given; scopes from `scope`.
+    pub fn keycloak(self, client: Option<&str>) -> Self {
+        let mut roles = vec!["realm_access.roles".to_owned()];
+        if let Some(client) = client {
+            roles.push(format!("resource_access.{client}.roles"));
+        }
+        self.role_claims(roles).scope_claims(["scope"])
+    }
+
+    /// Preset for Auth0: scopes from `scope` and `permissions` (RBAC), roles from `roles`.
+    pub fn auth0(self) -> Self {
+        self.scope_claims(["scope", "permissions"])
+            .role_claims(["roles"])
+    }
+
+    /// Preset for Microsoft Entra ID: scopes from `scp`, app roles from `roles`, tenant from
+    /// `tid`, subject from `sub` (or `oid`).
+    pub fn entra_id(self) -> Self {
+        self.scope_claims(["scp"])
+            .role_claims(["roles"])
+            .tenant_claim("tid")
+            .subject_claims(["sub", "oid"])
+    }
+
     /// Claim path holding the tenant (e.g. Entra ID's `tid`).
     pub fn tenant_claim(mut self, claim: impl Into<String>) -> Self {
         self.tenant_claim = Some(claim.into());
