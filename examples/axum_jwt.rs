@@ -8,12 +8,15 @@
 //! `issuer.static_keys()` with your identity provider's keys
 //! (`StaticKeys::from_jwks_json(...)` or a PEM via `JwtKey::from_rsa_pem`).
 
+use axum::extract::MatchedPath;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower_api_guard::Identity;
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
+use tower_api_guard::authz::{PredicateFuture, RequireLayer, Requirement};
 use tower_api_guard::axum::Claims;
+use tower_api_guard::error::RequestHead;
 use tower_api_guard::jwt::{Algorithm, JwtAuthenticator};
 use tower_api_guard::testing::TestIssuer;
 
@@ -22,6 +25,23 @@ struct MyClaims {
     sub: String,
     #[serde(default)]
     email: Option<String>,
+}
+
+/// Allowed when the `{id}` path parameter is the caller's own subject.
+fn own_user(identity: &Identity, head: &RequestHead<'_>) -> PredicateFuture {
+    let id = head
+        .extensions
+        .and_then(|e| e.get::<MatchedPath>())
+        .and_then(|matched| {
+            matched
+                .as_str()
+                .split('/')
+                .zip(head.uri.path().split('/'))
+                .find(|(template, _)| *template == "{id}")
+                .map(|(_, value)| value.to_owned())
+        });
+    let allowed = id.as_deref() == Some(identity.subject());
+    Box::pin(async move { allowed })
 }
 
 #[tokio::main]
@@ -44,6 +64,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(|Claims(c): Claims<MyClaims>| async move {
                 Json(serde_json::json!({"sub": c.sub, "email": c.email}))
             }),
+        )
+        // Resource-level rule: only the user themself may read their orders. The predicate
+        // reads the `{id}` path parameter through axum's `MatchedPath` template.
+        .route(
+            "/users/{id}/orders",
+            get(|id: Identity| async move { format!("orders of {}", id.subject()) }).route_layer(
+                RequireLayer::new(Requirement::predicate("own user", own_user)),
+            ),
         )
         .route_layer(AuthLayer::new(jwt.clone()))
         // Public route with an optional identity: anonymous callers are let through,
@@ -73,6 +101,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{addr}");
     println!("curl -H 'Authorization: Bearer {token}' http://{addr}/profile");
     println!("curl http://{addr}/hello");
+    println!("curl -H 'Authorization: Bearer {token}' http://{addr}/users/alice/orders   # 200");
+    println!("curl -H 'Authorization: Bearer {token}' http://{addr}/users/bob/orders     # 403");
     axum::serve(listener, app).await?;
     Ok(())
 }
