@@ -491,7 +491,12 @@ mod tests {
     #[test]
     fn large_and_small_sets() {
         let small: StringSet = ["b", "a", "ab"].into_iter().collect();
-        assert!(small.contains("ab") && small.contains("a") && !small.contains("abc") && !small.contains(""));
+        assert!(
+            small.contains("ab")
+                && small.contains("a")
+                && !small.contains("abc")
+                && !small.contains("")
+        );
         let names: Vec<String> = (0..100).map(|i| format!("scope-{i}")).collect();
         let large: StringSet = names.iter().map(String::as_str).collect();
         assert!(names.iter().all(|n| large.contains(n)));
