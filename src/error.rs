@@ -291,6 +291,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// The renderer of the [`AuthLayer`](crate::auth::AuthLayer) that let a request through,
 /// left in the request's extensions so that extractors reject the same way.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) struct LayerRenderer(pub(crate) Arc<dyn RenderRejection>);
 
 /// Turns an [`AuthError`] into a response. Implement it to change the rejection's shape;

@@ -119,6 +119,7 @@ impl TokenExtractor {
 }
 
 /// One value of `name`, or `None`; two values is an ambiguous request.
+#[cfg_attr(not(feature = "api-key"), allow(dead_code))]
 pub(crate) fn one_value<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,

@@ -13,6 +13,7 @@
 //! * [`jwt`] (feature `jwt`): strict bearer-JWT verification.
 //! * [`extract`]: where credentials are read from (bearer header, custom header, cookie).
 //! * [`error`]: [`AuthError`] and its rendering to HTTP (RFC 6750) and gRPC.
+//! * `api_key` (feature `api-key`): checksummed API keys looked up by digest.
 //! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
 //! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server.
@@ -81,6 +82,10 @@ pub mod axum;
 #[cfg(feature = "authz")]
 #[cfg_attr(docsrs, doc(cfg(feature = "authz")))]
 pub mod authz;
+
+#[cfg(feature = "api-key")]
+#[cfg_attr(docsrs, doc(cfg(feature = "api-key")))]
+pub mod api_key;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

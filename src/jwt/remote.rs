@@ -1,34 +1,4 @@
-//! Remote key sets that never stall: [`RemoteJwks`], OIDC discovery, and the
-//! [`JwksFetcher`] trait.
-//!
-//! * **Reads are lock-free.** Every request reads an [`arc_swap`] snapshot of the parsed
-//!   keys; nothing holds a lock across I/O.
-//! * **Freshness.** The TTL comes from `Cache-Control: max-age`, clamped to
-//!   [1 min, 24 h] (default 10 min). Once 80 % of it has passed, the next request starts a
-//!   refresh in the background (with `If-None-Match`), and keeps using the current keys.
-//! * **Unknown `kid`.** One refetch, shared by every concurrent request that needs it
-//!   (single-flight), at most once per cooldown (default 30 s); during the cooldown such
-//!   tokens fail at once with 401, and unknown kids are remembered in a bounded negative
-//!   cache. A request waits at most the fetch timeout, and only for an unknown kid.
-//! * **Failures.** Fetch timeout (default 5 s), body cap (default 1 MiB), HTTP 200 (or 304)
-//!   and a JSON content type only, no redirect to another origin. On failure the last good
-//!   keys are kept up to `max_stale` past their expiry (default 24 h); retries back off with
-//!   jitter; the state change is logged once, not per request. With no usable key the
-//!   verifier answers 503 with `Retry-After`. A document that does not parse, or holds no
-//!   usable key, never replaces a good set; single bad keys are dropped with a warning.
-//! * **Rotation.** A key removed from the set stops verifying at the next refresh.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use tower_api_guard::jwt::{JwtAuthenticator, RemoteJwks};
-//!
-//! let keys = RemoteJwks::discover("https://login.example.com/realms/main").build()?;
-//! keys.ready().await?; // optional: fetch before serving
-//! let jwt = JwtAuthenticator::builder("https://login.example.com/realms/main", "my-api")
-//!     .keys(keys)
-//!     .build()?;
-//! # Ok(()) }
-//! ```
+//! Remote key sets: [`RemoteJwks`], OIDC discovery, and the [`JwksFetcher`] trait.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -277,7 +247,7 @@ enum Location {
     Discovery(String),
 }
 
-/// Tunables of a [`RemoteJwks`]. See the [module docs](self) for what each does.
+/// Tunables of a [`RemoteJwks`]; see its docs for what each does.
 #[derive(Debug, Clone)]
 struct Settings {
     default_ttl: Duration,
@@ -371,7 +341,36 @@ struct Inner {
 }
 
 /// A key set fetched from a JWKS URL (or found through OIDC discovery), cached, refreshed
-/// in the background and rotated. See the [module docs](self).
+/// in the background and rotated.
+///
+/// * **Reads are lock-free.** Every request reads an [`arc_swap`] snapshot of the parsed
+///   keys; nothing holds a lock across I/O.
+/// * **Freshness.** The TTL comes from `Cache-Control: max-age`, clamped to
+///   [1 min, 24 h] (default 10 min). Once 80 % of it has passed, the next request starts a
+///   refresh in the background (with `If-None-Match`), and keeps using the current keys.
+/// * **Unknown `kid`.** One refetch, shared by every concurrent request that needs it
+///   (single-flight), at most once per cooldown (default 30 s); during the cooldown such
+///   tokens fail at once with 401, and unknown kids are remembered in a bounded negative
+///   cache. A request waits at most the fetch timeout, and only for an unknown kid.
+/// * **Failures.** Fetch timeout (default 5 s), body cap (default 1 MiB), HTTP 200 (or 304)
+///   and a JSON content type only, no redirect to another origin. On failure the last good
+///   keys are kept up to `max_stale` past their expiry (default 24 h); retries back off with
+///   jitter; the state change is logged once, not per request. With no usable key the
+///   verifier answers 503 with `Retry-After`. A document that does not parse, or holds no
+///   usable key, never replaces a good set; single bad keys are dropped with a warning.
+/// * **Rotation.** A key removed from the set stops verifying at the next refresh.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_api_guard::jwt::{JwtAuthenticator, RemoteJwks};
+///
+/// let keys = RemoteJwks::discover("https://login.example.com/realms/main").build()?;
+/// keys.ready().await?; // optional: fetch before serving
+/// let jwt = JwtAuthenticator::builder("https://login.example.com/realms/main", "my-api")
+///     .keys(keys)
+///     .build()?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RemoteJwks {
     inner: Arc<Inner>,

@@ -1,0 +1,269 @@
+//! API keys: offline format checks (no store call), digests, expiry and revocation, store
+//! failures, the lookup cache, and JWT-or-key on one axum route.
+#![cfg(all(
+    feature = "api-key",
+    feature = "jwt",
+    feature = "testing",
+    feature = "axum"
+))]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, StatusCode};
+use tower::ServiceExt;
+use tower_api_guard::api_key::{
+    ApiKeyAuthenticator, ApiKeyRecord, ApiKeyStore, CachedKeyStore, KeyDigest, KeyFormat,
+    KeySourceHeader, MemoryKeyStore, NewKey, StoreError, StoreFuture,
+};
+use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
+use tower_api_guard::clock::{Clock, ManualClock};
+use tower_api_guard::jwt::JwtAuthenticator;
+use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{AuthErrorKind, Identity, Source};
+
+fn setup() -> (Arc<ManualClock>, KeyFormat, MemoryKeyStore) {
+    (
+        Arc::new(ManualClock::at_unix(1_800_000_000)),
+        KeyFormat::new("sk_test").unwrap(),
+        MemoryKeyStore::new(),
+    )
+}
+
+#[tokio::test]
+async fn malformed_keys_never_reach_the_store() {
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(NewKey::new("owner", "ci"), clock.now())
+        .unwrap();
+    store.insert(record);
+    let auth = ApiKeyAuthenticator::new(format, store.clone()).clock(clock.clone());
+    let mut typo = key.to_string().into_bytes();
+    let i = typo.len() - 10;
+    typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    for bad in [
+        typo.as_str(),
+        "",
+        "sk_test_short",
+        &"k".repeat(10_000),
+        "sk_live_0000000000000000000000000000",
+    ] {
+        let err = auth.verify(bad).await.unwrap_err();
+        assert_eq!(err.kind(), AuthErrorKind::InvalidToken, "{bad:.20}");
+    }
+    assert_eq!(store.lookups(), 0, "no store call for a malformed key");
+    let id = auth.verify(&key).await.unwrap();
+    assert_eq!(store.lookups(), 1);
+    assert!(matches!(id.source(), Source::ApiKey { .. }));
+}
+
+#[tokio::test]
+async fn unknown_expired_and_revoked_keys_are_401() {
+    let (clock, format, store) = setup();
+    let auth = ApiKeyAuthenticator::new(format.clone(), store.clone()).clock(clock.clone());
+    let (unknown, _) = format.generate(NewKey::new("o", "n")).unwrap();
+    assert_eq!(
+        auth.verify(&unknown).await.unwrap_err().reason(),
+        "unknown API key"
+    );
+
+    let (expiring, record) = format
+        .generate_at(
+            NewKey::new("o", "n").expires_at(clock.now() + Duration::from_secs(60)),
+            clock.now(),
+        )
+        .unwrap();
+    store.insert(record);
+    assert!(auth.verify(&expiring).await.is_ok());
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        auth.verify(&expiring).await.unwrap_err().reason(),
+        "API key expired"
+    );
+
+    let (revoked, record) = format
+        .generate_at(NewKey::new("o", "n"), clock.now())
+        .unwrap();
+    let id = record.id.clone();
+    store.insert(record);
+    assert!(auth.verify(&revoked).await.is_ok());
+    assert!(store.revoke(&id, clock.now()));
+    assert_eq!(
+        auth.verify(&revoked).await.unwrap_err().reason(),
+        "API key revoked"
+    );
+    assert_eq!(store.list_by_owner("o").len(), 2);
+}
+
+#[derive(Debug, Clone)]
+struct Down;
+
+impl ApiKeyStore for Down {
+    fn find(&self, _: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
+        Box::pin(async { Err(StoreError::new("connection refused")) })
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_is_503() {
+    let (_, format, _) = setup();
+    let (key, _) = format.generate(NewKey::new("o", "n")).unwrap();
+    let err = ApiKeyAuthenticator::new(format, Down)
+        .verify(&key)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::Unavailable);
+}
+
+#[tokio::test]
+async fn the_cache_absorbs_hot_keys_and_floods_of_unknown_ones() {
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(NewKey::new("o", "n"), clock.now())
+        .unwrap();
+    let digest = record.digest;
+    let id = record.id.clone();
+    store.insert(record);
+    let cached = CachedKeyStore::new(store.clone());
+    let auth = ApiKeyAuthenticator::new(format.clone(), cached.clone()).clock(clock.clone());
+    for _ in 0..100 {
+        auth.verify(&key).await.unwrap();
+    }
+    assert_eq!(store.lookups(), 1, "a hot key costs one round trip");
+    let (unknown, _) = format.generate(NewKey::new("x", "y")).unwrap();
+    for _ in 0..100 {
+        assert!(auth.verify(&unknown).await.is_err());
+    }
+    assert_eq!(store.lookups(), 2, "an unknown digest is looked up once");
+    // Revocation in this process: invalidate, and it takes effect at once.
+    store.revoke(&id, clock.now());
+    cached.invalidate(&digest);
+    assert_eq!(
+        auth.verify(&key).await.unwrap_err().reason(),
+        "API key revoked"
+    );
+}
+
+#[tokio::test]
+async fn identity_carries_the_record() {
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(
+            NewKey::new("svc-billing", "nightly")
+                .scopes(["invoices:read"])
+                .roles(["service"])
+                .plan("gold")
+                .metadata(serde_json::json!({"team": "billing"})),
+            clock.now(),
+        )
+        .unwrap();
+    let key_id = record.id.clone();
+    store.insert(record);
+    let id = ApiKeyAuthenticator::new(format, store)
+        .clock(clock.clone())
+        .verify(&key)
+        .await
+        .unwrap();
+    assert_eq!(id.subject(), "svc-billing");
+    assert_eq!(id.source(), &Source::ApiKey { key_id });
+    assert!(id.has_scope("invoices:read") && id.has_role("service"));
+    assert_eq!(id.plan(), Some("gold"));
+    assert_eq!(id.claim("team"), Some(&serde_json::json!("billing")));
+}
+
+#[tokio::test]
+async fn jwt_or_key_on_one_route() {
+    let (_, format, store) = setup();
+    let (key, record) = format
+        .generate_at(NewKey::new("machine", "ci"), SystemTime::now())
+        .unwrap();
+    store.insert(record);
+    let issuer = TestIssuer::new("https://issuer.example");
+    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let keys = ApiKeyAuthenticator::new(format.clone(), store.clone());
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|id: Identity| async move { id.subject().to_owned() }),
+        )
+        .route_layer(AuthLayer::new(jwt.or(keys)));
+    let call = |headers: Vec<(&'static str, String)>| {
+        let mut req = Request::get("/me");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let person = issuer.token().audience("api").subject("alice").mint();
+    assert_eq!(
+        call(vec![("authorization", format!("Bearer {person}"))])
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(vec![("x-api-key", key.to_string())])
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // A bad JWT never falls through to the key, and both at once is ambiguous.
+    let lookups = store.lookups();
+    assert_eq!(
+        call(vec![("authorization", "Bearer a.b.c".into())])
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(vec![
+            ("authorization", "Bearer a.b.c".into()),
+            ("x-api-key", key.to_string())
+        ])
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(store.lookups(), lookups, "the key store was not asked");
+    // Two X-API-Key headers, or a non-ASCII one: 400.
+    assert_eq!(
+        call(vec![
+            ("x-api-key", key.to_string()),
+            ("x-api-key", key.to_string())
+        ])
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::BAD_REQUEST
+    );
+    // Authorization: ApiKey ...
+    let auth_header =
+        ApiKeyAuthenticator::new(format, store).header(KeySourceHeader::AuthorizationApiKey);
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|id: Identity| async move { id.subject().to_owned() }),
+        )
+        .route_layer(AuthLayer::new(auth_header));
+    let res = app
+        .oneshot(
+            Request::get("/me")
+                .header("authorization", format!("ApiKey {key}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
