@@ -91,12 +91,12 @@ async fn unknown_expired_and_revoked_keys_are_401() {
     let id = record.id.clone();
     store.insert(record);
     assert!(auth.verify(&revoked).await.is_ok());
-    assert!(store.revoke(&id, clock.now()));
+    assert!(store.revoke_now(&id, clock.now()));
     assert_eq!(
         auth.verify(&revoked).await.unwrap_err().reason(),
         "API key revoked"
     );
-    assert_eq!(store.list_by_owner("o").len(), 2);
+    assert_eq!(store.owned_by("o").len(), 2);
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +140,7 @@ async fn the_cache_absorbs_hot_keys_and_floods_of_unknown_ones() {
     }
     assert_eq!(store.lookups(), 2, "an unknown digest is looked up once");
     // Revocation in this process: invalidate, and it takes effect at once.
-    store.revoke(&id, clock.now());
+    store.revoke_now(&id, clock.now());
     cached.invalidate(&digest);
     assert_eq!(
         auth.verify(&key).await.unwrap_err().reason(),

@@ -31,6 +31,8 @@
 //! # });
 //! ```
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 mod store;
 
 use std::fmt;
@@ -44,7 +46,13 @@ use http::HeaderName;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use store::{ApiKeyStore, CachedKeyStore, MemoryKeyStore, StoreError, StoreFuture};
+#[cfg(feature = "postgres")]
+pub use sql::PostgresKeyStore;
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteKeyStore;
+pub use store::{
+    ApiKeyManager, ApiKeyStore, CachedKeyStore, MemoryKeyStore, StoreError, StoreFuture,
+};
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
@@ -348,6 +356,41 @@ impl KeyFormat {
             metadata: key.metadata,
         };
         Ok((Plaintext(plaintext), record))
+    }
+
+    /// Rotate the key `id`: a new key with the same owner, scopes, roles, plan and metadata
+    /// is created, and the old one is revoked from `now + grace` on, so clients can switch
+    /// over. Returns the new key's plaintext (shown once) and record.
+    ///
+    /// # Errors
+    /// No key with that id, or a store failure.
+    pub async fn rotate(
+        &self,
+        store: &dyn ApiKeyManager,
+        id: &str,
+        now: SystemTime,
+        grace: Duration,
+    ) -> Result<(Plaintext, ApiKeyRecord), StoreError> {
+        let old = store
+            .find_by_id(id)
+            .await?
+            .ok_or_else(|| StoreError::new("no key with that id"))?;
+        let mut new = NewKey::new(old.owner.clone(), old.name.clone())
+            .scopes(old.scopes.clone())
+            .roles(old.roles.clone())
+            .metadata(old.metadata.clone());
+        if let Some(plan) = &old.plan {
+            new = new.plan(plan.clone());
+        }
+        if let Some(at) = old.expires_at {
+            new = new.expires_at(at);
+        }
+        let (plaintext, record) = self
+            .generate_at(new, now)
+            .map_err(|_| StoreError::new("the OS RNG failed"))?;
+        store.create(&record).await?;
+        store.revoke(id, now + grace).await?;
+        Ok((plaintext, record))
     }
 
     /// Check a presented key offline: length cap, prefix, alphabet and checksum.

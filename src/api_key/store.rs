@@ -42,6 +42,20 @@ pub trait ApiKeyStore: Send + Sync + fmt::Debug + 'static {
     fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>>;
 }
 
+/// Key management, for stores that support it: create, look up by id, list, revoke.
+/// [`KeyFormat::rotate`](super::KeyFormat::rotate) builds rotation with a grace period
+/// on top of it.
+pub trait ApiKeyManager: ApiKeyStore {
+    /// Store a new record.
+    fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()>;
+    /// The record with this id.
+    fn find_by_id(&self, id: &str) -> StoreFuture<Option<ApiKeyRecord>>;
+    /// The records of `owner`, oldest first.
+    fn list_by_owner(&self, owner: &str) -> StoreFuture<Vec<ApiKeyRecord>>;
+    /// Revoke the key `id` from `at` on; `false` when there is no such key.
+    fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool>;
+}
+
 impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
     fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
         (**self).find(digest)
@@ -77,7 +91,7 @@ impl MemoryKeyStore {
     }
 
     /// Revoke the key with record id `id` from `at` on. `false` when there is no such key.
-    pub fn revoke(&self, id: &str, at: SystemTime) -> bool {
+    pub fn revoke_now(&self, id: &str, at: SystemTime) -> bool {
         let mut records = self.records.write().unwrap_or_else(|e| e.into_inner());
         match records.values_mut().find(|r| r.id == id) {
             Some(record) => {
@@ -88,8 +102,8 @@ impl MemoryKeyStore {
         }
     }
 
-    /// The records of `owner`.
-    pub fn list_by_owner(&self, owner: &str) -> Vec<ApiKeyRecord> {
+    /// The records of `owner`, oldest first.
+    pub fn owned_by(&self, owner: &str) -> Vec<ApiKeyRecord> {
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<ApiKeyRecord> = records
             .values()
@@ -116,6 +130,34 @@ impl ApiKeyStore for MemoryKeyStore {
             .get(digest)
             .cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
+impl ApiKeyManager for MemoryKeyStore {
+    fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()> {
+        self.insert(record.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn find_by_id(&self, id: &str) -> StoreFuture<Option<ApiKeyRecord>> {
+        let found = self
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|r| r.id == id)
+            .cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn list_by_owner(&self, owner: &str) -> StoreFuture<Vec<ApiKeyRecord>> {
+        let list = self.owned_by(owner);
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
+    fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool> {
+        let done = self.revoke_now(id, at);
+        Box::pin(std::future::ready(Ok(done)))
     }
 }
 

@@ -1,0 +1,301 @@
+//! API-key stores in SQLite (feature `sqlite`) and PostgreSQL (feature `postgres`), through
+//! sqlx with runtime queries only (no database is needed to compile).
+//!
+//! The migration ships in the crate and is applied on request with `migrate()`. Keys are
+//! indexed by digest (a unique index) and by owner. Times are Unix milliseconds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{ApiKeyRecord, KeyDigest, StoreError};
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn db_error(_: sqlx::Error) -> StoreError {
+    StoreError::new("database error")
+}
+
+fn split(s: &str) -> Vec<String> {
+    s.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The columns, in the order the row decoders read them.
+const COLUMNS: &str = "id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata";
+
+/// Build a record from a row's columns.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    id: String,
+    digest: Vec<u8>,
+    display: String,
+    owner: String,
+    name: String,
+    scopes: String,
+    roles: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    plan: Option<String>,
+    metadata: String,
+) -> Result<ApiKeyRecord, StoreError> {
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| StoreError::new("stored digest has the wrong length"))?;
+    Ok(ApiKeyRecord {
+        id,
+        digest: KeyDigest::from_bytes(digest),
+        display,
+        owner,
+        name,
+        scopes: split(&scopes),
+        roles: split(&roles),
+        created_at: time(created_at),
+        expires_at: expires_at.map(time),
+        revoked_at: revoked_at.map(time),
+        plan,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|_| StoreError::new("stored metadata is not JSON"))?,
+    })
+}
+
+macro_rules! sql_store {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $feature:literal, $db:ty, $pool:ty, $options:ty, $pool_fn:ident,
+        migration: $migration:expr,
+        find: $find:expr, by_id: $by_id:expr, owner: $owner:expr, insert: $insert:expr, revoke: $revoke:expr
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
+        pub struct $name {
+            pool: $pool,
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name {
+            /// Connect to `url`.
+            ///
+            /// # Errors
+            /// A malformed URL or a failed connection (the message never holds the URL,
+            /// which may carry a password).
+            pub async fn connect(url: &str) -> Result<Self, crate::error::ConfigError> {
+                let options: $options = url
+                    .parse()
+                    .map_err(|_| crate::error::ConfigError::new("invalid database URL"))?;
+                Self::connect_with(options).await
+            }
+
+            /// Connect with explicit options.
+            ///
+            /// # Errors
+            /// A failed connection.
+            pub async fn connect_with(options: $options) -> Result<Self, crate::error::ConfigError> {
+                let pool = $pool_fn(&options)
+                    .connect_with(options)
+                    .await
+                    .map_err(|_| crate::error::ConfigError::new("cannot connect to the database"))?;
+                Ok(Self { pool })
+            }
+
+            /// Use an existing pool.
+            pub fn from_pool(pool: $pool) -> Self {
+                Self { pool }
+            }
+
+            /// Create the table and its indexes if they do not exist (idempotent).
+            ///
+            /// # Errors
+            /// A database error.
+            pub async fn migrate(&self) -> Result<(), StoreError> {
+                for statement in $migration {
+                    sqlx::query(statement).execute(&self.pool).await.map_err(db_error)?;
+                }
+                Ok(())
+            }
+
+            async fn fetch(&self, sql: &str, bind: Bind<'_>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+                use sqlx::Row as _;
+                let query = sqlx::query::<$db>(sql);
+                let query = match bind {
+                    Bind::Bytes(b) => query.bind(b.to_vec()),
+                    Bind::Text(t) => query.bind(t.to_owned()),
+                };
+                let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
+                rows.into_iter()
+                    .map(|row| {
+                        let get = |e: sqlx::Error| db_error(e);
+                        record(
+                            row.try_get("id").map_err(get)?,
+                            row.try_get("digest").map_err(get)?,
+                            row.try_get("display").map_err(get)?,
+                            row.try_get("owner").map_err(get)?,
+                            row.try_get("name").map_err(get)?,
+                            row.try_get("scopes").map_err(get)?,
+                            row.try_get("roles").map_err(get)?,
+                            row.try_get("created_at").map_err(get)?,
+                            row.try_get("expires_at").map_err(get)?,
+                            row.try_get("revoked_at").map_err(get)?,
+                            row.try_get("plan").map_err(get)?,
+                            row.try_get("metadata").map_err(get)?,
+                        )
+                    })
+                    .collect()
+            }
+        }
+
+        impl super::ApiKeyStore for $name {
+            fn find(&self, digest: &KeyDigest) -> super::StoreFuture<Option<ApiKeyRecord>> {
+                let this = self.clone();
+                let digest = *digest;
+                Box::pin(async move {
+                    let sql = format!($find, COLUMNS);
+                    Ok(this.fetch(&sql, Bind::Bytes(digest.as_bytes())).await?.pop())
+                })
+            }
+        }
+
+        impl super::ApiKeyManager for $name {
+            fn create(&self, record: &ApiKeyRecord) -> super::StoreFuture<()> {
+                let this = self.clone();
+                let r = record.clone();
+                Box::pin(async move {
+                    sqlx::query($insert)
+                        .bind(r.id)
+                        .bind(r.digest.as_bytes().to_vec())
+                        .bind(r.display)
+                        .bind(r.owner)
+                        .bind(r.name)
+                        .bind(r.scopes.join(" "))
+                        .bind(r.roles.join(" "))
+                        .bind(millis(r.created_at))
+                        .bind(r.expires_at.map(millis))
+                        .bind(r.revoked_at.map(millis))
+                        .bind(r.plan)
+                        .bind(r.metadata.to_string())
+                        .execute(&this.pool)
+                        .await
+                        .map_err(db_error)?;
+                    Ok(())
+                })
+            }
+
+            fn find_by_id(&self, id: &str) -> super::StoreFuture<Option<ApiKeyRecord>> {
+                let this = self.clone();
+                let id = id.to_owned();
+                Box::pin(async move {
+                    let sql = format!($by_id, COLUMNS);
+                    Ok(this.fetch(&sql, Bind::Text(&id)).await?.pop())
+                })
+            }
+
+            fn list_by_owner(&self, owner: &str) -> super::StoreFuture<Vec<ApiKeyRecord>> {
+                let this = self.clone();
+                let owner = owner.to_owned();
+                Box::pin(async move {
+                    let sql = format!($owner, COLUMNS);
+                    this.fetch(&sql, Bind::Text(&owner)).await
+                })
+            }
+
+            fn revoke(&self, id: &str, at: SystemTime) -> super::StoreFuture<bool> {
+                let this = self.clone();
+                let id = id.to_owned();
+                Box::pin(async move {
+                    let done = sqlx::query($revoke)
+                        .bind(millis(at))
+                        .bind(id)
+                        .execute(&this.pool)
+                        .await
+                        .map_err(db_error)?;
+                    Ok(done.rows_affected() > 0)
+                })
+            }
+        }
+    };
+}
+
+/// An in-memory SQLite database lives in one connection: keep the pool to one.
+#[cfg(feature = "sqlite")]
+fn sqlite_pool(
+    options: &sqlx::sqlite::SqliteConnectOptions,
+) -> sqlx::pool::PoolOptions<sqlx::Sqlite> {
+    let memory = options
+        .get_filename()
+        .to_str()
+        .is_some_and(|f| f.is_empty() || f == ":memory:");
+    sqlx::pool::PoolOptions::new()
+        .max_connections(if memory { 1 } else { 8 })
+        .acquire_timeout(Duration::from_secs(5))
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_pool(_: &sqlx::postgres::PgConnectOptions) -> sqlx::pool::PoolOptions<sqlx::Postgres> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+}
+
+enum Bind<'a> {
+    Bytes(&'a [u8]),
+    Text(&'a str),
+}
+
+#[cfg(feature = "sqlite")]
+sql_store! {
+    /// API keys in SQLite: the embedded default for examples and small services.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tower_api_guard::api_key::{ApiKeyManager, ApiKeyStore, KeyFormat, NewKey, SqliteKeyStore};
+    ///
+    /// let store = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+    /// store.migrate().await.unwrap();
+    /// let format = KeyFormat::new("sk_test").unwrap();
+    /// let (key, record) = format.generate(NewKey::new("owner", "ci")).unwrap();
+    /// store.create(&record).await.unwrap();
+    /// assert!(store.find(&format.digest(&key)).await.unwrap().is_some());
+    /// # });
+    /// ```
+    SqliteKeyStore, "sqlite", sqlx::Sqlite, sqlx::SqlitePool, sqlx::sqlite::SqliteConnectOptions, sqlite_pool,
+    migration: [
+        "CREATE TABLE IF NOT EXISTS tag_api_keys (id TEXT PRIMARY KEY, digest BLOB NOT NULL, display TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL, roles TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER, plan TEXT, metadata TEXT NOT NULL, last_used_at INTEGER)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS tag_api_keys_digest ON tag_api_keys (digest)",
+        "CREATE INDEX IF NOT EXISTS tag_api_keys_owner ON tag_api_keys (owner)",
+    ],
+    find: "SELECT {} FROM tag_api_keys WHERE digest = ?",
+    by_id: "SELECT {} FROM tag_api_keys WHERE id = ?",
+    owner: "SELECT {} FROM tag_api_keys WHERE owner = ? ORDER BY created_at",
+    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    revoke: "UPDATE tag_api_keys SET revoked_at = ? WHERE id = ?"
+}
+
+#[cfg(feature = "postgres")]
+sql_store! {
+    /// API keys in PostgreSQL, for production.
+    PostgresKeyStore, "postgres", sqlx::Postgres, sqlx::PgPool, sqlx::postgres::PgConnectOptions, postgres_pool,
+    migration: [
+        "CREATE TABLE IF NOT EXISTS tag_api_keys (id TEXT PRIMARY KEY, digest BYTEA NOT NULL, display TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT, plan TEXT, metadata TEXT NOT NULL, last_used_at BIGINT)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS tag_api_keys_digest ON tag_api_keys (digest)",
+        "CREATE INDEX IF NOT EXISTS tag_api_keys_owner ON tag_api_keys (owner)",
+    ],
+    find: "SELECT {} FROM tag_api_keys WHERE digest = $1",
+    by_id: "SELECT {} FROM tag_api_keys WHERE id = $1",
+    owner: "SELECT {} FROM tag_api_keys WHERE owner = $1 ORDER BY created_at",
+    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2"
+}
