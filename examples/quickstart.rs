@@ -5,8 +5,9 @@
 //! ```
 //!
 //! With no settings it starts an embedded development issuer (keys made at start, its
-//! JWKS served on loopback), prints ready-to-paste curl lines with sample tokens, and
-//! protects these routes on `GUARD_ADDR` (default `127.0.0.1:3000`):
+//! JWKS served on loopback) and an embedded API-key store (SQLite, in memory) holding one
+//! demo key, prints ready-to-paste curl lines with sample tokens and the key, and protects
+//! these routes on `GUARD_ADDR` (default `127.0.0.1:3000`), for either credential:
 //!
 //! | route | needs |
 //! |---|---|
@@ -30,7 +31,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tower_api_guard::Identity;
+use tower_api_guard::api_key::{
+    ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
+};
 use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
 use tower_api_guard::testing::TestIssuer;
@@ -122,6 +127,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (code, Json(body))
         }
     };
+    // The embedded API-key store: SQLite in memory, cached, with one demo key.
+    let key_format = KeyFormat::new("sk_demo")?;
+    let key_store = SqliteKeyStore::connect("sqlite::memory:").await?;
+    key_store.migrate().await?;
+    let (demo_key, record) = key_format.generate(
+        NewKey::new("demo-machine", "quickstart demo key")
+            .scopes(["items:read"])
+            .roles(["service"]),
+    )?;
+    key_store.create(&record).await?;
+    let api_keys = ApiKeyAuthenticator::new(key_format, CachedKeyStore::new(key_store));
+    println!("# the demo API key (scope items:read), accepted on the same routes");
+    println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/me");
+    println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/items\n");
+
     let protected = Router::new()
         .route("/me", get(me))
         // Each handler gets its own guard (a MethodRouter's `layer` would cover every
@@ -136,7 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(admin.layer(RequireLayer::any_role(["admin"]))),
         )
         // route_layer: unknown routes stay 404 instead of becoming 401.
-        .route_layer(AuthLayer::new(jwt));
+        .route_layer(AuthLayer::new(jwt.clone().or(api_keys)));
     let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
