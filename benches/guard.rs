@@ -299,6 +299,84 @@ fn authz_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The API-key path (extract, checksum, digest, cached lookup, identity, inner call) against a
+/// bare inner call, and a miss against SQLite.
+fn api_key_benches(c: &mut Criterion) {
+    use tower_api_guard::api_key::{
+        ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, MemoryKeyStore, NewKey,
+        SqliteKeyStore,
+    };
+    let format = KeyFormat::new("sk_live").unwrap();
+    let (key, record) = format
+        .generate(NewKey::new("svc", "bench").scopes(["items:read"]))
+        .unwrap();
+    let memory = MemoryKeyStore::new();
+    memory.insert(record.clone());
+    type Inner = fn(Request<()>) -> std::future::Ready<Result<Response<String>, Infallible>>;
+    let mut bare = service_fn(inner as Inner);
+    let mut cached = AuthLayer::new(ApiKeyAuthenticator::new(
+        format.clone(),
+        CachedKeyStore::new(memory),
+    ))
+    .layer(service_fn(inner as Inner));
+    let request = || {
+        Request::get("/items")
+            .header("x-api-key", key.expose())
+            .body(())
+            .unwrap()
+    };
+    // Warm the cache.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert_eq!(
+        rt.block_on(cached.call(request())).unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        now(cached.call(request())).unwrap().status(),
+        StatusCode::OK
+    );
+
+    let sqlite = rt
+        .block_on(SqliteKeyStore::connect("sqlite::memory:"))
+        .unwrap();
+    rt.block_on(sqlite.migrate()).unwrap();
+    rt.block_on(sqlite.create(&record)).unwrap();
+    let mut uncached =
+        AuthLayer::new(ApiKeyAuthenticator::new(format, sqlite)).layer(service_fn(inner as Inner));
+    assert_eq!(
+        rt.block_on(uncached.call(request())).unwrap().status(),
+        StatusCode::OK
+    );
+
+    let mut group = c.benchmark_group("api_key");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("bare_inner_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(bare.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("cached_hit_full_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(cached.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("sqlite_miss_full_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(rt.block_on(uncached.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -306,5 +384,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches, api_key_benches }
 criterion_main!(benches);
