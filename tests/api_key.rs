@@ -267,3 +267,36 @@ async fn jwt_or_key_on_one_route() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn last_used_is_written_in_batches_never_per_request() {
+    use tower_api_guard::api_key::LastUsedTracker;
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(NewKey::new("o", "n"), clock.now())
+        .unwrap();
+    let id = record.id.clone();
+    store.insert(record);
+    let tracker = LastUsedTracker::new(store.clone(), Duration::from_secs(3600));
+    let auth = ApiKeyAuthenticator::new(format, store.clone())
+        .clock(clock.clone())
+        .last_used(tracker.clone());
+    for _ in 0..100 {
+        auth.verify(&key).await.unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(store.last_used_batches(), 0, "no write per request");
+    assert_eq!(tracker.pending(), 1);
+    tracker.flush().await;
+    assert_eq!(store.last_used_batches(), 1);
+    assert_eq!(
+        store.last_used(&id),
+        Some(clock.now() - Duration::from_secs(1))
+    );
+    // What is left at shutdown is written.
+    auth.verify(&key).await.unwrap();
+    drop(auth);
+    tracker.shutdown().await;
+    assert_eq!(store.last_used_batches(), 2);
+    assert_eq!(store.last_used(&id), Some(clock.now()));
+}

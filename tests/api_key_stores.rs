@@ -87,6 +87,13 @@ async fn suite<S: ApiKeyManager + Clone>(store: S) {
     );
     assert!(auth.verify(&new_key).await.is_ok());
 
+    // Last-used batches are accepted.
+    store
+        .record_last_used(vec![(new_record.id.clone(), now), (record.id.clone(), now)])
+        .await
+        .unwrap();
+    store.record_last_used(Vec::new()).await.unwrap();
+
     // The cache in front of it.
     let cached = CachedKeyStore::new(store.clone());
     let auth = ApiKeyAuthenticator::new(format, cached).clock(clock);

@@ -31,6 +31,7 @@
 //! # });
 //! ```
 
+mod last_used;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 mod store;
@@ -46,6 +47,7 @@ use http::HeaderName;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use last_used::LastUsedTracker;
 #[cfg(feature = "postgres")]
 pub use sql::PostgresKeyStore;
 #[cfg(feature = "sqlite")]
@@ -452,6 +454,7 @@ struct Inner {
     store: Arc<dyn ApiKeyStore>,
     header: KeySourceHeader,
     clock: Arc<dyn Clock>,
+    last_used: Option<LastUsedTracker>,
 }
 
 /// Authenticates requests by API key. See the [module docs](self).
@@ -479,6 +482,7 @@ impl ApiKeyAuthenticator {
                 store: Arc::new(store),
                 header: KeySourceHeader::Header(HeaderName::from_static("x-api-key")),
                 clock: Arc::new(SystemClock),
+                last_used: None,
             }),
         }
     }
@@ -489,6 +493,7 @@ impl ApiKeyAuthenticator {
             store: arc.store.clone(),
             header: arc.header.clone(),
             clock: arc.clock.clone(),
+            last_used: arc.last_used.clone(),
         });
         f(&mut inner);
         Self {
@@ -500,6 +505,12 @@ impl ApiKeyAuthenticator {
     #[must_use]
     pub fn header(self, header: KeySourceHeader) -> Self {
         self.with(|i| i.header = header)
+    }
+
+    /// Record when each key is used, in batches (see [`LastUsedTracker`]).
+    #[must_use]
+    pub fn last_used(self, tracker: LastUsedTracker) -> Self {
+        self.with(|i| i.last_used = Some(tracker))
     }
 
     /// The clock for expiry and revocation instants.
@@ -556,6 +567,9 @@ async fn check(inner: Arc<Inner>, key: String) -> Result<Identity, AuthError> {
     }
     if let Some(plan) = &record.plan {
         builder = builder.plan(plan.clone());
+    }
+    if let Some(tracker) = &inner.last_used {
+        tracker.touch(&record.id, now);
     }
     Ok(builder.build())
 }

@@ -72,7 +72,7 @@ macro_rules! sql_store {
         $(#[$meta:meta])*
         $name:ident, $feature:literal, $db:ty, $pool:ty, $options:ty, $pool_fn:ident,
         migration: $migration:expr,
-        find: $find:expr, by_id: $by_id:expr, owner: $owner:expr, insert: $insert:expr, revoke: $revoke:expr
+        find: $find:expr, by_id: $by_id:expr, owner: $owner:expr, insert: $insert:expr, revoke: $revoke:expr, touch: $touch:expr
     ) => {
         $(#[$meta])*
         #[derive(Clone)]
@@ -225,6 +225,22 @@ macro_rules! sql_store {
                     Ok(done.rows_affected() > 0)
                 })
             }
+
+            fn record_last_used(&self, batch: Vec<(String, SystemTime)>) -> super::StoreFuture<()> {
+                let this = self.clone();
+                Box::pin(async move {
+                    let mut tx = this.pool.begin().await.map_err(db_error)?;
+                    for (id, at) in batch {
+                        sqlx::query($touch)
+                            .bind(millis(at))
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
+                    }
+                    tx.commit().await.map_err(db_error)
+                })
+            }
         }
     };
 }
@@ -281,7 +297,8 @@ sql_store! {
     by_id: "SELECT {} FROM tag_api_keys WHERE id = ?",
     owner: "SELECT {} FROM tag_api_keys WHERE owner = ? ORDER BY created_at",
     insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    revoke: "UPDATE tag_api_keys SET revoked_at = ? WHERE id = ?"
+    revoke: "UPDATE tag_api_keys SET revoked_at = ? WHERE id = ?",
+    touch: "UPDATE tag_api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?"
 }
 
 #[cfg(feature = "postgres")]
@@ -297,5 +314,6 @@ sql_store! {
     by_id: "SELECT {} FROM tag_api_keys WHERE id = $1",
     owner: "SELECT {} FROM tag_api_keys WHERE owner = $1 ORDER BY created_at",
     insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2"
+    revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2",
+    touch: "UPDATE tag_api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2"
 }

@@ -54,6 +54,9 @@ pub trait ApiKeyManager: ApiKeyStore {
     fn list_by_owner(&self, owner: &str) -> StoreFuture<Vec<ApiKeyRecord>>;
     /// Revoke the key `id` from `at` on; `false` when there is no such key.
     fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool>;
+    /// Record when keys were last used, in one batch (see
+    /// [`LastUsedTracker`](super::LastUsedTracker)).
+    fn record_last_used(&self, batch: Vec<(String, SystemTime)>) -> StoreFuture<()>;
 }
 
 impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
@@ -67,6 +70,8 @@ impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
 pub struct MemoryKeyStore {
     records: Arc<RwLock<HashMap<KeyDigest, ApiKeyRecord>>>,
     lookups: Arc<AtomicUsize>,
+    last_used: Arc<RwLock<HashMap<String, SystemTime>>>,
+    batches: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for MemoryKeyStore {
@@ -114,6 +119,20 @@ impl MemoryKeyStore {
         out
     }
 
+    /// When the key `id` was last used, as recorded by a [`LastUsedTracker`](super::LastUsedTracker).
+    pub fn last_used(&self, id: &str) -> Option<SystemTime> {
+        self.last_used
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// How many last-used batches were written.
+    pub fn last_used_batches(&self) -> usize {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// How many lookups reached this store (to prove caches and offline checks work).
     pub fn lookups(&self) -> usize {
         self.lookups.load(Ordering::Relaxed)
@@ -158,6 +177,15 @@ impl ApiKeyManager for MemoryKeyStore {
     fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool> {
         let done = self.revoke_now(id, at);
         Box::pin(std::future::ready(Ok(done)))
+    }
+
+    fn record_last_used(&self, batch: Vec<(String, SystemTime)>) -> StoreFuture<()> {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.last_used.write().unwrap_or_else(|e| e.into_inner());
+        for (id, at) in batch {
+            map.insert(id, at);
+        }
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
