@@ -247,6 +247,25 @@ async fn jwt_or_key_on_one_route() {
         .status(),
         StatusCode::BAD_REQUEST
     );
+    // An empty or non-ASCII X-API-Key header: 400.
+    assert_eq!(
+        call(vec![("x-api-key", String::new())])
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let non_ascii = Request::get("/me")
+        .header(
+            "x-api-key",
+            http::HeaderValue::from_bytes(b"sk_test_\xff").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(non_ascii).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
     // Authorization: ApiKey ...
     let auth_header =
         ApiKeyAuthenticator::new(format, store).header(KeySourceHeader::AuthorizationApiKey);

@@ -252,6 +252,40 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
     }
 }
 
+/// Management goes to the wrapped store; a revocation made through the cache invalidates
+/// that key's cached entry at once.
+impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
+    fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()> {
+        self.negative.invalidate(&record.digest);
+        self.inner.create(record)
+    }
+
+    fn find_by_id(&self, id: &str) -> StoreFuture<Option<ApiKeyRecord>> {
+        self.inner.find_by_id(id)
+    }
+
+    fn list_by_owner(&self, owner: &str) -> StoreFuture<Vec<ApiKeyRecord>> {
+        self.inner.list_by_owner(owner)
+    }
+
+    fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool> {
+        let this = self.clone();
+        let id = id.to_owned();
+        Box::pin(async move {
+            let record = this.inner.find_by_id(&id).await?;
+            let done = this.inner.revoke(&id, at).await?;
+            if let Some(record) = record {
+                this.invalidate(&record.digest);
+            }
+            Ok(done)
+        })
+    }
+
+    fn record_last_used(&self, batch: Vec<(String, SystemTime)>) -> StoreFuture<()> {
+        self.inner.record_last_used(batch)
+    }
+}
+
 impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
     fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
         if let Some(record) = self.positive.get(digest) {
