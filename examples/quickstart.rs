@@ -19,9 +19,9 @@
 //!
 //! To protect the same routes with a real identity provider, set `GUARD_ISSUER` and
 //! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
-//! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Rate
-//! limiting (`GUARD_RATE`, `GUARD_AUTH_FAILURE_LIMIT`, `REDIS_URL`) arrives with the rate
-//! limiter.
+//! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Authenticated
+//! routes are limited per identity to `GUARD_RATE` (default `50/s`); the failed-auth limit
+//! (`GUARD_AUTH_FAILURE_LIMIT`) and the Redis store (`REDIS_URL`) are not there yet.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +38,7 @@ use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
+use tower_api_guard::rate_limit::{Quota, RateLimitLayer};
 use tower_api_guard::testing::TestIssuer;
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
@@ -56,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
-    for name in ["GUARD_RATE", "GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL"] {
+    for name in ["GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL"] {
         if std::env::var_os(name).is_some() {
             eprintln!("note: {name} is not supported yet by this version and is ignored");
         }
@@ -127,6 +128,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (code, Json(body))
         }
     };
+    // Per-identity quota: GUARD_RATE (default 50/s).
+    let rate = Quota::parse(&std::env::var("GUARD_RATE").unwrap_or_else(|_| "50/s".into()))?;
+
     // The embedded API-key store: SQLite in memory, cached, with one demo key.
     let key_format = KeyFormat::new("sk_demo")?;
     let key_store = SqliteKeyStore::connect("sqlite::memory:").await?;
@@ -156,6 +160,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(admin.layer(RequireLayer::any_role(["admin"]))),
         )
         // route_layer: unknown routes stay 404 instead of becoming 401.
+        // Per-identity rate limit, inside authentication.
+        .route_layer(RateLimitLayer::new([rate]))
         .route_layer(AuthLayer::new(jwt.clone().or(api_keys)));
     let app = Router::new().route("/health", get(health)).merge(protected);
 

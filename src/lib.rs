@@ -14,6 +14,7 @@
 //! * [`extract`]: where credentials are read from (bearer header, custom header, cookie).
 //! * [`error`]: [`AuthError`] and its rendering to HTTP (RFC 6750) and gRPC.
 //! * `api_key` (feature `api-key`): checksummed API keys looked up by digest.
+//! * `rate_limit` (feature `rate-limit`): per-identity GCRA limits with standard headers.
 //! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
 //! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server.
@@ -86,6 +87,10 @@ pub mod authz;
 #[cfg(feature = "api-key")]
 #[cfg_attr(docsrs, doc(cfg(feature = "api-key")))]
 pub mod api_key;
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]

@@ -1,0 +1,354 @@
+//! GCRA (the generic cell rate algorithm) over a sharded, bounded in-process store.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::ConfigError;
+
+/// A quota: at most `limit` requests per `window`, with bursts of up to `burst` (default
+/// `limit`) at once. GCRA spaces the rest evenly: one request every `window / limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    limit: u32,
+    window: Duration,
+    burst: u32,
+}
+
+impl Quota {
+    /// `limit` requests per `window`.
+    ///
+    /// # Errors
+    /// A zero limit or window, or a window under a microsecond per request.
+    pub fn per(limit: u32, window: Duration) -> Result<Self, ConfigError> {
+        if limit == 0 || window.is_zero() || window.as_nanos() / u128::from(limit) < 1_000 {
+            return Err(ConfigError::new(
+                "a quota needs a limit and a window of at least 1 µs per request",
+            ));
+        }
+        Ok(Self {
+            limit,
+            window,
+            burst: limit,
+        })
+    }
+
+    /// Parse `20/s`, `1000/min`, `5/h`, `10000/day` (also `sec`, `second`, `minute`,
+    /// `hour`, `d`).
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::new("a quota looks like 20/s, 1000/min, 5/h or 10000/day");
+        let (limit, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let limit: u32 = limit.trim().parse().map_err(|_| bad())?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        Self::per(limit, window)
+    }
+
+    /// Allow bursts of `burst` requests at once (at least 1).
+    #[must_use]
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = burst.max(1);
+        self
+    }
+
+    /// Requests per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The burst.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Nanoseconds between requests at the steady rate.
+    fn emission_ns(&self) -> u64 {
+        u64::try_from(self.window.as_nanos() / u128::from(self.limit)).unwrap_or(u64::MAX)
+    }
+}
+
+/// The outcome of one check over several quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Per quota: requests left and time until the quota is full again.
+    per_quota: Vec<(u64, Duration)>,
+    retry_after: Option<Duration>,
+}
+
+impl Decision {
+    /// `None` when allowed; how long to wait when not.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether the request is allowed.
+    pub fn allowed(&self) -> bool {
+        self.retry_after.is_none()
+    }
+
+    /// Per quota, in order: requests left, and time until the quota is full again.
+    pub fn quotas(&self) -> &[(u64, Duration)] {
+        &self.per_quota
+    }
+
+    /// The quota with the fewest requests left: (index, remaining, reset).
+    pub fn tightest(&self) -> (usize, u64, Duration) {
+        self.per_quota
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (remaining, _))| *remaining)
+            .map_or((0, 0, Duration::ZERO), |(i, (r, t))| (i, *r, *t))
+    }
+}
+
+type Shard = Mutex<HashMap<String, Vec<u64>>>;
+
+/// The in-process store: sharded (16 shards), bounded. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct MemoryStore {
+    shards: Arc<[Shard]>,
+    per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.len())
+            .field("max_keys", &(self.per_shard * self.shards.len()))
+            .finish()
+    }
+}
+
+const SHARDS: usize = 16;
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_keys` keys (at least 16).
+    pub fn new(max_keys: usize) -> Self {
+        let per_shard = max_keys.div_ceil(SHARDS).max(1);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard,
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys held.
+    pub fn max_keys(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    /// Check (and, when allowed, consume) `cost` against every quota for `key` at `now`.
+    /// A rejection by one quota consumes nothing from the others.
+    pub fn check(&self, key: &str, quotas: &[Quota], cost: u32, now: SystemTime) -> Decision {
+        let now = nanos(now);
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+
+        let stored = map.get(key).filter(|t| t.len() == quotas.len());
+        let mut new_tats = Vec::with_capacity(quotas.len());
+        let mut per_quota = Vec::with_capacity(quotas.len());
+        let mut retry: Option<u64> = None;
+        for (i, quota) in quotas.iter().enumerate() {
+            let t = quota.emission_ns();
+            let capacity = t.saturating_mul(u64::from(quota.burst));
+            let tat = stored.map_or(now, |s| s[i].max(now));
+            let new_tat = tat.saturating_add(t.saturating_mul(u64::from(cost)));
+            if new_tat - now > capacity {
+                let wait = new_tat - now - capacity;
+                retry = Some(retry.map_or(wait, |r| r.max(wait)));
+                per_quota.push((
+                    (capacity.saturating_sub(tat - now)) / t,
+                    Duration::from_nanos(tat - now),
+                ));
+                new_tats.push(tat);
+            } else {
+                per_quota.push((
+                    (capacity - (new_tat - now)) / t,
+                    Duration::from_nanos(new_tat - now),
+                ));
+                new_tats.push(new_tat);
+            }
+        }
+        if retry.is_none() {
+            if !map.contains_key(key) && map.len() >= self.per_shard {
+                evict(&mut map, self.per_shard, now);
+            }
+            map.insert(key.to_owned(), new_tats);
+        }
+        Decision {
+            per_quota,
+            retry_after: retry.map(Duration::from_nanos),
+        }
+    }
+}
+
+/// Make room: drop idle keys (their state equals a fresh key's); if none are idle, drop
+/// the eighth of the shard closest to idle, so that the next inserts are cheap.
+fn evict(map: &mut HashMap<String, Vec<u64>>, cap: usize, now: u64) {
+    map.retain(|_, tats| tats.iter().any(|&t| t > now));
+    if map.len() < cap {
+        return;
+    }
+    let mut latest: Vec<u64> = map
+        .values()
+        .map(|t| t.iter().copied().max().unwrap_or(0))
+        .collect();
+    let cut = (map.len() / 8).max(1);
+    let (_, threshold, _) = latest.select_nth_unstable(cut - 1);
+    let threshold = *threshold;
+    let mut removed = 0;
+    map.retain(|_, tats| {
+        let idle_at = tats.iter().copied().max().unwrap_or(0);
+        if removed < cut && idle_at <= threshold {
+            removed += 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_800_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn parse_quotas() {
+        assert_eq!(
+            Quota::parse("20/s").unwrap(),
+            Quota::per(20, Duration::from_secs(1)).unwrap()
+        );
+        assert_eq!(
+            Quota::parse(" 1000/min ").unwrap().window(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(Quota::parse("5/h").unwrap().limit(), 5);
+        assert_eq!(
+            Quota::parse("10000/day").unwrap().window(),
+            Duration::from_secs(86_400)
+        );
+        for bad in [
+            "",
+            "20",
+            "0/s",
+            "x/s",
+            "20/fortnight",
+            "-1/s",
+            "20/",
+            "/s",
+            "2000000000/s",
+        ] {
+            assert!(Quota::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn burst_then_steady_rate_exactly() {
+        let store = MemoryStore::new(100);
+        let q = [Quota::parse("10/s").unwrap()]; // one every 100 ms, burst 10
+        for i in 0..10 {
+            let d = store.check("k", &q, 1, at(0));
+            assert!(d.allowed(), "{i}");
+            assert_eq!(d.quotas()[0].0, 9 - i);
+        }
+        let d = store.check("k", &q, 1, at(0));
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+        assert!(!store.check("k", &q, 1, at(99)).allowed());
+        assert!(store.check("k", &q, 1, at(100)).allowed());
+        assert!(!store.check("k", &q, 1, at(150)).allowed());
+        assert!(store.check("k", &q, 1, at(200)).allowed());
+        // Another key is independent.
+        assert!(store.check("other", &q, 1, at(200)).allowed());
+    }
+
+    #[test]
+    fn cost_and_reset() {
+        let store = MemoryStore::new(100);
+        let q = [Quota::parse("10/s").unwrap()];
+        let d = store.check("k", &q, 4, at(0));
+        assert_eq!(d.quotas()[0], (6, Duration::from_millis(400)));
+        assert!(!store.check("k", &q, 7, at(0)).allowed());
+        assert!(store.check("k", &q, 6, at(0)).allowed());
+        assert_eq!(
+            store.check("k", &q, 1, at(0)).retry_after(),
+            Some(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn several_quotas_reject_without_consuming() {
+        let store = MemoryStore::new(100);
+        let q = [Quota::parse("5/s").unwrap(), Quota::parse("7/min").unwrap()];
+        for _ in 0..5 {
+            assert!(store.check("k", &q, 1, at(0)).allowed());
+        }
+        // The per-second quota rejects: the per-minute one must not be consumed.
+        for _ in 0..10 {
+            assert!(!store.check("k", &q, 1, at(0)).allowed());
+        }
+        assert!(store.check("k", &q, 1, at(1000)).allowed());
+        assert!(store.check("k", &q, 1, at(1200)).allowed());
+        // 7 used of the minute now.
+        let d = store.check("k", &q, 1, at(2000));
+        assert!(!d.allowed());
+        assert_eq!(d.tightest().0, 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_under_a_flood_of_keys() {
+        let store = MemoryStore::new(10_000);
+        let q = [Quota::parse("10/s").unwrap()];
+        for i in 0..1_000_000u32 {
+            store.check(&i.to_string(), &q, 1, at(u64::from(i) / 1000));
+            if i % 50_000 == 0 {
+                assert!(
+                    store.len() <= store.max_keys(),
+                    "{} > {}",
+                    store.len(),
+                    store.max_keys()
+                );
+            }
+        }
+        assert!(store.len() <= store.max_keys());
+        assert!(store.len() > 1_000, "the store still holds recent keys");
+    }
+}

@@ -1,0 +1,303 @@
+//! Rate limiting per identity: [`RateLimitLayer`], GCRA, quotas per plan, standard headers.
+//!
+//! Each verified identity (source + subject) gets its plan's quotas, or the default ones.
+//! Several quotas (e.g. `20/s` and `10000/day`) are checked together: a request rejected by
+//! one consumes nothing from the others. The decision is made in `call`, never in
+//! `poll_ready`. Allowed responses carry the IETF draft fields `RateLimit-Policy` and
+//! `RateLimit`; a rejection is `429` with `Retry-After` (gRPC `RESOURCE_EXHAUSTED`).
+//!
+//! The in-process store is sharded and bounded: past its maximum number of keys, idle keys
+//! (whose state equals a fresh key's) are evicted first, then the keys closest to idle, so
+//! a flood of distinct keys cannot exhaust memory.
+//!
+//! This release has the in-process store and per-identity keys. Requests without an
+//! identity are let through by this layer (limit them before authentication).
+//!
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_guard::auth::AuthLayer;
+//! use tower_api_guard::jwt::JwtAuthenticator;
+//! use tower_api_guard::rate_limit::{Quota, RateLimitLayer};
+//! use tower_api_guard::testing::TestIssuer;
+//!
+//! let issuer = TestIssuer::new("https://issuer.example");
+//! let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
+//!     .keys(issuer.static_keys())
+//!     .build()
+//!     .unwrap();
+//! let svc = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(jwt))
+//!     .layer(RateLimitLayer::new([Quota::parse("2/min").unwrap()]))
+//!     .service_fn(|_req: Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//!     });
+//! let token = issuer.token().audience("api").mint();
+//! let call = || {
+//!     let req = Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+//!     svc.clone().oneshot(req)
+//! };
+//! assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+//! assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+//! assert_eq!(call().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+//! # });
+//! ```
+
+mod gcra;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use gcra::{Decision, MemoryStore, Quota};
+
+use crate::body::ResponseBody;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{AuthError, DefaultRenderer, RenderRejection, RequestHead};
+use crate::identity::Identity;
+
+struct Shared {
+    default: Vec<Quota>,
+    plans: HashMap<String, Vec<Quota>>,
+    store: MemoryStore,
+    clock: Arc<dyn Clock>,
+    renderer: Arc<dyn RenderRejection>,
+}
+
+/// Limits each identity. See the [module docs](self).
+#[derive(Clone)]
+#[must_use]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("default", &self.shared.default)
+            .field("plans", &self.shared.plans.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Every identity gets `quotas` (checked together) unless its plan says otherwise.
+    pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                default: quotas.into_iter().collect(),
+                plans: HashMap::new(),
+                store: MemoryStore::new(100_000),
+                clock: Arc::new(SystemClock),
+                renderer: Arc::new(DefaultRenderer::default()),
+            }),
+        }
+    }
+
+    fn with(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
+            default: arc.default.clone(),
+            plans: arc.plans.clone(),
+            store: arc.store.clone(),
+            clock: arc.clock.clone(),
+            renderer: arc.renderer.clone(),
+        });
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Identities whose plan is `plan` (from an API-key record or a JWT claim) get `quotas`.
+    pub fn plan(self, plan: &str, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        let plan = plan.to_owned();
+        self.with(|s| {
+            s.plans.insert(plan, quotas);
+        })
+    }
+
+    /// The store (default: in process, at most 100,000 keys).
+    pub fn store(self, store: MemoryStore) -> Self {
+        self.with(|s| s.store = store)
+    }
+
+    /// The clock (tests).
+    pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.with(|s| s.clock = clock)
+    }
+
+    /// Render rejections with `renderer`.
+    pub fn with_renderer(self, renderer: impl RenderRejection) -> Self {
+        let renderer: Arc<dyn RenderRejection> = Arc::new(renderer);
+        self.with(|s| s.renderer = renderer)
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key of an identity: where it came from and who it is.
+fn key_of(identity: &Identity) -> String {
+    format!("{}\u{0}{}", identity.source(), identity.subject())
+}
+
+/// `RateLimit-Policy` and `RateLimit` values (draft-ietf-httpapi-ratelimit-headers-10).
+fn headers(quotas: &[Quota], decision: &Decision) -> (HeaderValue, HeaderValue) {
+    let policy: Vec<String> = quotas
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("\"q{i}\";q={};w={}", q.limit(), q.window().as_secs().max(1)))
+        .collect();
+    let (i, remaining, reset) = decision.tightest();
+    let limit = format!(
+        "\"q{i}\";r={remaining};t={}",
+        reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
+    );
+    (
+        HeaderValue::from_str(&policy.join(", ")).unwrap_or(HeaderValue::from_static("")),
+        HeaderValue::from_str(&limit).unwrap_or(HeaderValue::from_static("")),
+    )
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let Some(identity) = request.extensions().get::<Identity>() else {
+            return ResponseFuture::calling(self.inner.call(request), None);
+        };
+        let quotas = identity
+            .plan()
+            .and_then(|p| shared.plans.get(p))
+            .unwrap_or(&shared.default);
+        if quotas.is_empty() {
+            return ResponseFuture::calling(self.inner.call(request), None);
+        }
+        let key = key_of(identity);
+        let decision = shared.store.check(&key, quotas, 1, shared.clock.now());
+        let fields = headers(quotas, &decision);
+        match decision.retry_after() {
+            None => ResponseFuture::calling(self.inner.call(request), Some(fields)),
+            Some(retry) => {
+                tracing::info!(
+                    target: "tower_api_guard::rate_limit",
+                    subject = %identity.subject(),
+                    retry_after_ms = retry.as_millis() as u64,
+                    "request rate limited"
+                );
+                let error = AuthError::rate_limited(retry.max(Duration::from_millis(1)));
+                let mut response = shared.renderer.render(&error, &RequestHead::of(&request));
+                response.headers_mut().insert("ratelimit-policy", fields.0);
+                response.headers_mut().insert("ratelimit", fields.1);
+                response.extensions_mut().insert(error);
+                ResponseFuture::rejected(response)
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+        fields: Option<(HeaderValue, HeaderValue)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling { #[pin] future: F },
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn calling(future: F, fields: Option<(HeaderValue, HeaderValue)>) -> Self {
+        Self {
+            state: State::Calling { future },
+            fields,
+        }
+    }
+
+    fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+            fields: None,
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.state.project() {
+            StateProj::Calling { future } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some((policy, limit)) = this.fields.take() {
+                    response.headers_mut().insert("ratelimit-policy", policy);
+                    response.headers_mut().insert("ratelimit", limit);
+                }
+                Poll::Ready(Ok(response.map(ResponseBody::new)))
+            }
+            StateProj::Rejected { response } => {
+                let response = response.take().expect("polled after completion");
+                Poll::Ready(Ok(response.map(ResponseBody::full)))
+            }
+        }
+    }
+}
