@@ -20,8 +20,9 @@
 //! To protect the same routes with a real identity provider, set `GUARD_ISSUER` and
 //! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
 //! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Authenticated
-//! routes are limited per identity to `GUARD_RATE` (default `50/s`); the failed-auth limit
-//! (`GUARD_AUTH_FAILURE_LIMIT`) and the Redis store (`REDIS_URL`) are not there yet.
+//! routes are limited per identity to `GUARD_RATE` (default `50/s`), and each client address
+//! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`); the
+//! Redis store (`REDIS_URL`) is not there yet.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,7 +39,7 @@ use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
-use tower_api_guard::rate_limit::{Quota, RateLimitLayer};
+use tower_api_guard::rate_limit::{AuthFailureLayer, Quota, RateLimitLayer};
 use tower_api_guard::testing::TestIssuer;
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
@@ -57,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
-    for name in ["GUARD_AUTH_FAILURE_LIMIT", "REDIS_URL"] {
+    for name in ["REDIS_URL"] {
         if std::env::var_os(name).is_some() {
             eprintln!("note: {name} is not supported yet by this version and is ignored");
         }
@@ -163,14 +164,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Per-identity rate limit, inside authentication.
         .route_layer(RateLimitLayer::new([rate]))
         .route_layer(AuthLayer::new(jwt.clone().or(api_keys)));
+    // Brute-force guard before authentication: GUARD_AUTH_FAILURE_LIMIT (default 20/min, or
+    // `off`) failed authentications per client address.
+    let failure_limit =
+        std::env::var("GUARD_AUTH_FAILURE_LIMIT").unwrap_or_else(|_| "20/min".into());
+    let protected = if failure_limit == "off" {
+        protected
+    } else {
+        protected.route_layer(AuthFailureLayer::new(Quota::parse(&failure_limit)?))
+    };
     let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 

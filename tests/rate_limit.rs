@@ -87,3 +87,103 @@ async fn per_identity_limits_headers_and_plans() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn brute_force_guard_trips_before_authentication_and_resets() {
+    use std::net::SocketAddr;
+    use tower_api_guard::rate_limit::{AuthFailureLayer, ClientAddr};
+    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    let issuer = TestIssuer::new("https://issuer.example").with_clock(clock.clone());
+    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
+        .keys(issuer.static_keys())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(
+            AuthFailureLayer::new(Quota::parse("3/min").unwrap())
+                .client_addr(ClientAddr::new().trusted_proxies(["10.0.0.0/8"]).unwrap())
+                .clock(clock.clone()),
+        )
+        .layer(AuthLayer::new(jwt))
+        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    let good = issuer.token().audience("api").mint();
+    let call = |peer: &str, token: &str, xff: Option<&str>| {
+        let mut req = Request::get("/").header("authorization", format!("Bearer {token}"));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let mut req = req.body(()).unwrap();
+        req.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+        svc.clone().oneshot(req)
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            call("198.51.100.1:1000", "a.b.c", None)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Over the failure quota: 429 at once, even with a valid token (no verification runs).
+    let res = call("198.51.100.1:1001", &good, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "20");
+    // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    let res = call("198.51.100.1:1002", &good, Some("203.0.113.99"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another client is unaffected; behind a trusted proxy, the forwarded address counts.
+    assert_eq!(
+        call("198.51.100.2:1000", &good, None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("10.0.0.5:1000", &good, Some("198.51.100.3"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        call("10.0.0.5:1000", "a.b.c", Some("198.51.100.3"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        call("10.0.0.5:1000", &good, Some("198.51.100.3"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        call("10.0.0.5:1000", &good, Some("198.51.100.4"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Successful and missing-credential requests do not count; time resets the budget.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(
+        call("198.51.100.1:1003", &good, None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("198.51.100.1:1003", &good, None)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}

@@ -173,6 +173,22 @@ impl MemoryStore {
     /// Check (and, when allowed, consume) `cost` against every quota for `key` at `now`.
     /// A rejection by one quota consumes nothing from the others.
     pub fn check(&self, key: &str, quotas: &[Quota], cost: u32, now: SystemTime) -> Decision {
+        self.decide(key, quotas, cost, now, true)
+    }
+
+    /// What [`check`](Self::check) would decide, without consuming anything.
+    pub fn peek(&self, key: &str, quotas: &[Quota], cost: u32, now: SystemTime) -> Decision {
+        self.decide(key, quotas, cost, now, false)
+    }
+
+    fn decide(
+        &self,
+        key: &str,
+        quotas: &[Quota],
+        cost: u32,
+        now: SystemTime,
+        consume: bool,
+    ) -> Decision {
         let now = nanos(now);
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,7 +218,7 @@ impl MemoryStore {
                 new_tats.push(new_tat);
             }
         }
-        if retry.is_none() {
+        if consume && retry.is_none() {
             if !map.contains_key(key) && map.len() >= self.per_shard {
                 evict(&mut map, self.per_shard, now);
             }
@@ -296,6 +312,11 @@ mod tests {
         assert!(store.check("k", &q, 1, at(100)).allowed());
         assert!(!store.check("k", &q, 1, at(150)).allowed());
         assert!(store.check("k", &q, 1, at(200)).allowed());
+        // Peeking consumes nothing.
+        assert!(store.peek("k", &q, 1, at(300)).allowed());
+        assert!(store.peek("k", &q, 1, at(300)).allowed());
+        assert!(store.check("k", &q, 1, at(300)).allowed());
+        assert!(!store.peek("k", &q, 1, at(300)).allowed());
         // Another key is independent.
         assert!(store.check("other", &q, 1, at(200)).allowed());
     }

@@ -10,8 +10,12 @@
 //! (whose state equals a fresh key's) are evicted first, then the keys closest to idle, so
 //! a flood of distinct keys cannot exhaust memory.
 //!
-//! This release has the in-process store and per-identity keys. Requests without an
-//! identity are let through by this layer (limit them before authentication).
+//! [`AuthFailureLayer`], placed before authentication, answers `429` to client addresses that
+//! keep failing authentication, before any signature check. [`ClientAddr`] finds the client
+//! address (trusted proxies only, IPv6 grouped by /56).
+//!
+//! Requests without an identity are let through by [`RateLimitLayer`]. Not in this release
+//! yet: a Redis store, a per-address limit for anonymous traffic and a concurrency limit.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -45,7 +49,9 @@
 //! # });
 //! ```
 
+mod client;
 mod gcra;
+mod guard;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -61,7 +67,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use client::ClientAddr;
 pub use gcra::{Decision, MemoryStore, Quota};
+pub use guard::{AuthFailureGuard, AuthFailureLayer, GuardFuture};
 
 use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
