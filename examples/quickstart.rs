@@ -21,8 +21,8 @@
 //! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
 //! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Authenticated
 //! routes are limited per identity to `GUARD_RATE` (default `50/s`), and each client address
-//! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`); the
-//! Redis store (`REDIS_URL`) is not there yet.
+//! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`);
+//! `REDIS_URL` shares the per-identity limits between replicas through Redis.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,7 +39,7 @@ use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
-use tower_api_guard::rate_limit::{AuthFailureLayer, Quota, RateLimitLayer};
+use tower_api_guard::rate_limit::{AuthFailureLayer, Quota, RateLimitLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
@@ -58,11 +58,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
-    for name in ["REDIS_URL"] {
-        if std::env::var_os(name).is_some() {
-            eprintln!("note: {name} is not supported yet by this version and is ignored");
-        }
-    }
 
     // Keep the dev issuer's JWKS server alive for the life of the process.
     let mut _served = None;
@@ -132,6 +127,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Per-identity quota: GUARD_RATE (default 50/s).
     let rate = Quota::parse(&std::env::var("GUARD_RATE").unwrap_or_else(|_| "50/s".into()))?;
 
+    // REDIS_URL shares the limits between replicas.
+    let rate_limit = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            println!("Rate limits shared through Redis");
+            RateLimitLayer::new([rate]).redis(RedisStore::connect(&url).await?)
+        }
+        Err(_) => RateLimitLayer::new([rate]),
+    };
+
     // The embedded API-key store: SQLite in memory, cached, with one demo key.
     let key_format = KeyFormat::new("sk_demo")?;
     let key_store = SqliteKeyStore::connect("sqlite::memory:").await?;
@@ -162,7 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // route_layer: unknown routes stay 404 instead of becoming 401.
         // Per-identity rate limit, inside authentication.
-        .route_layer(RateLimitLayer::new([rate]))
+        .route_layer(rate_limit)
         .route_layer(AuthLayer::new(jwt.clone().or(api_keys)));
     // Brute-force guard before authentication: GUARD_AUTH_FAILURE_LIMIT (default 20/min, or
     // `off`) failed authentications per client address.

@@ -90,6 +90,17 @@ pub struct Decision {
 }
 
 impl Decision {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_parts(
+        per_quota: Vec<(u64, Duration)>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            per_quota,
+            retry_after,
+        }
+    }
+
     /// `None` when allowed; how long to wait when not.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after

@@ -14,8 +14,11 @@
 //! keep failing authentication, before any signature check. [`ClientAddr`] finds the client
 //! address (trusted proxies only, IPv6 grouped by /56).
 //!
+//! With the `redis` feature, `RedisStore` shares the limits between replicas (one Lua
+//! script per decision, on Redis server time, within a time budget, failing open or closed).
+//!
 //! Requests without an identity are let through by [`RateLimitLayer`]. Not in this release
-//! yet: a Redis store, a per-address limit for anonymous traffic and a concurrency limit.
+//! yet: a per-address limit for anonymous traffic and a concurrency limit per identity.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -52,6 +55,8 @@
 mod client;
 mod gcra;
 mod guard;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,16 +75,26 @@ use tower_service::Service;
 pub use client::ClientAddr;
 pub use gcra::{Decision, MemoryStore, Quota};
 pub use guard::{AuthFailureGuard, AuthFailureLayer, GuardFuture};
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisFailure, RedisStore};
 
 use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, DefaultRenderer, RenderRejection, RequestHead};
 use crate::identity::Identity;
 
+/// Where limits are kept.
+#[derive(Clone, Debug)]
+enum Store {
+    Memory(MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
+}
+
 struct Shared {
     default: Vec<Quota>,
     plans: HashMap<String, Vec<Quota>>,
-    store: MemoryStore,
+    store: Store,
     clock: Arc<dyn Clock>,
     renderer: Arc<dyn RenderRejection>,
 }
@@ -107,7 +122,7 @@ impl RateLimitLayer {
             shared: Arc::new(Shared {
                 default: quotas.into_iter().collect(),
                 plans: HashMap::new(),
-                store: MemoryStore::new(100_000),
+                store: Store::Memory(MemoryStore::new(100_000)),
                 clock: Arc::new(SystemClock),
                 renderer: Arc::new(DefaultRenderer::default()),
             }),
@@ -139,7 +154,14 @@ impl RateLimitLayer {
 
     /// The store (default: in process, at most 100,000 keys).
     pub fn store(self, store: MemoryStore) -> Self {
-        self.with(|s| s.store = store)
+        self.with(|s| s.store = Store::Memory(store))
+    }
+
+    /// Keep the limits in Redis, shared by every replica (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(self, store: RedisStore) -> Self {
+        self.with(|s| s.store = Store::Redis(store))
     }
 
     /// The clock (tests).
@@ -203,13 +225,46 @@ fn headers(quotas: &[Quota], decision: &Decision) -> (HeaderValue, HeaderValue) 
     )
 }
 
+/// Turn a decision into the next step: call the inner service (with the headers to add) or
+/// reject. (The rejection is built once per rejected request; its size does not matter.)
+#[allow(clippy::result_large_err)]
+fn apply<B>(
+    shared: &Shared,
+    quotas: &[Quota],
+    decision: &Decision,
+    request: &Request<B>,
+) -> Result<(HeaderValue, HeaderValue), Response<Bytes>> {
+    let fields = headers(quotas, decision);
+    match decision.retry_after() {
+        None => Ok(fields),
+        Some(retry) => {
+            let subject = request
+                .extensions()
+                .get::<Identity>()
+                .map_or("", |i| i.subject());
+            tracing::info!(
+                target: "tower_api_guard::rate_limit",
+                subject,
+                retry_after_ms = retry.as_millis() as u64,
+                "request rate limited"
+            );
+            let error = AuthError::rate_limited(retry.max(Duration::from_millis(1)));
+            let mut response = shared.renderer.render(&error, &RequestHead::of(request));
+            response.headers_mut().insert("ratelimit-policy", fields.0);
+            response.headers_mut().insert("ratelimit", fields.1);
+            response.extensions_mut().insert(error);
+            Err(response)
+        }
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -228,50 +283,72 @@ where
             return ResponseFuture::calling(self.inner.call(request), None);
         }
         let key = key_of(identity);
-        let decision = shared.store.check(&key, quotas, 1, shared.clock.now());
-        let fields = headers(quotas, &decision);
-        match decision.retry_after() {
-            None => ResponseFuture::calling(self.inner.call(request), Some(fields)),
-            Some(retry) => {
-                tracing::info!(
-                    target: "tower_api_guard::rate_limit",
-                    subject = %identity.subject(),
-                    retry_after_ms = retry.as_millis() as u64,
-                    "request rate limited"
-                );
-                let error = AuthError::rate_limited(retry.max(Duration::from_millis(1)));
-                let mut response = shared.renderer.render(&error, &RequestHead::of(&request));
-                response.headers_mut().insert("ratelimit-policy", fields.0);
-                response.headers_mut().insert("ratelimit", fields.1);
-                response.extensions_mut().insert(error);
-                ResponseFuture::rejected(response)
+        match &shared.store {
+            Store::Memory(store) => {
+                let decision = store.check(&key, quotas, 1, shared.clock.now());
+                match apply(shared, quotas, &decision, &request) {
+                    Ok(fields) => ResponseFuture::calling(self.inner.call(request), Some(fields)),
+                    Err(response) => ResponseFuture::rejected(response),
+                }
+            }
+            #[cfg(feature = "redis")]
+            Store::Redis(store) => {
+                let store = store.clone();
+                let owned: Vec<Quota> = quotas.clone();
+                let decide: DecideFuture = Box::pin(async move {
+                    let decision = store.check(&key, &owned, 1).await;
+                    (decision, store.failure_policy(), owned)
+                });
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Deciding { decide },
+                    fields: None,
+                    pending: Some((inner, request, self.shared.clone())),
+                }
             }
         }
     }
 }
 
+#[cfg(feature = "redis")]
+type DecideFuture = Pin<
+    Box<dyn Future<Output = (Result<Decision, &'static str>, RedisFailure, Vec<Quota>)> + Send>,
+>;
+#[cfg(not(feature = "redis"))]
+type DecideFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 pin_project! {
     /// The response future of [`RateLimit`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
         #[pin]
-        state: State<F>,
+        state: State<S::Future>,
         fields: Option<(HeaderValue, HeaderValue)>,
+        pending: Option<(S, Request<ReqBody>, Arc<Shared>)>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F> {
+        Deciding { decide: DecideFuture },
         Calling { #[pin] future: F },
         Rejected { response: Option<Response<Bytes>> },
     }
 }
 
-impl<F> ResponseFuture<F> {
-    fn calling(future: F, fields: Option<(HeaderValue, HeaderValue)>) -> Self {
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn calling(future: S::Future, fields: Option<(HeaderValue, HeaderValue)>) -> Self {
         Self {
             state: State::Calling { future },
             fields,
+            pending: None,
         }
     }
 
@@ -281,30 +358,74 @@ impl<F> ResponseFuture<F> {
                 response: Some(response),
             },
             fields: None,
+            pending: None,
         }
     }
 }
 
-impl<F, ResBody, E> Future for ResponseFuture<F>
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
-    F: Future<Output = Result<Response<ResBody>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.state.project() {
-            StateProj::Calling { future } => {
-                let mut response = ready!(future.poll(cx))?;
-                if let Some((policy, limit)) = this.fields.take() {
-                    response.headers_mut().insert("ratelimit-policy", policy);
-                    response.headers_mut().insert("ratelimit", limit);
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                #[cfg(feature = "redis")]
+                StateProj::Deciding { decide } => {
+                    let (decision, policy, quotas) = ready!(decide.as_mut().poll(cx));
+                    let (mut inner, request, shared) =
+                        this.pending.take().expect("polled after completion");
+                    let next = match decision {
+                        Ok(decision) => apply(&shared, &quotas, &decision, &request),
+                        Err(reason) => {
+                            tracing::warn!(target: "tower_api_guard::rate_limit", reason, ?policy, "rate-limit store failed");
+                            match policy {
+                                RedisFailure::Closed => {
+                                    let error = AuthError::unavailable(
+                                        "rate-limit store failed",
+                                        Duration::from_secs(1),
+                                    );
+                                    let mut response =
+                                        shared.renderer.render(&error, &RequestHead::of(&request));
+                                    response.extensions_mut().insert(error);
+                                    Err(response)
+                                }
+                                _ => {
+                                    Ok((HeaderValue::from_static(""), HeaderValue::from_static("")))
+                                }
+                            }
+                        }
+                    };
+                    match next {
+                        Ok(fields) => {
+                            if !fields.0.is_empty() {
+                                *this.fields = Some(fields);
+                            }
+                            let future = inner.call(request);
+                            this.state.set(State::Calling { future });
+                        }
+                        Err(response) => this.state.set(State::Rejected {
+                            response: Some(response),
+                        }),
+                    }
                 }
-                Poll::Ready(Ok(response.map(ResponseBody::new)))
-            }
-            StateProj::Rejected { response } => {
-                let response = response.take().expect("polled after completion");
-                Poll::Ready(Ok(response.map(ResponseBody::full)))
+                #[cfg(not(feature = "redis"))]
+                StateProj::Deciding { .. } => unreachable!("no asynchronous store without redis"),
+                StateProj::Calling { future } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some((policy, limit)) = this.fields.take() {
+                        response.headers_mut().insert("ratelimit-policy", policy);
+                        response.headers_mut().insert("ratelimit", limit);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response.take().expect("polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
             }
         }
     }

@@ -1,0 +1,194 @@
+//! The Redis rate-limit store against real Redis servers: the machine's (with `REDIS_URL`),
+//! and one this test starts on a free port and stops mid-test.
+#![cfg(all(
+    feature = "rate-limit",
+    feature = "redis",
+    feature = "jwt",
+    feature = "testing"
+))]
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response, StatusCode};
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::jwt::JwtAuthenticator;
+use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisFailure, RedisStore};
+use tower_api_guard::testing::TestIssuer;
+
+type Svc = BoxCloneService<
+    Request<()>,
+    Response<tower_api_guard::body::ResponseBody<tower_api_guard::body::ResponseBody<String>>>,
+    Infallible,
+>;
+
+fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
+    let jwt = JwtAuthenticator::builder(issuer.issuer(), "api")
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(jwt))
+            .layer(RateLimitLayer::new([Quota::parse(quota).unwrap()]).redis(store))
+            .service_fn(|_r: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }),
+    )
+}
+
+async fn status(svc: &Svc, token: &str) -> (StatusCode, bool) {
+    let req = Request::get("/")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    (res.status(), res.headers().contains_key("ratelimit"))
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}:{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[tokio::test]
+async fn two_instances_share_one_limit_and_survive_noscript() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+        return;
+    };
+    let issuer = TestIssuer::new("https://issuer.example");
+    let prefix = unique("tag-rl-test");
+    let a = service(
+        &issuer,
+        RedisStore::connect(&url).await.unwrap().prefix(&prefix),
+        "3/min",
+    );
+    let b = service(
+        &issuer,
+        RedisStore::connect(&url).await.unwrap().prefix(&prefix),
+        "3/min",
+    );
+    let token = issuer.token().audience("api").subject("shared").mint();
+    assert_eq!(status(&a, &token).await, (StatusCode::OK, true));
+    assert_eq!(status(&b, &token).await, (StatusCode::OK, true));
+    // The script cache is flushed: the next call reloads it.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status(&a, &token).await, (StatusCode::OK, true));
+    assert_eq!(status(&b, &token).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another identity is independent.
+    let other = issuer.token().audience("api").subject("other").mint();
+    assert_eq!(status(&a, &other).await.0, StatusCode::OK);
+}
+
+struct OwnRedis {
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self { child })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn wait_until_up(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis-server did not start on {port}");
+}
+
+#[tokio::test]
+async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
+    if std::env::var("REDIS_URL").is_err() {
+        eprintln!("skipped: REDIS_URL is not set (CI sets it and installs redis-server)");
+        return;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut redis = OwnRedis::start(port).expect("redis-server must be installed (see .ci/run)");
+    wait_until_up(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let issuer = TestIssuer::new("https://issuer.example");
+    let open = service(&issuer, RedisStore::connect(&url).await.unwrap(), "100/s");
+    let closed = service(
+        &issuer,
+        RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .on_failure(RedisFailure::Closed),
+        "100/s",
+    );
+    let token = issuer.token().audience("api").mint();
+    assert_eq!(status(&open, &token).await, (StatusCode::OK, true));
+    assert_eq!(status(&closed, &token).await, (StatusCode::OK, true));
+
+    redis.stop();
+    // Fail open: through, without rate-limit headers. Fail closed: 503.
+    assert_eq!(status(&open, &token).await, (StatusCode::OK, false));
+    assert_eq!(
+        status(&closed, &token).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Back up on the same port: decisions resume (the connection manager reconnects).
+    let _redis = OwnRedis::start(port).unwrap();
+    wait_until_up(port).await;
+    let mut recovered = false;
+    for _ in 0..100 {
+        if status(&closed, &token).await == (StatusCode::OK, true) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "the store did not recover after Redis came back");
+}
