@@ -187,3 +187,62 @@ async fn brute_force_guard_trips_before_authentication_and_resets() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn anonymous_requests_by_address_and_legacy_headers() {
+    use std::net::SocketAddr;
+    use tower_api_guard::auth::AuthenticatorExt;
+    use tower_api_guard::rate_limit::ClientAddr;
+    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    let issuer = TestIssuer::new("https://issuer.example").with_clock(clock.clone());
+    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
+        .keys(issuer.static_keys())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt.optional()))
+        .layer(
+            RateLimitLayer::new([Quota::parse("10/s").unwrap()])
+                .anonymous([Quota::parse("1/s").unwrap()], ClientAddr::new())
+                .legacy_headers(true)
+                .clock(clock.clone()),
+        )
+        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    let anon = |peer: &str| {
+        let mut req = Request::get("/").body(()).unwrap();
+        req.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+        svc.clone().oneshot(req)
+    };
+    let res = anon("198.51.100.1:1").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-ratelimit-limit"], "1");
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(res.headers()["x-ratelimit-reset"], "1");
+    assert_eq!(
+        anon("198.51.100.1:2").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        anon("198.51.100.2:1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    // IPv6 neighbours in one /56 share a budget.
+    assert_eq!(
+        anon("[2001:db8:0:100::1]:1").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        anon("[2001:db8:0:1ff::9]:1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Without a peer address an anonymous request cannot be keyed: it passes.
+    let res = svc
+        .clone()
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("ratelimit").is_none());
+}

@@ -17,8 +17,10 @@
 //! With the `redis` feature, `RedisStore` shares the limits between replicas (one Lua
 //! script per decision, on Redis server time, within a time budget, failing open or closed).
 //!
-//! Requests without an identity are let through by [`RateLimitLayer`]. Not in this release
-//! yet: a per-address limit for anonymous traffic and a concurrency limit per identity.
+//! Requests without an identity pass [`RateLimitLayer`] unless
+//! [`anonymous`](RateLimitLayer::anonymous) gives them per-address quotas. Legacy
+//! `X-RateLimit-*` fields are available with [`legacy_headers`](RateLimitLayer::legacy_headers).
+//! Not in this release yet: a concurrency limit per identity.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -67,7 +69,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -94,6 +96,8 @@ enum Store {
 struct Shared {
     default: Vec<Quota>,
     plans: HashMap<String, Vec<Quota>>,
+    anonymous: Option<(Vec<Quota>, ClientAddr)>,
+    legacy: bool,
     store: Store,
     clock: Arc<dyn Clock>,
     renderer: Arc<dyn RenderRejection>,
@@ -122,6 +126,8 @@ impl RateLimitLayer {
             shared: Arc::new(Shared {
                 default: quotas.into_iter().collect(),
                 plans: HashMap::new(),
+                anonymous: None,
+                legacy: false,
                 store: Store::Memory(MemoryStore::new(100_000)),
                 clock: Arc::new(SystemClock),
                 renderer: Arc::new(DefaultRenderer::default()),
@@ -133,6 +139,8 @@ impl RateLimitLayer {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
             default: arc.default.clone(),
             plans: arc.plans.clone(),
+            anonymous: arc.anonymous.clone(),
+            legacy: arc.legacy,
             store: arc.store.clone(),
             clock: arc.clock.clone(),
             renderer: arc.renderer.clone(),
@@ -155,6 +163,19 @@ impl RateLimitLayer {
     /// The store (default: in process, at most 100,000 keys).
     pub fn store(self, store: MemoryStore) -> Self {
         self.with(|s| s.store = Store::Memory(store))
+    }
+
+    /// Limit requests without an identity too, per client address (found by `client`:
+    /// trusted proxies only, IPv6 grouped by /56). Without this they pass this layer.
+    pub fn anonymous(self, quotas: impl IntoIterator<Item = Quota>, client: ClientAddr) -> Self {
+        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        self.with(|s| s.anonymous = Some((quotas, client)))
+    }
+
+    /// Also send the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` (seconds) fields, for the tightest quota.
+    pub fn legacy_headers(self, enabled: bool) -> Self {
+        self.with(|s| s.legacy = enabled)
     }
 
     /// Keep the limits in Redis, shared by every replica (feature `redis`).
@@ -207,8 +228,38 @@ fn key_of(identity: &Identity) -> String {
     format!("{}\u{0}{}", identity.source(), identity.subject())
 }
 
-/// `RateLimit-Policy` and `RateLimit` values (draft-ietf-httpapi-ratelimit-headers-10).
-fn headers(quotas: &[Quota], decision: &Decision) -> (HeaderValue, HeaderValue) {
+/// Response header fields to add.
+type Fields = Vec<(HeaderName, HeaderValue)>;
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), plus the
+/// legacy `X-RateLimit-Limit/Remaining/Reset` of the tightest quota when asked for.
+fn headers(quotas: &[Quota], decision: &Decision, legacy: bool) -> Fields {
+    let (draft_policy, draft_limit) = draft_headers(quotas, decision);
+    let mut fields = vec![
+        (HeaderName::from_static("ratelimit-policy"), draft_policy),
+        (HeaderName::from_static("ratelimit"), draft_limit),
+    ];
+    if legacy {
+        let (i, remaining, reset) = decision.tightest();
+        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+        let limit = quotas.get(i).map_or(0, Quota::limit);
+        fields.push((
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(limit),
+        ));
+        fields.push((
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(remaining),
+        ));
+        fields.push((
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset),
+        ));
+    }
+    fields
+}
+
+fn draft_headers(quotas: &[Quota], decision: &Decision) -> (HeaderValue, HeaderValue) {
     let policy: Vec<String> = quotas
         .iter()
         .enumerate()
@@ -233,15 +284,15 @@ fn apply<B>(
     quotas: &[Quota],
     decision: &Decision,
     request: &Request<B>,
-) -> Result<(HeaderValue, HeaderValue), Response<Bytes>> {
-    let fields = headers(quotas, decision);
+) -> Result<Fields, Response<Bytes>> {
+    let fields = headers(quotas, decision, shared.legacy);
     match decision.retry_after() {
         None => Ok(fields),
         Some(retry) => {
             let subject = request
                 .extensions()
                 .get::<Identity>()
-                .map_or("", |i| i.subject());
+                .map_or("(anonymous)", |i| i.subject());
             tracing::info!(
                 target: "tower_api_guard::rate_limit",
                 subject,
@@ -250,8 +301,9 @@ fn apply<B>(
             );
             let error = AuthError::rate_limited(retry.max(Duration::from_millis(1)));
             let mut response = shared.renderer.render(&error, &RequestHead::of(request));
-            response.headers_mut().insert("ratelimit-policy", fields.0);
-            response.headers_mut().insert("ratelimit", fields.1);
+            for (name, value) in fields {
+                response.headers_mut().insert(name, value);
+            }
             response.extensions_mut().insert(error);
             Err(response)
         }
@@ -272,17 +324,28 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let Some(identity) = request.extensions().get::<Identity>() else {
-            return ResponseFuture::calling(self.inner.call(request), None);
+        let (key, quotas) = match request.extensions().get::<Identity>() {
+            Some(identity) => (
+                key_of(identity),
+                identity
+                    .plan()
+                    .and_then(|p| shared.plans.get(p))
+                    .unwrap_or(&shared.default),
+            ),
+            None => {
+                let anonymous = shared.anonymous.as_ref().and_then(|(quotas, client)| {
+                    let peer = client.peer(request.extensions())?;
+                    Some((client.key(client.resolve(peer, request.headers())), quotas))
+                });
+                match anonymous {
+                    Some(found) => found,
+                    None => return ResponseFuture::calling(self.inner.call(request), None),
+                }
+            }
         };
-        let quotas = identity
-            .plan()
-            .and_then(|p| shared.plans.get(p))
-            .unwrap_or(&shared.default);
         if quotas.is_empty() {
             return ResponseFuture::calling(self.inner.call(request), None);
         }
-        let key = key_of(identity);
         match &shared.store {
             Store::Memory(store) => {
                 let decision = store.check(&key, quotas, 1, shared.clock.now());
@@ -326,7 +389,7 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        fields: Option<(HeaderValue, HeaderValue)>,
+        fields: Option<Fields>,
         pending: Option<(S, Request<ReqBody>, Arc<Shared>)>,
     }
 }
@@ -344,7 +407,7 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    fn calling(future: S::Future, fields: Option<(HeaderValue, HeaderValue)>) -> Self {
+    fn calling(future: S::Future, fields: Option<Fields>) -> Self {
         Self {
             state: State::Calling { future },
             fields,
@@ -393,15 +456,13 @@ where
                                     response.extensions_mut().insert(error);
                                     Err(response)
                                 }
-                                _ => {
-                                    Ok((HeaderValue::from_static(""), HeaderValue::from_static("")))
-                                }
+                                _ => Ok(Vec::new()),
                             }
                         }
                     };
                     match next {
                         Ok(fields) => {
-                            if !fields.0.is_empty() {
+                            if !fields.is_empty() {
                                 *this.fields = Some(fields);
                             }
                             let future = inner.call(request);
@@ -416,9 +477,8 @@ where
                 StateProj::Deciding { .. } => unreachable!("no asynchronous store without redis"),
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some((policy, limit)) = this.fields.take() {
-                        response.headers_mut().insert("ratelimit-policy", policy);
-                        response.headers_mut().insert("ratelimit", limit);
+                    for (name, value) in this.fields.take().unwrap_or_default() {
+                        response.headers_mut().insert(name, value);
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::new)));
                 }
