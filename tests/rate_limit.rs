@@ -246,3 +246,102 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers().get("ratelimit").is_none());
 }
+
+#[tokio::test]
+async fn concurrency_limit_per_identity() {
+    use tower::Service;
+    use tower_api_guard::rate_limit::ConcurrencyLimitLayer;
+    use tower_api_guard::{Identity, Source};
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let mut svc = ServiceBuilder::new()
+        .layer(ConcurrencyLimitLayer::per_identity(2))
+        .service_fn(move |_r: Request<()>| {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        });
+    let req = |who: &str| {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(
+            Identity::builder(
+                who,
+                Source::Custom {
+                    mechanism: "t".into(),
+                },
+            )
+            .build(),
+        );
+        r
+    };
+    // The slot is taken in `call`: two calls of "a" hold both.
+    let first = svc.ready().await.unwrap().call(req("a"));
+    let second = svc.ready().await.unwrap().call(req("a"));
+    let third = svc.ready().await.unwrap().call(req("a")).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["retry-after"], "1");
+    // Another identity is independent.
+    let other = svc.ready().await.unwrap().call(req("b"));
+    // Dropping an unfinished request frees its slot; completing one frees it too.
+    drop(first);
+    let again = svc.ready().await.unwrap().call(req("a"));
+    open.send(true).unwrap();
+    assert_eq!(second.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(again.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(other.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(req("a"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn grpc_resource_exhausted_with_a_real_client() {
+    use tokio::net::TcpListener;
+    use tonic::Code;
+    use tonic::transport::server::TcpIncoming;
+    use tonic::transport::{Channel, Server};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let issuer = TestIssuer::new("https://issuer.example");
+    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = tokio::spawn(
+        Server::builder()
+            .layer(AuthLayer::new(jwt))
+            .layer(RateLimitLayer::new([Quota::parse("1/min").unwrap()]))
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let token = issuer.token().audience("api").mint();
+    let call = || {
+        let mut req = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    assert!(client.check(call()).await.is_ok());
+    let err = client.check(call()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    server.abort();
+}

@@ -20,7 +20,7 @@
 //! Requests without an identity pass [`RateLimitLayer`] unless
 //! [`anonymous`](RateLimitLayer::anonymous) gives them per-address quotas. Legacy
 //! `X-RateLimit-*` fields are available with [`legacy_headers`](RateLimitLayer::legacy_headers).
-//! Not in this release yet: a concurrency limit per identity.
+//! [`ConcurrencyLimitLayer`] caps the requests in flight per identity.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -55,6 +55,7 @@
 //! ```
 
 mod client;
+mod concurrency;
 mod gcra;
 mod guard;
 #[cfg(feature = "redis")]
@@ -75,6 +76,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use client::ClientAddr;
+pub use concurrency::{ConcurrencyFuture, ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use gcra::{Decision, MemoryStore, Quota};
 pub use guard::{AuthFailureGuard, AuthFailureLayer, GuardFuture};
 #[cfg(feature = "redis")]
