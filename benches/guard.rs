@@ -377,6 +377,77 @@ fn api_key_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The in-process GCRA check with 10,000 active keys against governor's keyed `check_key`
+/// on the same keys, on one thread and on two; and memory per key.
+fn rate_limit_benches(c: &mut Criterion) {
+    use std::num::NonZeroU32;
+    use std::time::SystemTime;
+    use tower_api_guard::rate_limit::{MemoryStore, Quota};
+    let keys: Vec<String> = (0..10_000).map(|i| format!("jwt\u{0}user-{i}")).collect();
+    let quota = [Quota::parse("1000000/s").unwrap()];
+    let ours = MemoryStore::new(100_000);
+    let governor = governor::RateLimiter::keyed(governor::Quota::per_second(
+        NonZeroU32::new(1_000_000).unwrap(),
+    ));
+    let now = SystemTime::now();
+    for k in &keys {
+        ours.check(k, &quota, 1, now);
+        let _ = governor.check_key(k);
+    }
+    let mut group = c.benchmark_group("rate_limit");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    group.bench_function("ours_check_10k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(ours.check(&keys[i], &quota, 1, SystemTime::now()))
+        })
+    });
+    let mut j = 0usize;
+    group.bench_function("governor_check_key_10k_keys", |b| {
+        b.iter(|| {
+            j = (j + 1) % keys.len();
+            black_box(governor.check_key(&keys[j]).is_ok())
+        })
+    });
+    // Two threads, each doing `iters` checks over its half of the keys.
+    let two_threads = |f: &(dyn Fn(&str) + Sync), iters: u64| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let keys = &keys;
+                s.spawn(move || {
+                    for n in 0..iters {
+                        f(&keys[(t * 5_000 + (n as usize % 5_000)) % keys.len()]);
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    group.bench_function("ours_check_10k_keys_2_threads", |b| {
+        b.iter_custom(|iters| {
+            two_threads(
+                &|k| {
+                    black_box(ours.check(k, &quota, 1, SystemTime::now()));
+                },
+                iters,
+            )
+        })
+    });
+    group.bench_function("governor_check_key_10k_keys_2_threads", |b| {
+        b.iter_custom(|iters| {
+            two_threads(
+                &|k| {
+                    black_box(governor.check_key(&k.to_owned()).is_ok());
+                },
+                iters,
+            )
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -384,5 +455,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches, api_key_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches }
 criterion_main!(benches);

@@ -1,7 +1,6 @@
 //! GCRA (the generic cell rate algorithm) over a sharded, bounded in-process store.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,8 +83,11 @@ impl Quota {
 /// The outcome of one check over several quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// Per quota: requests left and time until the quota is full again.
-    per_quota: Vec<(u64, Duration)>,
+    /// Per quota: requests left and time until the quota is full again. Inline for up to
+    /// four quotas, so a decision does not allocate.
+    inline: [(u64, Duration); 4],
+    len: usize,
+    spill: Vec<(u64, Duration)>,
     retry_after: Option<Duration>,
 }
 
@@ -95,9 +97,32 @@ impl Decision {
         per_quota: Vec<(u64, Duration)>,
         retry_after: Option<Duration>,
     ) -> Self {
+        let mut d = Self::empty(per_quota.len());
+        for (i, q) in per_quota.into_iter().enumerate() {
+            d.set(i, q);
+        }
+        d.retry_after = retry_after;
+        d
+    }
+
+    fn empty(len: usize) -> Self {
         Self {
-            per_quota,
-            retry_after,
+            inline: [(0, Duration::ZERO); 4],
+            len,
+            spill: if len > 4 {
+                vec![(0, Duration::ZERO); len]
+            } else {
+                Vec::new()
+            },
+            retry_after: None,
+        }
+    }
+
+    fn set(&mut self, i: usize, value: (u64, Duration)) {
+        if self.len > 4 {
+            self.spill[i] = value;
+        } else {
+            self.inline[i] = value;
         }
     }
 
@@ -113,12 +138,16 @@ impl Decision {
 
     /// Per quota, in order: requests left, and time until the quota is full again.
     pub fn quotas(&self) -> &[(u64, Duration)] {
-        &self.per_quota
+        if self.len > 4 {
+            &self.spill
+        } else {
+            &self.inline[..self.len]
+        }
     }
 
     /// The quota with the fewest requests left: (index, remaining, reset).
     pub fn tightest(&self) -> (usize, u64, Duration) {
-        self.per_quota
+        self.quotas()
             .iter()
             .enumerate()
             .min_by_key(|(_, (remaining, _))| *remaining)
@@ -133,7 +162,6 @@ type Shard = Mutex<HashMap<String, Vec<u64>>>;
 pub struct MemoryStore {
     shards: Arc<[Shard]>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -159,7 +187,6 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard,
-            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -201,12 +228,21 @@ impl MemoryStore {
         consume: bool,
     ) -> Decision {
         let now = nanos(now);
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let shard = &self.shards[shard_of(key)];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
 
+        // New TATs on the stack for up to 8 quotas: the hot path allocates only the
+        // decision.
+        let mut stack = [0u64; 8];
+        let mut heap = Vec::new();
+        let new_tats: &mut [u64] = if quotas.len() <= stack.len() {
+            &mut stack[..quotas.len()]
+        } else {
+            heap.resize(quotas.len(), 0);
+            &mut heap
+        };
         let stored = map.get(key).filter(|t| t.len() == quotas.len());
-        let mut new_tats = Vec::with_capacity(quotas.len());
-        let mut per_quota = Vec::with_capacity(quotas.len());
+        let mut decision = Decision::empty(quotas.len());
         let mut retry: Option<u64> = None;
         for (i, quota) in quotas.iter().enumerate() {
             let t = quota.emission_ns();
@@ -216,30 +252,51 @@ impl MemoryStore {
             if new_tat - now > capacity {
                 let wait = new_tat - now - capacity;
                 retry = Some(retry.map_or(wait, |r| r.max(wait)));
-                per_quota.push((
-                    (capacity.saturating_sub(tat - now)) / t,
-                    Duration::from_nanos(tat - now),
-                ));
-                new_tats.push(tat);
+                decision.set(
+                    i,
+                    (
+                        (capacity.saturating_sub(tat - now)) / t,
+                        Duration::from_nanos(tat - now),
+                    ),
+                );
+                new_tats[i] = tat;
             } else {
-                per_quota.push((
-                    (capacity - (new_tat - now)) / t,
-                    Duration::from_nanos(new_tat - now),
-                ));
-                new_tats.push(new_tat);
+                decision.set(
+                    i,
+                    (
+                        (capacity - (new_tat - now)) / t,
+                        Duration::from_nanos(new_tat - now),
+                    ),
+                );
+                new_tats[i] = new_tat;
             }
         }
         if consume && retry.is_none() {
-            if !map.contains_key(key) && map.len() >= self.per_shard {
-                evict(&mut map, self.per_shard, now);
+            match map.get_mut(key) {
+                // Update in place: no allocation for a known key.
+                Some(tats) if tats.len() == new_tats.len() => tats.copy_from_slice(new_tats),
+                _ => {
+                    if !map.contains_key(key) && map.len() >= self.per_shard {
+                        evict(&mut map, self.per_shard, now);
+                    }
+                    map.insert(key.to_owned(), new_tats.to_vec());
+                }
             }
-            map.insert(key.to_owned(), new_tats);
         }
-        Decision {
-            per_quota,
-            retry_after: retry.map(Duration::from_nanos),
-        }
+        decision.retry_after = retry.map(Duration::from_nanos);
+        decision
     }
+}
+
+/// The shard of a key: FNV-1a, cheap. It only spreads keys over shards; each shard's map
+/// keeps std's keyed hash, so crafted keys cannot degrade lookups.
+fn shard_of(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h as usize) % SHARDS
 }
 
 /// Make room: drop idle keys (their state equals a fresh key's); if none are idle, drop
