@@ -448,6 +448,71 @@ fn rate_limit_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// Redis decisions per second with 64 concurrent callers, against `redis-benchmark`'s
+/// `EVALSHA` rate for a trivial script in the same run. Needs `REDIS_URL` and
+/// `redis-benchmark`; printed, not a criterion timing.
+fn redis_benches(_c: &mut Criterion) {
+    use tower_api_guard::rate_limit::{Quota, RedisStore};
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("redis: skipped (REDIS_URL is not set)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = 100_000u32;
+    let ours = rt.block_on(async {
+        let store = RedisStore::connect(&url).await.unwrap().prefix("tag-bench");
+        let quota = [Quota::parse("1000000/s").unwrap()];
+        let start = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..64u32 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for n in 0..total / 64 {
+                    let key = format!("user-{}", (c * 1000 + n) % 10_000);
+                    store.check(&key, &quota, 1).await.unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        f64::from(total / 64 * 64) / start.elapsed().as_secs_f64()
+    });
+    let (host, port) = url
+        .trim_start_matches("redis://")
+        .split_once(':')
+        .map(|(h, p)| (h.to_owned(), p.trim_end_matches('/').to_owned()))
+        .unwrap_or(("127.0.0.1".into(), "6379".into()));
+    let sha = std::process::Command::new("redis-cli")
+        .args(["-h", &host, "-p", &port, "SCRIPT", "LOAD", "return 1"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let baseline = sha.and_then(|sha| {
+        let out = std::process::Command::new("redis-benchmark")
+            .args([
+                "-h", &host, "-p", &port, "-n", "100000", "-c", "64", "-q", "EVALSHA", &sha, "0",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace()
+            .zip(text.split_whitespace().skip(1))
+            .find(|(_, unit)| unit.starts_with("requests"))
+            .and_then(|(n, _)| n.parse::<f64>().ok())
+    });
+    match baseline {
+        Some(base) => println!(
+            "redis: {ours:.0} rate-limit decisions/s with 64 callers; redis-benchmark EVALSHA \
+             (trivial script): {base:.0}/s; ratio {:.2}",
+            ours / base
+        ),
+        None => println!("redis: {ours:.0} decisions/s (redis-benchmark not available)"),
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -455,5 +520,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches, redis_benches }
 criterion_main!(benches);
