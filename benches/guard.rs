@@ -381,7 +381,7 @@ fn api_key_benches(c: &mut Criterion) {
 /// on the same keys, on one thread and on two; and memory per key.
 fn rate_limit_benches(c: &mut Criterion) {
     use std::num::NonZeroU32;
-    use std::time::SystemTime;
+    use tower_api_guard::clock::{Clock, MonotonicClock};
     use tower_api_guard::rate_limit::{MemoryStore, Quota};
     let keys: Vec<String> = (0..10_000).map(|i| format!("jwt\u{0}user-{i}")).collect();
     let quota = [Quota::parse("1000000/s").unwrap()];
@@ -389,7 +389,9 @@ fn rate_limit_benches(c: &mut Criterion) {
     let governor = governor::RateLimiter::keyed(governor::Quota::per_second(
         NonZeroU32::new(1_000_000).unwrap(),
     ));
-    let now = SystemTime::now();
+    // The rate-limit layers' default clock, read on every check as the layer does.
+    let clock = MonotonicClock::new();
+    let now = clock.now();
     for k in &keys {
         ours.check(k, &quota, 1, now);
         let _ = governor.check_key(k);
@@ -400,7 +402,7 @@ fn rate_limit_benches(c: &mut Criterion) {
     group.bench_function("ours_check_10k_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            black_box(ours.check(&keys[i], &quota, 1, SystemTime::now()))
+            black_box(ours.check(&keys[i], &quota, 1, clock.now()))
         })
     });
     let mut j = 0usize;
@@ -429,7 +431,7 @@ fn rate_limit_benches(c: &mut Criterion) {
         b.iter_custom(|iters| {
             two_threads(
                 &|k| {
-                    black_box(ours.check(k, &quota, 1, SystemTime::now()));
+                    black_box(ours.check(k, &quota, 1, clock.now()));
                 },
                 iters,
             )

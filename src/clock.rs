@@ -40,6 +40,57 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock for rate limiting: the wall time when it was created plus a monotonic elapsed
+/// time read from the CPU's time-stamp counter (through [`quanta`], calibrated once, with
+/// a fallback to the OS's monotonic clock where the counter is unreliable).
+///
+/// It never goes backwards, even when the system clock is stepped, which is what a rate
+/// limiter wants, and a read costs about a quarter of `SystemTime::now()`. It is the default
+/// clock of the rate-limit layers; keep [`SystemClock`] for token expiry, where the
+/// wall time itself matters.
+///
+/// ```
+/// use tower_api_guard::clock::{Clock, MonotonicClock};
+///
+/// let clock = MonotonicClock::new();
+/// let a = clock.now();
+/// assert!(clock.now() >= a);
+/// ```
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone)]
+pub struct MonotonicClock {
+    anchor: SystemTime,
+    start: quanta::Instant,
+    clock: quanta::Clock,
+}
+
+#[cfg(feature = "rate-limit")]
+impl MonotonicClock {
+    /// A clock anchored at the current wall time.
+    pub fn new() -> Self {
+        let clock = quanta::Clock::new();
+        Self {
+            anchor: SystemTime::now(),
+            start: clock.now(),
+            clock,
+        }
+    }
+}
+
+#[cfg(feature = "rate-limit")]
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "rate-limit")]
+impl Clock for MonotonicClock {
+    fn now(&self) -> SystemTime {
+        self.anchor + self.clock.now().saturating_duration_since(self.start)
+    }
+}
+
 /// A clock that only moves when told to. For tests.
 #[derive(Debug)]
 pub struct ManualClock {

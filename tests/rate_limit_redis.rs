@@ -192,3 +192,42 @@ async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
     }
     assert!(recovered, "the store did not recover after Redis came back");
 }
+
+/// The Redis script and the in-process store make the same decisions over several quotas,
+/// and a rejection reports every quota unconsumed.
+#[tokio::test]
+async fn redis_and_memory_stores_agree_over_several_quotas() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+        return;
+    };
+    let store = RedisStore::connect(&url)
+        .await
+        .unwrap()
+        .prefix(&unique("tag-rl-agree"));
+    let memory = tower_api_guard::rate_limit::MemoryStore::new(16);
+    let quotas = [
+        Quota::parse("2/min").unwrap(),
+        Quota::parse("100/day").unwrap(),
+    ];
+    // Redis reads its own clock, so both use windows far longer than the test runs.
+    let now = SystemTime::now();
+    for round in 0..3 {
+        let r = store.check("k", &quotas, 1).await.unwrap();
+        let m = memory.check("k", &quotas, 1, now);
+        assert_eq!(r.allowed(), m.allowed(), "round {round}");
+        let remaining = |d: &tower_api_guard::rate_limit::Decision| {
+            d.quotas().iter().map(|q| q.0).collect::<Vec<_>>()
+        };
+        assert_eq!(remaining(&r), remaining(&m), "round {round}");
+    }
+    // The third request was rejected by the minute quota: the day quota shows 98 left,
+    // not 97, in both stores.
+    let m = memory.check("k", &quotas, 1, now);
+    assert!(!m.allowed());
+    assert_eq!(m.quotas()[1].0, 98);
+    let r = store.check("k", &quotas, 1).await.unwrap();
+    assert!(!r.allowed());
+    assert_eq!(r.quotas()[1].0, 98);
+    assert!(r.retry_after().unwrap() > std::time::Duration::from_secs(25));
+}

@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::{ClientAddr, MemoryStore, Quota};
 use crate::body::ResponseBody;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, MonotonicClock};
 use crate::error::{AuthError, AuthErrorKind, DefaultRenderer, RenderRejection, RequestHead};
 
 struct Shared {
@@ -62,7 +62,7 @@ impl AuthFailureLayer {
                 quota: [failures],
                 store: MemoryStore::new(100_000),
                 client: ClientAddr::new(),
-                clock: Arc::new(SystemClock),
+                clock: Arc::new(MonotonicClock::new()),
                 renderer: Arc::new(DefaultRenderer::default()),
             }),
         }
@@ -92,7 +92,7 @@ impl AuthFailureLayer {
         self.with(|s| s.store = store)
     }
 
-    /// The clock (tests).
+    /// The clock: [`MonotonicClock`] by default; a `ManualClock` in tests.
     pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
         self.with(|s| s.clock = clock)
     }

@@ -83,7 +83,7 @@ pub use guard::{AuthFailureGuard, AuthFailureLayer, GuardFuture};
 pub use redis_store::{RedisFailure, RedisStore};
 
 use crate::body::ResponseBody;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, MonotonicClock};
 use crate::error::{AuthError, DefaultRenderer, RenderRejection, RequestHead};
 use crate::identity::Identity;
 
@@ -131,7 +131,7 @@ impl RateLimitLayer {
                 anonymous: None,
                 legacy: false,
                 store: Store::Memory(MemoryStore::new(100_000)),
-                clock: Arc::new(SystemClock),
+                clock: Arc::new(MonotonicClock::new()),
                 renderer: Arc::new(DefaultRenderer::default()),
             }),
         }
@@ -187,7 +187,7 @@ impl RateLimitLayer {
         self.with(|s| s.store = Store::Redis(store))
     }
 
-    /// The clock (tests).
+    /// The clock: [`MonotonicClock`] by default; a `ManualClock` in tests.
     pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
         self.with(|s| s.clock = clock)
     }

@@ -17,31 +17,35 @@ const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
-local result = {1, 0}
-local new = {}
+local tats, caps, new = {}, {}, {}
 local retry = 0
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i])
-  local cap = interval * tonumber(ARGV[2 * i + 1])
+  caps[i] = interval * tonumber(ARGV[2 * i + 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local nt = tat + cost * interval
-  if nt - now > cap then
-    local wait = nt - now - cap
+  tats[i] = tat
+  new[i] = tat + cost * interval
+  if new[i] - now > caps[i] then
+    local wait = new[i] - now - caps[i]
     if wait > retry then retry = wait end
-    result[#result + 1] = math.floor((cap - (tat - now)) / interval)
-    result[#result + 1] = tat - now
-  else
-    result[#result + 1] = math.floor((cap - (nt - now)) / interval)
-    result[#result + 1] = nt - now
-    new[i] = nt
   end
 end
+local result
 if retry > 0 then
-  result[1] = 0
-  result[2] = retry
-else
+  -- Rejected: nothing is consumed, so every quota is reported as it stands.
+  result = {0, retry}
   for i = 1, #KEYS do
+    local interval = tonumber(ARGV[2 * i])
+    result[#result + 1] = math.max(0, math.floor((caps[i] - (tats[i] - now)) / interval))
+    result[#result + 1] = tats[i] - now
+  end
+else
+  result = {1, 0}
+  for i = 1, #KEYS do
+    local interval = tonumber(ARGV[2 * i])
+    result[#result + 1] = math.floor((caps[i] - (new[i] - now)) / interval)
+    result[#result + 1] = new[i] - now
     redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', math.ceil((new[i] - now) / 1000) + 1)
   end
 end
