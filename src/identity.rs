@@ -128,6 +128,8 @@ struct Inner {
     expires_at: Option<SystemTime>,
     claims: Value,
     plan: Option<String>,
+    /// The rate-limit key (source and subject), made on first use.
+    rate_key: std::sync::OnceLock<Box<str>>,
 }
 
 /// Who the caller is. Cheap to clone (one [`Arc`]).
@@ -150,8 +152,18 @@ impl Identity {
                 expires_at: None,
                 claims: Value::Object(Default::default()),
                 plan: None,
+                rate_key: std::sync::OnceLock::new(),
             },
         }
+    }
+
+    /// The key the rate limiters count this identity under: source and subject. Made
+    /// once per identity (a cached token's identity is reused, so once per token).
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn rate_key(&self) -> &str {
+        self.0
+            .rate_key
+            .get_or_init(|| format!("{}\u{0}{}", self.source(), self.subject()).into())
     }
 
     /// The subject: the JWT's `sub` (or the configured fallback), or the API key's owner.

@@ -135,7 +135,7 @@ where
                 slot: None,
             };
         };
-        let key = format!("{}\u{0}{}", identity.source(), identity.subject());
+        let key = identity.rate_key().to_owned();
         let admitted = {
             let mut map = self
                 .shared

@@ -95,10 +95,31 @@ enum Store {
     Redis(RedisStore),
 }
 
+/// Quotas checked together, with their `RateLimit-Policy` field made once.
+#[derive(Debug, Clone)]
+struct Plan {
+    quotas: Vec<Quota>,
+    policy: HeaderValue,
+}
+
+impl Plan {
+    fn new(quotas: impl IntoIterator<Item = Quota>) -> Self {
+        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        let policy: Vec<String> = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| format!("\"q{i}\";q={};w={}", q.limit(), q.window().as_secs().max(1)))
+            .collect();
+        let policy =
+            HeaderValue::from_str(&policy.join(", ")).unwrap_or(HeaderValue::from_static(""));
+        Self { quotas, policy }
+    }
+}
+
 struct Shared {
-    default: Vec<Quota>,
-    plans: HashMap<String, Vec<Quota>>,
-    anonymous: Option<(Vec<Quota>, ClientAddr)>,
+    default: Plan,
+    plans: HashMap<String, Plan>,
+    anonymous: Option<(Plan, ClientAddr)>,
     legacy: bool,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -115,7 +136,7 @@ pub struct RateLimitLayer {
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("default", &self.shared.default)
+            .field("default", &self.shared.default.quotas)
             .field("plans", &self.shared.plans.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -126,7 +147,7 @@ impl RateLimitLayer {
     pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                default: quotas.into_iter().collect(),
+                default: Plan::new(quotas),
                 plans: HashMap::new(),
                 anonymous: None,
                 legacy: false,
@@ -155,7 +176,7 @@ impl RateLimitLayer {
 
     /// Identities whose plan is `plan` (from an API-key record or a JWT claim) get `quotas`.
     pub fn plan(self, plan: &str, quotas: impl IntoIterator<Item = Quota>) -> Self {
-        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        let quotas = Plan::new(quotas);
         let plan = plan.to_owned();
         self.with(|s| {
             s.plans.insert(plan, quotas);
@@ -170,7 +191,7 @@ impl RateLimitLayer {
     /// Limit requests without an identity too, per client address (found by `client`:
     /// trusted proxies only, IPv6 grouped by /56). Without this they pass this layer.
     pub fn anonymous(self, quotas: impl IntoIterator<Item = Quota>, client: ClientAddr) -> Self {
-        let quotas: Vec<Quota> = quotas.into_iter().collect();
+        let quotas = Plan::new(quotas);
         self.with(|s| s.anonymous = Some((quotas, client)))
     }
 
@@ -225,26 +246,28 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     }
 }
 
-/// The key of an identity: where it came from and who it is.
-fn key_of(identity: &Identity) -> String {
-    format!("{}\u{0}{}", identity.source(), identity.subject())
-}
-
 /// Response header fields to add.
 type Fields = Vec<(HeaderName, HeaderValue)>;
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), plus the
 /// legacy `X-RateLimit-Limit/Remaining/Reset` of the tightest quota when asked for.
-fn headers(quotas: &[Quota], decision: &Decision, legacy: bool) -> Fields {
-    let (draft_policy, draft_limit) = draft_headers(quotas, decision);
-    let mut fields = vec![
-        (HeaderName::from_static("ratelimit-policy"), draft_policy),
-        (HeaderName::from_static("ratelimit"), draft_limit),
-    ];
+fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
+    use std::fmt::Write as _;
+    let (i, remaining, reset) = decision.tightest();
+    let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    let mut limit = String::with_capacity(48);
+    let _ = write!(limit, "\"q{i}\";r={remaining};t={reset}");
+    let mut fields = Vec::with_capacity(if legacy { 5 } else { 2 });
+    fields.push((
+        HeaderName::from_static("ratelimit-policy"),
+        plan.policy.clone(),
+    ));
+    fields.push((
+        HeaderName::from_static("ratelimit"),
+        HeaderValue::try_from(limit).unwrap_or(HeaderValue::from_static("")),
+    ));
     if legacy {
-        let (i, remaining, reset) = decision.tightest();
-        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-        let limit = quotas.get(i).map_or(0, Quota::limit);
+        let limit = plan.quotas.get(i).map_or(0, Quota::limit);
         fields.push((
             HeaderName::from_static("x-ratelimit-limit"),
             HeaderValue::from(limit),
@@ -261,33 +284,16 @@ fn headers(quotas: &[Quota], decision: &Decision, legacy: bool) -> Fields {
     fields
 }
 
-fn draft_headers(quotas: &[Quota], decision: &Decision) -> (HeaderValue, HeaderValue) {
-    let policy: Vec<String> = quotas
-        .iter()
-        .enumerate()
-        .map(|(i, q)| format!("\"q{i}\";q={};w={}", q.limit(), q.window().as_secs().max(1)))
-        .collect();
-    let (i, remaining, reset) = decision.tightest();
-    let limit = format!(
-        "\"q{i}\";r={remaining};t={}",
-        reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
-    );
-    (
-        HeaderValue::from_str(&policy.join(", ")).unwrap_or(HeaderValue::from_static("")),
-        HeaderValue::from_str(&limit).unwrap_or(HeaderValue::from_static("")),
-    )
-}
-
 /// Turn a decision into the next step: call the inner service (with the headers to add) or
 /// reject. (The rejection is built once per rejected request; its size does not matter.)
 #[allow(clippy::result_large_err)]
 fn apply<B>(
     shared: &Shared,
-    quotas: &[Quota],
+    plan: &Plan,
     decision: &Decision,
     request: &Request<B>,
 ) -> Result<Fields, Response<Bytes>> {
-    let fields = headers(quotas, decision, shared.legacy);
+    let fields = headers(plan, decision, shared.legacy);
     match decision.retry_after() {
         None => Ok(fields),
         Some(retry) => {
@@ -328,7 +334,7 @@ where
         let shared = &*self.shared;
         let (key, quotas) = match request.extensions().get::<Identity>() {
             Some(identity) => (
-                key_of(identity),
+                std::borrow::Cow::Borrowed(identity.rate_key()),
                 identity
                     .plan()
                     .and_then(|p| shared.plans.get(p))
@@ -337,7 +343,12 @@ where
             None => {
                 let anonymous = shared.anonymous.as_ref().and_then(|(quotas, client)| {
                     let peer = client.peer(request.extensions())?;
-                    Some((client.key(client.resolve(peer, request.headers())), quotas))
+                    Some((
+                        std::borrow::Cow::Owned(
+                            client.key(client.resolve(peer, request.headers())),
+                        ),
+                        quotas,
+                    ))
                 });
                 match anonymous {
                     Some(found) => found,
@@ -345,12 +356,12 @@ where
                 }
             }
         };
-        if quotas.is_empty() {
+        if quotas.quotas.is_empty() {
             return ResponseFuture::calling(self.inner.call(request), None);
         }
         match &shared.store {
             Store::Memory(store) => {
-                let decision = store.check(&key, quotas, 1, shared.clock.now());
+                let decision = store.check(&key, &quotas.quotas, 1, shared.clock.now());
                 match apply(shared, quotas, &decision, &request) {
                     Ok(fields) => ResponseFuture::calling(self.inner.call(request), Some(fields)),
                     Err(response) => ResponseFuture::rejected(response),
@@ -359,9 +370,10 @@ where
             #[cfg(feature = "redis")]
             Store::Redis(store) => {
                 let store = store.clone();
-                let owned: Vec<Quota> = quotas.clone();
+                let owned: Plan = quotas.clone();
+                let key = key.into_owned();
                 let decide: DecideFuture = Box::pin(async move {
-                    let decision = store.check(&key, &owned, 1).await;
+                    let decision = store.check(&key, &owned.quotas, 1).await;
                     (decision, store.failure_policy(), owned)
                 });
                 let clone = self.inner.clone();
@@ -377,9 +389,8 @@ where
 }
 
 #[cfg(feature = "redis")]
-type DecideFuture = Pin<
-    Box<dyn Future<Output = (Result<Decision, &'static str>, RedisFailure, Vec<Quota>)> + Send>,
->;
+type DecideFuture =
+    Pin<Box<dyn Future<Output = (Result<Decision, &'static str>, RedisFailure, Plan)> + Send>>;
 #[cfg(not(feature = "redis"))]
 type DecideFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
