@@ -46,7 +46,8 @@ cargo build --release -q -p guard-bench -p guard-bench-peer
 BIN=$ROOT/target/release
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+SERVER_PID=
+cleanup() { for p in "${PIDS[@]}" $SERVER_PID; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 say "starting the issuer (1,000 identities, RS256 and ES256; 1,000 API keys)"
@@ -55,7 +56,10 @@ PIDS+=($!)
 for _ in $(seq 300); do [ -f "$WORK/jwks_url" ] && break; sleep 0.1; done
 [ -f "$WORK/jwks_url" ] || { cat "$OUT/issuer.log"; exit 1; }
 
-PORT=3190
+PORT=${PORT:-3190}
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    say "port $PORT is taken; set PORT"; exit 1
+fi
 start_server() { # variant -> sets SERVER_PID
     local v=$1 log=$OUT/server-$1.log
     if [ "$v" = peer ]; then
@@ -103,6 +107,7 @@ for round in $(seq "$ROUNDS"); do
             "http://127.0.0.1:$PORT/items" >"$OUT/wrk-$v-$round.txt"
         after=$(cpu_ticks "$SERVER_PID")
         kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
         python3 bench/report.py parse-wrk "$round" "$v" "$((after - before))" \
             <"$OUT/wrk-$v-$round.txt" >>"$RESULTS"
     done

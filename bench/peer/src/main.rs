@@ -13,7 +13,8 @@ use std::sync::Arc;
 use axum::http::{header, Request};
 use axum::routing::get;
 use axum::Router;
-use jwt_authorizer::{Authorizer, IntoLayer, JwtAuthorizer, JwtClaims, Validation};
+use jsonwebtoken::TokenData;
+use jwt_authorizer::{Authorizer, IntoLayer, JwtAuthorizer, Validation};
 use serde::Deserialize;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -36,9 +37,10 @@ impl KeyExtractor for Subject {
     type Key = String;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
+        // jwt-authorizer keeps the verified token's data in the request extensions.
         req.extensions()
-            .get::<JwtClaims<Claims>>()
-            .map(|claims| claims.0.sub.clone())
+            .get::<TokenData<Claims>>()
+            .map(|data| data.claims.sub.clone())
             .ok_or(GovernorError::UnableToExtractKey)
     }
 }
