@@ -143,3 +143,59 @@ async fn the_cache_is_bounded() {
     }
     assert!(jwt.cached_tokens() <= 50, "{}", jwt.cached_tokens());
 }
+
+/// Through the layer the cache is asked while the credential is read, before any copy of
+/// the token: the same rules hold there.
+#[tokio::test]
+async fn the_layer_path_hits_and_stays_strict() {
+    use http::{Request, Response, StatusCode};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_api_guard::auth::AuthLayer;
+
+    let (clock, issuer, jwt) = setup(100);
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt.clone()))
+        .service_fn(|req: Request<()>| async move {
+            let mut res = Response::new(());
+            if let Some(identity) = req.extensions().get::<Identity>() {
+                res.extensions_mut().insert(identity.clone());
+            }
+            Ok::<_, std::convert::Infallible>(res)
+        });
+    let call = |token: String| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::builder()
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap();
+            svc.oneshot(req).await.unwrap()
+        }
+    };
+    let token = issuer
+        .token()
+        .audience("api")
+        .algorithm(Algorithm::ES256)
+        .expires_in(Duration::from_secs(300))
+        .mint();
+    let identity = |res: Response<_>| res.extensions().get::<Identity>().cloned().unwrap();
+    let first = identity(call(token.clone()).await);
+    let second = identity(call(token.clone()).await);
+    assert!(same(&first, &second), "the second request is a cache hit");
+
+    // Same trailing signature text over other claims: not a hit.
+    let (_, sig) = token.rsplit_once('.').unwrap();
+    let other = issuer
+        .token()
+        .audience("api")
+        .subject("mallory")
+        .algorithm(Algorithm::ES256)
+        .mint();
+    let (other_head, _) = other.rsplit_once('.').unwrap();
+    let spliced = call(format!("{other_head}.{sig}")).await;
+    assert_eq!(spliced.status(), StatusCode::UNAUTHORIZED);
+
+    // A hit never outlives `exp` (plus the leeway).
+    clock.advance(Duration::from_secs(300 + 61));
+    assert_eq!(call(token).await.status(), StatusCode::UNAUTHORIZED);
+}

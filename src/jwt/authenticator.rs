@@ -40,27 +40,33 @@ struct Config {
     revocation: Option<(Arc<dyn RevocationStore>, FailurePolicy)>,
 }
 
-/// The verified-token cache. foldhash (random seed) hashes the 48-character keys several
-/// times faster than std's SipHash; the keys are signature bytes, which a caller cannot
-/// choose without a valid signature.
-type TokenCache = moka::sync::Cache<Box<str>, CachedToken, foldhash::fast::RandomState>;
+/// The verified-token cache, keyed by the token's trailing characters (see [`cache_key`]).
+/// quick_cache rather than moka, which the other caches use: this one is read on every
+/// request, and a quick_cache hit (a sharded read lock and one probe) costs a fraction of
+/// moka's (its hit also records the read for its eviction policy). It needs no time-to-live:
+/// every hit checks `exp` itself. Its default hasher is foldhash with a random seed; the
+/// keys are signature characters, which a caller cannot choose without a valid signature.
+type TokenCache = quick_cache::sync::Cache<CacheKey, Arc<CachedToken>>;
 
 /// How many trailing characters of a token key the cache (they fall in the signature).
-const CACHE_KEY_LEN: usize = 48;
+const CACHE_KEY_LEN: usize = 32;
 
-/// The cache key: the token's last [`CACHE_KEY_LEN`] characters. Hashing the whole token
-/// would cost more than the rest of a hit; a hit still compares the whole text.
-fn cache_key(token: &str) -> &str {
-    let start = token.len().saturating_sub(CACHE_KEY_LEN);
-    // The token is ASCII (checked by the extractor, or rejected by the parser), so any
-    // byte index is a char boundary; fall back to the whole token if it is not.
-    token.get(start..).unwrap_or(token)
+/// The cache key: the token's last [`CACHE_KEY_LEN`] bytes, inline, so that a lookup
+/// compares keys without following a pointer. Only a lookup handle: a hit still compares
+/// the whole text.
+type CacheKey = [u8; CACHE_KEY_LEN];
+
+fn cache_key(token: &str) -> CacheKey {
+    let bytes = token.as_bytes();
+    let tail = &bytes[bytes.len().saturating_sub(CACHE_KEY_LEN)..];
+    let mut key = [0; CACHE_KEY_LEN];
+    key[CACHE_KEY_LEN - tail.len()..].copy_from_slice(tail);
+    key
 }
 
-/// A verified token, remembered by its exact text.
-#[derive(Clone)]
+/// A verified token, remembered by its exact text. Shared: a hit costs one reference count.
 struct CachedToken {
-    token: Arc<str>,
+    token: Box<str>,
     identity: Identity,
     exp: f64,
     iat: Option<f64>,
@@ -167,10 +173,10 @@ impl JwtAuthenticator {
 
     /// How many verified tokens the cache holds now (0 when it is off).
     pub fn cached_tokens(&self) -> u64 {
-        self.config.cache.as_ref().map_or(0, |cache| {
-            cache.run_pending_tasks();
-            cache.entry_count()
-        })
+        self.config
+            .cache
+            .as_ref()
+            .map_or(0, |cache| cache.len() as u64)
     }
 
     /// The configured issuer.
@@ -187,7 +193,7 @@ impl JwtAuthenticator {
         if token.len() > self.config.extractor.max_token_len() {
             return Err(AuthError::invalid_token("token longer than the cap"));
         }
-        match self.authenticate(token.to_owned()).await? {
+        match self.verify_token(token.to_owned(), false).await? {
             Some(identity) => Ok(identity),
             None => Err(AuthError::invalid_token("no identity")),
         }
@@ -221,14 +227,14 @@ impl JwtAuthenticator {
         let identity = claims::validate(claims, &self.rules(), c.clock.now_unix())?;
         if let (Some(cache), Some(exp)) = (&c.cache, exp) {
             cache.insert(
-                Box::from(cache_key(token)),
-                CachedToken {
-                    token: Arc::from(token),
+                cache_key(token),
+                Arc::new(CachedToken {
+                    token: Box::from(token),
                     identity: identity.clone(),
                     exp,
                     iat,
                     key: verified.key,
-                },
+                }),
             );
         }
         Ok(identity)
@@ -239,7 +245,8 @@ impl JwtAuthenticator {
     fn cached(&self, token: &str, set: &KeySet) -> Option<Identity> {
         let c = &*self.config;
         let cache = c.cache.as_ref()?;
-        let entry = cache.get(cache_key(token))?;
+        let key = cache_key(token);
+        let entry = cache.get(&key)?;
         if *entry.token != *token {
             // Another token with the same trailing text: verify it in full, and leave the
             // cached one alone.
@@ -257,19 +264,27 @@ impl JwtAuthenticator {
             None => set.keys().iter().any(|k| k.same_key(&entry.key)),
         };
         if fresh && key_held {
-            Some(entry.identity)
+            Some(entry.identity.clone())
         } else {
-            cache.invalidate(cache_key(token));
+            cache.remove(&key);
             None
         }
     }
 
-    fn verify_token(&self, token: String) -> JwtFuture {
+    /// A cache hit for `token` against the current key set, if there is one.
+    fn cached_now(&self, token: &str) -> Option<Identity> {
+        self.config.cache.as_ref()?;
+        let set = self.config.keys.current().ok()?;
+        self.cached(token, &set)
+    }
+
+    /// Verify `token`; `cache_checked` says the cache was already asked, in `extract`.
+    pub(crate) fn verify_token(&self, token: String, cache_checked: bool) -> JwtFuture {
         let set = match self.config.keys.current() {
             Ok(set) => set,
             Err(e) => return JwtFuture::ready(Err(e)),
         };
-        if let Some(identity) = self.cached(&token, &set) {
+        if !cache_checked && let Some(identity) = self.cached(&token, &set) {
             return self.after_verification(identity);
         }
         match self.verify_now(&token, &set) {
@@ -644,32 +659,55 @@ impl JwtAuthenticatorBuilder {
                 clock: self.clock,
                 revocation: self.revocation.map(|store| (store, self.revocation_policy)),
                 cache: (self.cache_capacity > 0).then(|| {
-                    // No time-to-live: every hit checks `exp` (and the maximum age) itself,
-                    // so moka need not read the clock on each lookup; expired entries only
-                    // wait for eviction, within the capacity.
-                    moka::sync::Cache::builder()
-                        .max_capacity(self.cache_capacity)
-                        .build_with_hasher(foldhash::fast::RandomState::default())
+                    TokenCache::new(usize::try_from(self.cache_capacity).unwrap_or(usize::MAX))
                 }),
             }),
         })
     }
 }
 
+/// The credential of a [`JwtAuthenticator`]: the bearer token, or, when the verified-token
+/// cache already holds that exact token, its identity (looked up while extracting, so that
+/// a hit copies nothing). Its `Debug` never shows the token.
+pub struct JwtCredential(Credential);
+
+enum Credential {
+    Token(String),
+    Cached(Identity),
+}
+
+impl fmt::Debug for JwtCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.0 {
+            Credential::Token(_) => "token",
+            Credential::Cached(_) => "cached",
+        };
+        f.debug_tuple("JwtCredential").field(&kind).finish()
+    }
+}
+
 impl Authenticator for JwtAuthenticator {
-    type Credential = String;
+    type Credential = JwtCredential;
     type Future = JwtFuture;
 
-    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
-        Ok(self
-            .config
-            .extractor
-            .extract(head.headers)?
-            .map(str::to_owned))
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
+        let Some(token) = self.config.extractor.extract(head.headers)? else {
+            return Ok(None);
+        };
+        Ok(Some(JwtCredential(match self.cached_now(token) {
+            Some(identity) => Credential::Cached(identity),
+            None => Credential::Token(token.to_owned()),
+        })))
     }
 
-    fn authenticate(&self, token: String) -> JwtFuture {
-        self.verify_token(token)
+    fn authenticate(&self, credential: JwtCredential) -> JwtFuture {
+        match credential.0 {
+            Credential::Cached(identity) => self.after_verification(identity),
+            Credential::Token(token) => {
+                let checked = self.config.cache.is_some();
+                self.verify_token(token, checked)
+            }
+        }
     }
 }
 

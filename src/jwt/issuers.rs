@@ -116,7 +116,7 @@ impl Authenticator for JwtIssuers {
 
     fn authenticate(&self, token: String) -> JwtFuture {
         match self.route(&token) {
-            Ok(auth) => auth.authenticate(token),
+            Ok(auth) => auth.verify_token(token, false),
             Err(e) => JwtFuture::ready(Err(e)),
         }
     }

@@ -63,7 +63,8 @@ mod revocation;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
 pub use authenticator::{
-    DEFAULT_LEEWAY, JwtAuthenticator, JwtAuthenticatorBuilder, JwtFuture, verify_signature,
+    DEFAULT_LEEWAY, JwtAuthenticator, JwtAuthenticatorBuilder, JwtCredential, JwtFuture,
+    verify_signature,
 };
 pub use issuers::JwtIssuers;
 pub use keys::{
