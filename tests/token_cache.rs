@@ -29,6 +29,19 @@ fn same(a: &Identity, b: &Identity) -> bool {
     std::ptr::eq(a.subject().as_ptr(), b.subject().as_ptr())
 }
 
+/// `token`'s signature over other claims (same trailing text, so the same cache key).
+fn splice(issuer: &TestIssuer, token: &str) -> String {
+    let (_, sig) = token.rsplit_once('.').unwrap();
+    let other = issuer
+        .token()
+        .audience("api")
+        .subject("mallory")
+        .algorithm(Algorithm::ES256)
+        .mint();
+    let (other_head, _) = other.rsplit_once('.').unwrap();
+    format!("{other_head}.{sig}")
+}
+
 #[tokio::test]
 async fn a_hit_returns_the_cached_identity() {
     let (_, issuer, jwt) = setup(100);
@@ -89,15 +102,7 @@ async fn only_byte_identical_tokens_hit() {
     assert!(jwt.verify(&token[..token.len() - 1]).await.is_err());
 
     // Same signature (so the same cache key) over other claims: not a hit, rejected.
-    let (_, sig) = token.rsplit_once('.').unwrap();
-    let other = issuer
-        .token()
-        .audience("api")
-        .subject("mallory")
-        .algorithm(Algorithm::ES256)
-        .mint();
-    let (other_head, _) = other.rsplit_once('.').unwrap();
-    let spliced = format!("{other_head}.{sig}");
+    let spliced = splice(&issuer, &token);
     assert_eq!(
         jwt.verify(&spliced).await.unwrap_err().reason(),
         "signature does not verify"
@@ -184,15 +189,7 @@ async fn the_layer_path_hits_and_stays_strict() {
     assert!(same(&first, &second), "the second request is a cache hit");
 
     // Same trailing signature text over other claims: not a hit.
-    let (_, sig) = token.rsplit_once('.').unwrap();
-    let other = issuer
-        .token()
-        .audience("api")
-        .subject("mallory")
-        .algorithm(Algorithm::ES256)
-        .mint();
-    let (other_head, _) = other.rsplit_once('.').unwrap();
-    let spliced = call(format!("{other_head}.{sig}")).await;
+    let spliced = call(splice(&issuer, &token)).await;
     assert_eq!(spliced.status(), StatusCode::UNAUTHORIZED);
 
     // A hit never outlives `exp` (plus the leeway).
