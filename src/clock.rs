@@ -56,7 +56,7 @@ impl Clock for SystemClock {
 /// let a = clock.now();
 /// assert!(clock.now() >= a);
 /// ```
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", feature = "api-key"))]
 #[derive(Debug, Clone)]
 pub struct MonotonicClock {
     anchor: SystemTime,
@@ -64,7 +64,7 @@ pub struct MonotonicClock {
     clock: quanta::Clock,
 }
 
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", feature = "api-key"))]
 impl MonotonicClock {
     /// A clock anchored at the current wall time.
     pub fn new() -> Self {
@@ -77,14 +77,14 @@ impl MonotonicClock {
     }
 }
 
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", feature = "api-key"))]
 impl Default for MonotonicClock {
     fn default() -> Self {
         Self::new()
     }
 }
 
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", feature = "api-key"))]
 impl Clock for MonotonicClock {
     fn now(&self) -> SystemTime {
         self.anchor + self.clock.now().saturating_duration_since(self.start)

@@ -16,14 +16,19 @@ use axum::routing::get;
 use http::{Request, StatusCode};
 use tower::ServiceExt;
 use tower_api_guard::api_key::{
-    ApiKeyAuthenticator, ApiKeyRecord, ApiKeyStore, CachedKeyStore, KeyDigest, KeyFormat,
-    KeySourceHeader, MemoryKeyStore, NewKey, StoreError, StoreFuture,
+    ApiKeyAuthenticator, ApiKeyManager, ApiKeyRecord, ApiKeyStore, CachedKeyStore, KeyDigest,
+    KeyFormat, KeySourceHeader, MemoryKeyStore, NewKey, StoreError, StoreFuture,
 };
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
 use tower_api_guard::clock::{Clock, ManualClock};
 use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthErrorKind, Identity, Source};
+
+/// Why `auth` refuses `key` (it must).
+async fn rejection(auth: &ApiKeyAuthenticator, key: &str) -> String {
+    auth.verify(key).await.unwrap_err().reason().to_owned()
+}
 
 fn setup() -> (Arc<ManualClock>, KeyFormat, MemoryKeyStore) {
     (
@@ -142,10 +147,94 @@ async fn the_cache_absorbs_hot_keys_and_floods_of_unknown_ones() {
     // Revocation in this process: invalidate, and it takes effect at once.
     store.revoke_now(&id, clock.now());
     cached.invalidate(&digest);
-    assert_eq!(
-        auth.verify(&key).await.unwrap_err().reason(),
-        "API key revoked"
+    assert_eq!(rejection(&auth, &key).await, "API key revoked");
+}
+
+/// A cached key answers from memory with the identity made once from its record, and every
+/// hit still checks expiry; a revocation through the cache takes effect at once.
+#[tokio::test]
+async fn a_cached_key_shares_its_identity_and_is_still_checked() {
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(
+            NewKey::new("svc", "n")
+                .scopes(["items:read"])
+                .expires_at(clock.now() + Duration::from_secs(10)),
+            clock.now(),
+        )
+        .unwrap();
+    store.insert(record);
+    let cached = CachedKeyStore::new(store.clone());
+    let auth = ApiKeyAuthenticator::new(format.clone(), cached.clone()).clock(clock.clone());
+    let first = auth.verify(&key).await.unwrap();
+    let second = auth.verify(&key).await.unwrap();
+    assert!(
+        std::ptr::eq(first.subject().as_ptr(), second.subject().as_ptr()),
+        "a hit shares the identity made when the record was cached"
     );
+    assert!(second.has_scope("items:read"));
+    assert_eq!(store.lookups(), 1);
+
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        rejection(&auth, &key).await,
+        "API key expired",
+        "expiry is checked on every hit"
+    );
+
+    // Another key, revoked through the cache's manager: refused at once.
+    let (key, record) = format
+        .generate_at(NewKey::new("svc", "m"), clock.now())
+        .unwrap();
+    let id = record.id.clone();
+    store.insert(record);
+    auth.verify(&key).await.unwrap();
+    assert!(cached.revoke(&id, clock.now()).await.unwrap());
+    assert_eq!(rejection(&auth, &key).await, "API key revoked");
+}
+
+/// The TTLs, on an injected clock: a revocation made elsewhere (straight in the store)
+/// takes effect when the positive entry expires; an unknown digest is asked again when the
+/// negative entry expires.
+#[tokio::test]
+async fn cache_entries_expire_on_the_cache_clock() {
+    let (clock, format, store) = setup();
+    let (key, record) = format
+        .generate_at(NewKey::new("o", "n"), clock.now())
+        .unwrap();
+    let id = record.id.clone();
+    store.insert(record);
+    let cached = CachedKeyStore::with_ttl(
+        store.clone(),
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .clock(clock.clone());
+    let auth = ApiKeyAuthenticator::new(format.clone(), cached).clock(clock.clone());
+
+    auth.verify(&key).await.unwrap();
+    store.revoke_now(&id, clock.now());
+    clock.advance(Duration::from_secs(29));
+    auth.verify(&key)
+        .await
+        .expect("within the positive TTL the cached record answers");
+    assert_eq!(store.lookups(), 1);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(rejection(&auth, &key).await, "API key revoked");
+    assert_eq!(store.lookups(), 2);
+
+    let (unknown, _) = format.generate(NewKey::new("x", "y")).unwrap();
+    assert!(auth.verify(&unknown).await.is_err());
+    clock.advance(Duration::from_secs(9));
+    assert!(auth.verify(&unknown).await.is_err());
+    assert_eq!(
+        store.lookups(),
+        3,
+        "the negative entry answers within its TTL"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert!(auth.verify(&unknown).await.is_err());
+    assert_eq!(store.lookups(), 4, "then the store is asked again");
 }
 
 #[tokio::test]

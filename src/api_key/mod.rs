@@ -40,6 +40,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
@@ -53,10 +54,11 @@ pub use sql::PostgresKeyStore;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteKeyStore;
 pub use store::{
-    ApiKeyManager, ApiKeyStore, CachedKeyStore, MemoryKeyStore, StoreError, StoreFuture,
+    ApiKeyManager, ApiKeyStore, CachedKeyStore, CachedLookup, MemoryKeyStore, ResolvedKey,
+    StoreError, StoreFuture,
 };
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ConfigError, RequestHead};
 use crate::extract::one_value;
@@ -525,34 +527,38 @@ impl ApiKeyAuthenticator {
     /// 401 for a bad, unknown, revoked or expired key; 503 when the store fails.
     pub async fn verify(&self, key: &str) -> Result<Identity, AuthError> {
         self.inner.format.check(key)?;
-        check(self.inner.clone(), key.to_owned()).await
+        let credential = ApiKeyCredential(self.inner.format.digest(key));
+        match self.authenticate(credential).await? {
+            Some(identity) => Ok(identity),
+            None => Err(AuthError::invalid_token("unknown API key")),
+        }
     }
 }
 
-async fn check(inner: Arc<Inner>, key: String) -> Result<Identity, AuthError> {
-    let digest = inner.format.digest(&key);
-    drop(key);
-    let record = match inner.store.find(&digest).await {
-        Ok(Some(record)) => record,
-        Ok(None) => return Err(AuthError::invalid_token("unknown API key")),
-        Err(e) => {
-            tracing::warn!(target: "tower_api_guard::api_key", reason = %e.reason(), "API key store failed");
-            return Err(AuthError::unavailable(
-                "API key store failed",
-                Duration::from_secs(1),
-            ));
+impl Inner {
+    /// The checks on a found record: the digest (in constant time), revocation, expiry.
+    /// Records the use when the key passes.
+    fn admit(&self, record: &ApiKeyRecord, digest: &KeyDigest) -> Result<(), AuthError> {
+        if !record.digest.ct_eq(digest) {
+            return Err(AuthError::invalid_token("unknown API key"));
         }
-    };
-    if !record.digest.ct_eq(&digest) {
-        return Err(AuthError::invalid_token("unknown API key"));
+        let now = self.clock.now();
+        if record.revoked_at.is_some_and(|at| now >= at) {
+            return Err(AuthError::invalid_token("API key revoked"));
+        }
+        if record.expires_at.is_some_and(|at| now >= at) {
+            return Err(AuthError::invalid_token("API key expired"));
+        }
+        if let Some(tracker) = &self.last_used {
+            tracker.touch(&record.id, now);
+        }
+        Ok(())
     }
-    let now = inner.clock.now();
-    if record.revoked_at.is_some_and(|at| now >= at) {
-        return Err(AuthError::invalid_token("API key revoked"));
-    }
-    if record.expires_at.is_some_and(|at| now >= at) {
-        return Err(AuthError::invalid_token("API key expired"));
-    }
+}
+
+/// The identity of a key's record: subject = owner, [`Source::ApiKey`] with the key id,
+/// the record's scopes, roles, plan and expiry, and its metadata as claims.
+pub(crate) fn identity_of(record: &ApiKeyRecord) -> Identity {
     let mut builder = Identity::builder(
         record.owner.clone(),
         Source::ApiKey {
@@ -568,20 +574,67 @@ async fn check(inner: Arc<Inner>, key: String) -> Result<Identity, AuthError> {
     if let Some(plan) = &record.plan {
         builder = builder.plan(plan.clone());
     }
-    if let Some(tracker) = &inner.last_used {
-        tracker.touch(&record.id, now);
-    }
-    Ok(builder.build())
+    builder.build()
 }
 
-/// The future of [`ApiKeyAuthenticator`].
-pub type ApiKeyFuture = Pin<Box<dyn Future<Output = Result<Option<Identity>, AuthError>> + Send>>;
+/// Ask the store (the slow path: nothing in memory).
+async fn check(inner: Arc<Inner>, digest: KeyDigest) -> Outcome {
+    let record = match inner.store.find(&digest).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Err(AuthError::invalid_token("unknown API key")),
+        Err(e) => {
+            tracing::warn!(target: "tower_api_guard::api_key", reason = %e.reason(), "API key store failed");
+            return Err(AuthError::unavailable(
+                "API key store failed",
+                Duration::from_secs(1),
+            ));
+        }
+    };
+    inner.admit(&record, &digest)?;
+    // A caching store has just kept the record with its identity: share that one.
+    if let Some(CachedLookup::Found(key)) = inner.store.find_cached(&digest)
+        && *key.record() == record
+    {
+        return Ok(Some(key.identity().clone()));
+    }
+    Ok(Some(identity_of(&record)))
+}
+
+/// The credential of an [`ApiKeyAuthenticator`]: the digest of a key that passed the
+/// offline checks. The plaintext is dropped as soon as it is hashed; `Debug` shows only the
+/// digest's first bytes.
+#[derive(Debug)]
+pub struct ApiKeyCredential(KeyDigest);
+
+/// The future of [`ApiKeyAuthenticator`]: ready at once when the store answers from memory
+/// (a [`CachedKeyStore`] hit), otherwise the store's lookup.
+pub struct ApiKeyFuture(ReadyOrBoxed);
+
+impl ApiKeyFuture {
+    fn ready(outcome: Outcome) -> Self {
+        Self(ReadyOrBoxed::Ready(Some(outcome)))
+    }
+}
+
+impl fmt::Debug for ApiKeyFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ApiKeyFuture {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
 
 impl Authenticator for ApiKeyAuthenticator {
-    type Credential = String;
+    type Credential = ApiKeyCredential;
     type Future = ApiKeyFuture;
 
-    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<ApiKeyCredential>, AuthError> {
         let key = match &self.inner.header {
             KeySourceHeader::Header(name) => match one_value(head.headers, name)? {
                 None => return Ok(None),
@@ -608,12 +661,22 @@ impl Authenticator for ApiKeyAuthenticator {
         }
         // Offline checks before any store work: length cap first.
         self.inner.format.check(key)?;
-        Ok(Some(key.to_owned()))
+        Ok(Some(ApiKeyCredential(self.inner.format.digest(key))))
     }
 
-    fn authenticate(&self, key: String) -> ApiKeyFuture {
-        let inner = self.inner.clone();
-        Box::pin(async move { check(inner, key).await.map(Some) })
+    fn authenticate(&self, credential: ApiKeyCredential) -> ApiKeyFuture {
+        let digest = credential.0;
+        match self.inner.store.find_cached(&digest) {
+            Some(CachedLookup::Found(key)) => ApiKeyFuture::ready(
+                self.inner
+                    .admit(key.record(), &digest)
+                    .map(|()| Some(key.identity().clone())),
+            ),
+            Some(CachedLookup::Unknown) => {
+                ApiKeyFuture::ready(Err(AuthError::invalid_token("unknown API key")))
+            }
+            None => ApiKeyFuture(ReadyOrBoxed::boxed(check(self.inner.clone(), digest))),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::{ApiKeyRecord, KeyDigest};
+use crate::clock::{Clock, MonotonicClock};
+use crate::identity::Identity;
 
 /// A store failed (unreachable, timed out). The reason is for logs.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +42,51 @@ pub trait ApiKeyStore: Send + Sync + fmt::Debug + 'static {
     /// The record with this digest, if any (revoked and expired records included: the
     /// authenticator decides).
     fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>>;
+
+    /// What the store knows about `digest` from memory, without waiting: `None` means *ask
+    /// [`find`](Self::find)*. Caches such as [`CachedKeyStore`] answer here, so that a hot
+    /// key costs no future and no copy; the default is `None`.
+    fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
+        let _ = digest;
+        None
+    }
+}
+
+/// A store's answer from memory (see [`ApiKeyStore::find_cached`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CachedLookup {
+    /// A known key, with the identity made from its record.
+    Found(Arc<ResolvedKey>),
+    /// A digest the store recently did not know.
+    Unknown,
+}
+
+/// A key record and the [`Identity`] made from it, once, shared by every request that
+/// presents the key while it is cached.
+#[derive(Debug)]
+pub struct ResolvedKey {
+    record: ApiKeyRecord,
+    identity: Identity,
+}
+
+impl ResolvedKey {
+    /// Make the identity of `record` (see [`ApiKeyAuthenticator`](super::ApiKeyAuthenticator)
+    /// for the mapping).
+    pub fn new(record: ApiKeyRecord) -> Self {
+        let identity = super::identity_of(&record);
+        Self { record, identity }
+    }
+
+    /// The record.
+    pub fn record(&self) -> &ApiKeyRecord {
+        &self.record
+    }
+
+    /// The identity of the record's key.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
 }
 
 /// Key management, for stores that support it: create, look up by id, list, revoke.
@@ -62,6 +109,10 @@ pub trait ApiKeyManager: ApiKeyStore {
 impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
     fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
         (**self).find(digest)
+    }
+
+    fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
+        (**self).find_cached(digest)
     }
 }
 
@@ -189,28 +240,42 @@ impl ApiKeyManager for MemoryKeyStore {
     }
 }
 
-/// Wraps a store with a short positive cache and a bounded negative cache (moka), so a hot
-/// key costs no round trip and a flood of unknown keys never reaches the database.
+/// Wraps a store with a short positive cache and a bounded negative cache, so a hot key
+/// costs no round trip and a flood of unknown keys never reaches the database.
+///
+/// Found records are kept with the [`Identity`] made from them ([`ResolvedKey`]) and
+/// answered through [`ApiKeyStore::find_cached`], so a hit builds, copies and waits for
+/// nothing. Both caches are quick_cache maps (sharded, no per-read bookkeeping, foldhash with
+/// a random seed: a caller cannot choose a digest without a SHA-256 preimage); each entry
+/// carries its deadline, checked on every read against the cache's clock.
 ///
 /// Revocations made through this process take effect at once when followed by
-/// [`invalidate`](Self::invalidate); revocations made elsewhere take effect within the
-/// positive TTL (default 30 s).
+/// [`invalidate`](Self::invalidate) (a revocation through [`ApiKeyManager::revoke`] on the
+/// cache does it); revocations made elsewhere take effect within the positive TTL (default
+/// 30 s).
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    positive: moka::sync::Cache<KeyDigest, ApiKeyRecord>,
-    negative: moka::sync::Cache<KeyDigest, ()>,
+    positive: Arc<quick_cache::sync::Cache<KeyDigest, (Arc<ResolvedKey>, SystemTime)>>,
+    negative: Arc<quick_cache::sync::Cache<KeyDigest, SystemTime>>,
+    ttl: (Duration, Duration),
+    clock: Arc<dyn Clock>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedKeyStore")
             .field("inner", &self.inner)
-            .field("cached", &self.positive.entry_count())
-            .field("unknown", &self.negative.entry_count())
-            .finish()
+            .field("cached", &self.positive.len())
+            .field("unknown", &self.negative.len())
+            .finish_non_exhaustive()
     }
 }
+
+/// Capacity of the positive cache.
+const POSITIVE_CAPACITY: usize = 10_000;
+/// Capacity of the negative cache.
+const NEGATIVE_CAPACITY: usize = 100_000;
 
 impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
     /// Cache `inner`: found records for 30 s (at most 10,000), unknown digests for 30 s (at
@@ -223,27 +288,53 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
     pub fn with_ttl(inner: S, positive: Duration, negative: Duration) -> Self {
         Self {
             inner,
-            positive: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(positive)
-                .build(),
-            negative: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(negative)
-                .build(),
+            positive: Arc::new(quick_cache::sync::Cache::new(POSITIVE_CAPACITY)),
+            negative: Arc::new(quick_cache::sync::Cache::new(NEGATIVE_CAPACITY)),
+            ttl: (positive, negative),
+            clock: Arc::new(MonotonicClock::new()),
         }
+    }
+
+    /// The clock the TTLs are measured on (default: [`MonotonicClock`]; inject a
+    /// [`ManualClock`](crate::clock::ManualClock) in tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Forget what is cached for `digest` (call it after revoking or rotating that key).
     pub fn invalidate(&self, digest: &KeyDigest) {
-        self.positive.invalidate(digest);
-        self.negative.invalidate(digest);
+        self.positive.remove(digest);
+        self.negative.remove(digest);
     }
 
     /// Forget everything.
     pub fn invalidate_all(&self) {
-        self.positive.invalidate_all();
-        self.negative.invalidate_all();
+        self.positive.clear();
+        self.negative.clear();
+    }
+
+    /// A live positive entry; an expired one is removed.
+    fn cached_key(&self, digest: &KeyDigest, now: SystemTime) -> Option<Arc<ResolvedKey>> {
+        let (key, until) = self.positive.get(digest)?;
+        if now < until {
+            return Some(key);
+        }
+        self.positive.remove(digest);
+        None
+    }
+
+    /// Whether `digest` is cached as unknown; an expired entry is removed.
+    fn cached_unknown(&self, digest: &KeyDigest, now: SystemTime) -> bool {
+        match self.negative.get(digest) {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.negative.remove(digest);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The wrapped store.
@@ -256,7 +347,7 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
 /// that key's cached entry at once.
 impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
     fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()> {
-        self.negative.invalidate(&record.digest);
+        self.negative.remove(&record.digest);
         self.inner.create(record)
     }
 
@@ -287,20 +378,34 @@ impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
 }
 
 impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
-    fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
-        if let Some(record) = self.positive.get(digest) {
-            return Box::pin(std::future::ready(Ok(Some(record))));
+    fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
+        let now = self.clock.now();
+        if let Some(key) = self.cached_key(digest, now) {
+            return Some(CachedLookup::Found(key));
         }
-        if self.negative.contains_key(digest) {
-            return Box::pin(std::future::ready(Ok(None)));
+        self.cached_unknown(digest, now)
+            .then_some(CachedLookup::Unknown)
+    }
+
+    fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
+        match self.find_cached(digest) {
+            Some(CachedLookup::Found(key)) => {
+                return Box::pin(std::future::ready(Ok(Some(key.record.clone()))));
+            }
+            Some(CachedLookup::Unknown) => return Box::pin(std::future::ready(Ok(None))),
+            None => {}
         }
         let this = self.clone();
         let digest = *digest;
         Box::pin(async move {
             let found = this.inner.find(&digest).await?;
+            let now = this.clock.now();
             match &found {
-                Some(record) => this.positive.insert(digest, record.clone()),
-                None => this.negative.insert(digest, ()),
+                Some(record) => this.positive.insert(
+                    digest,
+                    (Arc::new(ResolvedKey::new(record.clone())), now + this.ttl.0),
+                ),
+                None => this.negative.insert(digest, now + this.ttl.1),
             }
             Ok(found)
         })

@@ -269,3 +269,36 @@ where
         }
     }
 }
+
+/// What an authenticator's check yields.
+#[cfg(any(feature = "jwt", feature = "api-key"))]
+pub(crate) type Outcome = Result<Option<Identity>, AuthError>;
+
+/// The state of an authenticator future that is usually ready at once (a cache hit) and
+/// otherwise boxed (a key refresh, a store lookup). Shared by `JwtFuture` and `ApiKeyFuture`.
+#[cfg(any(feature = "jwt", feature = "api-key"))]
+pub(crate) enum ReadyOrBoxed {
+    Ready(Option<Outcome>),
+    Boxed(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+#[cfg(any(feature = "jwt", feature = "api-key"))]
+impl ReadyOrBoxed {
+    pub(crate) fn boxed(future: impl Future<Output = Outcome> + Send + 'static) -> Self {
+        Self::Boxed(Box::pin(future))
+    }
+}
+
+#[cfg(any(feature = "jwt", feature = "api-key"))]
+impl Future for ReadyOrBoxed {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut *self {
+            Self::Ready(outcome) => {
+                Poll::Ready(outcome.take().expect("future polled after completion"))
+            }
+            Self::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}

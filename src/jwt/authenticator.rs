@@ -10,7 +10,7 @@ use super::claims::{self, ClaimRules};
 use super::jose;
 use super::keys::{JwtKey, KeySet, KeySource, install_provider};
 use super::revocation::{FailurePolicy, RevocationStore, TokenFacts};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ConfigError, RequestHead};
 use crate::extract::TokenExtractor;
@@ -294,18 +294,16 @@ impl JwtAuthenticator {
                 None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid"))),
                 Some(refresh) => {
                     let this = self.clone();
-                    JwtFuture {
-                        state: FutState::Pending(Box::pin(async move {
-                            let set = refresh.await?;
-                            match this.verify_now(&token, &set) {
-                                Ok(identity) => this.check_revocation(identity).await,
-                                Err(Step::Reject(e)) => Err(e),
-                                Err(Step::UnknownKid(_)) => {
-                                    Err(AuthError::invalid_token("unknown kid"))
-                                }
+                    JwtFuture(ReadyOrBoxed::boxed(async move {
+                        let set = refresh.await?;
+                        match this.verify_now(&token, &set) {
+                            Ok(identity) => this.check_revocation(identity).await,
+                            Err(Step::Reject(e)) => Err(e),
+                            Err(Step::UnknownKid(_)) => {
+                                Err(AuthError::invalid_token("unknown kid"))
                             }
-                        })),
-                    }
+                        }
+                    }))
                 }
             },
         }
@@ -319,11 +317,9 @@ impl JwtAuthenticator {
             return JwtFuture::ready(Ok(Some(identity)));
         }
         let this = self.clone();
-        JwtFuture {
-            state: FutState::Pending(Box::pin(
-                async move { this.check_revocation(identity).await },
-            )),
-        }
+        JwtFuture(ReadyOrBoxed::boxed(async move {
+            this.check_revocation(identity).await
+        }))
     }
 
     async fn check_revocation(&self, identity: Identity) -> Outcome {
@@ -711,24 +707,13 @@ impl Authenticator for JwtAuthenticator {
     }
 }
 
-type Outcome = Result<Option<Identity>, AuthError>;
-
 /// The future of [`JwtAuthenticator`]: ready at once unless the token's `kid` is unknown
-/// and the key source refreshes.
-pub struct JwtFuture {
-    state: FutState,
-}
-
-enum FutState {
-    Ready(Option<Outcome>),
-    Pending(Pin<Box<dyn Future<Output = Outcome> + Send>>),
-}
+/// and the key source refreshes, or a revocation store must be asked.
+pub struct JwtFuture(ReadyOrBoxed);
 
 impl JwtFuture {
     pub(crate) fn ready(outcome: Outcome) -> Self {
-        Self {
-            state: FutState::Ready(Some(outcome)),
-        }
+        Self(ReadyOrBoxed::Ready(Some(outcome)))
     }
 }
 
@@ -742,12 +727,7 @@ impl Future for JwtFuture {
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        match &mut self.state {
-            FutState::Ready(outcome) => {
-                Poll::Ready(outcome.take().expect("JwtFuture polled after completion"))
-            }
-            FutState::Pending(future) => future.as_mut().poll(cx),
-        }
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 

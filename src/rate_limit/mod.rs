@@ -451,6 +451,8 @@ where
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
+    // Without redis there is no asynchronous decision, so the loop never goes round.
+    #[cfg_attr(not(feature = "redis"), allow(clippy::never_loop))]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
