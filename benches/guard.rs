@@ -226,7 +226,7 @@ fn remote_benches(c: &mut Criterion) {
     }
     let after = rss_kib();
     println!(
-        "memory: 10,000 cached tokens ({} cached, ~{} bytes each as text) take about {} KiB          of resident memory ({} bytes per token)",
+        "memory: 10,000 cached tokens ({} cached, ~{} bytes each as text) take about {} KiB of resident memory ({} bytes per token)",
         cached.cached_tokens(),
         tokens[0].len(),
         after.saturating_sub(before),

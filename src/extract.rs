@@ -93,10 +93,14 @@ impl TokenExtractor {
     pub fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
         let mut found = None;
         for source in &self.sources {
-            let token = match source {
-                TokenSource::Bearer => bearer(headers)?,
-                TokenSource::Header(name) => single_header(headers, name)?,
-                TokenSource::Cookie(name) => cookie(headers, name)?,
+            // `checked`: the token is already known to be a b64token within the cap.
+            let (token, checked) = match source {
+                TokenSource::Bearer => match bearer_fast(headers, self.max_len) {
+                    Some(token) => (Some(token), true),
+                    None => (bearer(headers)?, false),
+                },
+                TokenSource::Header(name) => (single_header(headers, name)?, false),
+                TokenSource::Cookie(name) => (cookie(headers, name)?, false),
             };
             if let Some(token) = token {
                 if found.is_some() {
@@ -104,16 +108,18 @@ impl TokenExtractor {
                         "credential in more than one place",
                     ));
                 }
-                found = Some(token);
+                found = Some((token, checked));
             }
         }
-        let Some(token) = found else {
+        let Some((token, checked)) = found else {
             return Ok(None);
         };
-        if token.len() > self.max_len {
-            return Err(AuthError::invalid_token("token longer than the cap"));
+        if !checked {
+            if token.len() > self.max_len {
+                return Err(AuthError::invalid_token("token longer than the cap"));
+            }
+            check_b64token(token)?;
         }
-        check_b64token(token)?;
         Ok(Some(token))
     }
 }
@@ -145,6 +151,26 @@ fn visible_ascii(value: &http::HeaderValue) -> Result<&str, AuthError> {
             "credential header is not visible ASCII",
         )),
     }
+}
+
+/// The common case in one pass: exactly one `Authorization: Bearer <b64token>` (scheme in
+/// any case, one space) within `max_len`. `None` means *not that simple*: [`bearer`] and
+/// the checks after it then decide, with their exact errors. A b64token is visible ASCII,
+/// so the alphabet check stands in for [`visible_ascii`].
+fn bearer_fast(headers: &HeaderMap, max_len: usize) -> Option<&str> {
+    let value = one_value(headers, &AUTHORIZATION).ok()??;
+    let bytes = value.as_bytes();
+    let (scheme, token) = (bytes.get(..7)?, bytes.get(7..)?);
+    if !scheme.eq_ignore_ascii_case(b"bearer ") || token.len() > max_len {
+        return None;
+    }
+    let padding = token.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = &token[..token.len() - padding];
+    let alphabet = body.iter().fold(true, |ok, &b| ok & b64token_byte(b));
+    if body.is_empty() || !alphabet {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
@@ -251,6 +277,44 @@ mod tests {
         }
     }
     use crate::AuthErrorKind;
+
+    /// The general path alone: `bearer`, the cap, then the alphabet.
+    fn slow_path(h: &HeaderMap, max_len: usize) -> Result<Option<&str>, AuthError> {
+        let Some(token) = bearer(h)? else {
+            return Ok(None);
+        };
+        if token.len() > max_len {
+            return Err(AuthError::invalid_token("token longer than the cap"));
+        }
+        check_b64token(token)?;
+        Ok(Some(token))
+    }
+
+    proptest::proptest! {
+        /// The one-pass path only ever answers what the general path answers, and answers
+        /// for every well-formed `Bearer <b64token>`.
+        #[test]
+        fn bearer_fast_agrees_with_the_general_path(
+            scheme in "(Bearer|bearer|BEARER|Basic|Bearer |Bearer\t|Bear)",
+            token in r"[A-Za-z0-9._~+/=\- \t!\x7f]{0,24}",
+            max_len in 0usize..30,
+        ) {
+            let Ok(value) = http::HeaderValue::from_str(&format!("{scheme} {token}")) else {
+                return Ok(());
+            };
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, value);
+            let slow = slow_path(&h, max_len);
+            match bearer_fast(&h, max_len) {
+                Some(fast) => proptest::prop_assert_eq!(slow.ok().flatten(), Some(fast)),
+                None => {
+                    let simple = scheme.eq_ignore_ascii_case("bearer") && !token.starts_with(' ');
+                    proptest::prop_assert!(!(simple && slow.as_ref().is_ok_and(Option::is_some)),
+                        "the fast path refused a plain bearer token the general path accepts");
+                }
+            }
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
