@@ -228,3 +228,39 @@ async fn unreachable_redis_is_a_configuration_error() {
     );
     assert!(RedisRevocations::connect("not a url").await.is_err());
 }
+
+/// Through the layer, a cache hit with a revocation store configured still waits for the
+/// store: a revoked token is refused on its next request.
+#[tokio::test]
+async fn through_the_layer_a_cached_token_is_still_checked_for_revocation() {
+    use http::{Request, Response, StatusCode};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_api_guard::auth::AuthLayer;
+
+    let (clock, issuer) = setup();
+    let store = MemoryRevocations::new().with_clock(clock.clone());
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt(&issuer, &clock, store.clone())))
+        .service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+    let token = issuer
+        .token()
+        .audience("api")
+        .claim("jti", "t1".into())
+        .mint();
+    let call = || {
+        let request = Request::builder()
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        svc.clone().oneshot(request)
+    };
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK); // cached now
+    store
+        .revoke_token("t1", clock.now() + Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(call().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}

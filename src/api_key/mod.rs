@@ -664,18 +664,24 @@ impl Authenticator for ApiKeyAuthenticator {
         Ok(Some(ApiKeyCredential(self.inner.format.digest(key))))
     }
 
+    fn authenticate_now(&self, credential: ApiKeyCredential) -> Result<Outcome, ApiKeyCredential> {
+        let digest = &credential.0;
+        match self.inner.store.find_cached(digest) {
+            Some(CachedLookup::Found(key)) => Ok(self
+                .inner
+                .admit(key.record(), digest)
+                .map(|()| Some(key.identity().clone()))),
+            Some(CachedLookup::Unknown) => Ok(Err(AuthError::invalid_token("unknown API key"))),
+            None => Err(credential),
+        }
+    }
+
     fn authenticate(&self, credential: ApiKeyCredential) -> ApiKeyFuture {
-        let digest = credential.0;
-        match self.inner.store.find_cached(&digest) {
-            Some(CachedLookup::Found(key)) => ApiKeyFuture::ready(
-                self.inner
-                    .admit(key.record(), &digest)
-                    .map(|()| Some(key.identity().clone())),
-            ),
-            Some(CachedLookup::Unknown) => {
-                ApiKeyFuture::ready(Err(AuthError::invalid_token("unknown API key")))
+        match self.authenticate_now(credential) {
+            Ok(outcome) => ApiKeyFuture::ready(outcome),
+            Err(ApiKeyCredential(digest)) => {
+                ApiKeyFuture(ReadyOrBoxed::boxed(check(self.inner.clone(), digest)))
             }
-            None => ApiKeyFuture(ReadyOrBoxed::boxed(check(self.inner.clone(), digest))),
         }
     }
 }

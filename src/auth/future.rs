@@ -8,9 +8,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::service::reject;
+use super::service::{admit, reject};
 use crate::body::ResponseBody;
-use crate::error::{AuthError, LayerRenderer, RenderRejection};
+use crate::error::{AuthError, RenderRejection};
 use crate::identity::Identity;
 
 pin_project! {
@@ -24,6 +24,7 @@ pin_project! {
         inner: Option<S>,
         request: Option<Request<ReqBody>>,
         renderer: Option<Arc<dyn RenderRejection>>,
+        custom_renderer: bool,
     }
 }
 
@@ -45,12 +46,25 @@ where
         inner: S,
         request: Request<ReqBody>,
         renderer: Arc<dyn RenderRejection>,
+        custom_renderer: bool,
     ) -> Self {
         Self {
             state: State::Authenticating { future },
             inner: Some(inner),
             request: Some(request),
             renderer: Some(renderer),
+            custom_renderer,
+        }
+    }
+
+    /// Authenticated already: only the inner service's future.
+    pub(crate) fn calling(future: S::Future) -> Self {
+        Self {
+            state: State::Calling { future },
+            inner: None,
+            request: None,
+            renderer: None,
+            custom_renderer: false,
         }
     }
 
@@ -62,6 +76,7 @@ where
             inner: None,
             request: None,
             renderer: None,
+            custom_renderer: false,
         }
     }
 }
@@ -84,23 +99,8 @@ where
                     };
                     match outcome {
                         Ok(identity) => {
-                            if let Some(identity) = identity {
-                                tracing::debug!(
-                                    target: "tower_api_guard::auth",
-                                    subject = %identity.subject(),
-                                    source = %identity.source(),
-                                    "request authenticated"
-                                );
-                                request.extensions_mut().insert(identity);
-                            } else {
-                                tracing::debug!(
-                                    target: "tower_api_guard::auth",
-                                    "anonymous request let through"
-                                );
-                            }
-                            if let Some(renderer) = this.renderer.take() {
-                                request.extensions_mut().insert(LayerRenderer(renderer));
-                            }
+                            let renderer = this.renderer.take().filter(|_| *this.custom_renderer);
+                            admit(&mut request, identity, renderer);
                             let Some(mut inner) = this.inner.take() else {
                                 panic!("ResponseFuture polled after completion");
                             };

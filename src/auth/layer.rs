@@ -11,6 +11,7 @@ use crate::error::{DefaultRenderer, RenderRejection};
 pub struct AuthLayer<A> {
     pub(crate) authenticator: Arc<A>,
     pub(crate) renderer: Arc<dyn RenderRejection>,
+    pub(crate) custom_renderer: bool,
 }
 
 impl<A> Clone for AuthLayer<A> {
@@ -18,6 +19,7 @@ impl<A> Clone for AuthLayer<A> {
         Self {
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
+            custom_renderer: self.custom_renderer,
         }
     }
 }
@@ -35,6 +37,7 @@ impl<A: Authenticator> AuthLayer<A> {
         Self {
             authenticator: Arc::new(authenticator),
             renderer: Arc::new(DefaultRenderer::default()),
+            custom_renderer: false,
         }
     }
 
@@ -42,6 +45,7 @@ impl<A: Authenticator> AuthLayer<A> {
     /// `Fn(&AuthError, &RequestHead) -> Response<Bytes>`).
     pub fn with_renderer(mut self, renderer: impl RenderRejection) -> Self {
         self.renderer = Arc::new(renderer);
+        self.custom_renderer = true;
         self
     }
 
@@ -60,6 +64,7 @@ impl<A, S> Layer<S> for AuthLayer<A> {
             inner,
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
+            custom_renderer: self.custom_renderer,
         }
     }
 }

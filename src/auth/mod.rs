@@ -97,6 +97,23 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Check the credential. `Ok(None)` lets the request through anonymously (only
     /// [`Optional`] does that).
     fn authenticate(&self, credential: Self::Credential) -> Self::Future;
+
+    /// Check the credential without waiting, when that needs no waiting (a cache hit):
+    /// `Ok` holds exactly what [`authenticate`](Self::authenticate)'s future would yield,
+    /// `Err` hands the credential back for [`authenticate`](Self::authenticate). The
+    /// default always hands it back.
+    ///
+    /// [`AuthLayer`] asks this first; on `Ok` it calls the inner service at once and keeps
+    /// no state for later, which is the hot path of a cached credential.
+    ///
+    /// # Errors
+    /// `Err(credential)` when the check would have to wait.
+    fn authenticate_now(
+        &self,
+        credential: Self::Credential,
+    ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
+        Err(credential)
+    }
 }
 
 impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
@@ -109,6 +126,13 @@ impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
 
     fn authenticate(&self, credential: Self::Credential) -> Self::Future {
         (**self).authenticate(credential)
+    }
+
+    fn authenticate_now(
+        &self,
+        credential: Self::Credential,
+    ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
+        (**self).authenticate_now(credential)
     }
 }
 
@@ -178,6 +202,16 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
             },
         }
     }
+
+    fn authenticate_now(
+        &self,
+        credential: Self::Credential,
+    ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
+        match credential {
+            Either::First(a) => self.first.authenticate_now(a).map_err(Either::First),
+            Either::Second(b) => self.second.authenticate_now(b).map_err(Either::Second),
+        }
+    }
 }
 
 pin_project! {
@@ -236,6 +270,16 @@ impl<A: Authenticator> Authenticator for Optional<A> {
             None => OptionalFuture {
                 inner: OptionalInner::Anonymous,
             },
+        }
+    }
+
+    fn authenticate_now(
+        &self,
+        credential: Self::Credential,
+    ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
+        match credential {
+            Some(c) => self.inner.authenticate_now(c).map_err(Some),
+            None => Ok(Ok(None)),
         }
     }
 }

@@ -8,13 +8,16 @@ use tower_service::Service;
 
 use super::{AuthLayer, Authenticator, ResponseFuture};
 use crate::body::ResponseBody;
-use crate::error::{AuthError, RenderRejection, RequestHead};
+use crate::error::{AuthError, LayerRenderer, RenderRejection, RequestHead};
+use crate::identity::Identity;
 
 /// The service made by [`AuthLayer`].
 pub struct Auth<A, S> {
     pub(crate) inner: S,
     pub(crate) authenticator: Arc<A>,
     pub(crate) renderer: Arc<dyn RenderRejection>,
+    /// Whether `renderer` was set by the user (the default needs no request extension).
+    pub(crate) custom_renderer: bool,
 }
 
 impl<A, S: Clone> Clone for Auth<A, S> {
@@ -23,6 +26,7 @@ impl<A, S: Clone> Clone for Auth<A, S> {
             inner: self.inner.clone(),
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
+            custom_renderer: self.custom_renderer,
         }
     }
 }
@@ -96,11 +100,56 @@ where
                 return ResponseFuture::rejected(reject(&*self.renderer, error, &request));
             }
         };
+        let credential = match self.authenticator.authenticate_now(credential) {
+            // Known at once (a cache hit): call the ready inner service now, keep nothing.
+            Ok(Ok(identity)) => {
+                let mut request = request;
+                let renderer = self.custom_renderer.then(|| self.renderer.clone());
+                admit(&mut request, identity, renderer);
+                return ResponseFuture::calling(self.inner.call(request));
+            }
+            Ok(Err(error)) => {
+                return ResponseFuture::rejected(reject(&*self.renderer, error, &request));
+            }
+            Err(credential) => credential,
+        };
         let future = self.authenticator.authenticate(credential);
         // The ready inner service goes into the future; a fresh clone stays behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::authenticating(future, inner, request, self.renderer.clone())
+        ResponseFuture::authenticating(
+            future,
+            inner,
+            request,
+            self.renderer.clone(),
+            self.custom_renderer,
+        )
+    }
+}
+
+/// Let an authenticated (or anonymous) request in: the identity into its extensions, and
+/// the layer's renderer when it is not the default one (axum's extractors render with it).
+pub(crate) fn admit<B>(
+    request: &mut Request<B>,
+    identity: Option<Identity>,
+    renderer: Option<Arc<dyn RenderRejection>>,
+) {
+    if let Some(identity) = identity {
+        tracing::debug!(
+            target: "tower_api_guard::auth",
+            subject = %identity.subject(),
+            source = %identity.source(),
+            "request authenticated"
+        );
+        request.extensions_mut().insert(identity);
+    } else {
+        tracing::debug!(
+            target: "tower_api_guard::auth",
+            "anonymous request let through"
+        );
+    }
+    if let Some(renderer) = renderer {
+        request.extensions_mut().insert(LayerRenderer(renderer));
     }
 }
 

@@ -696,6 +696,15 @@ impl Authenticator for JwtAuthenticator {
         })))
     }
 
+    fn authenticate_now(&self, credential: JwtCredential) -> Result<Outcome, JwtCredential> {
+        match credential.0 {
+            Credential::Cached(identity) if self.config.revocation.is_none() => {
+                Ok(Ok(Some(identity)))
+            }
+            other => Err(JwtCredential(other)),
+        }
+    }
+
     fn authenticate(&self, credential: JwtCredential) -> JwtFuture {
         match credential.0 {
             Credential::Cached(identity) => self.after_verification(identity),

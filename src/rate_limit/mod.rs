@@ -249,6 +249,13 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
 /// Response header fields to add.
 type Fields = Vec<(HeaderName, HeaderValue)>;
 
+// Built at compile time: `HeaderName::from_static` validates its text on every call.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), plus the
 /// legacy `X-RateLimit-Limit/Remaining/Reset` of the tightest quota when asked for.
 fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
@@ -264,28 +271,16 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
     limit.push_str(";t=");
     limit.push_str(numbers.format(reset));
     let mut fields = Vec::with_capacity(if legacy { 5 } else { 2 });
+    fields.push((RATELIMIT_POLICY, plan.policy.clone()));
     fields.push((
-        HeaderName::from_static("ratelimit-policy"),
-        plan.policy.clone(),
-    ));
-    fields.push((
-        HeaderName::from_static("ratelimit"),
+        RATELIMIT,
         HeaderValue::try_from(limit).unwrap_or(HeaderValue::from_static("")),
     ));
     if legacy {
         let limit = plan.quotas.get(i).map_or(0, Quota::limit);
-        fields.push((
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(limit),
-        ));
-        fields.push((
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(remaining),
-        ));
-        fields.push((
-            HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset),
-        ));
+        fields.push((X_RATELIMIT_LIMIT, HeaderValue::from(limit)));
+        fields.push((X_RATELIMIT_REMAINING, HeaderValue::from(remaining)));
+        fields.push((X_RATELIMIT_RESET, HeaderValue::from(reset)));
     }
     fields
 }
