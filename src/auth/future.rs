@@ -21,11 +21,18 @@ pin_project! {
     {
         #[pin]
         state: State<AF, S::Future>,
-        inner: Option<S>,
-        request: Option<Request<ReqBody>>,
-        renderer: Option<Arc<dyn RenderRejection>>,
-        custom_renderer: bool,
+        // Boxed: only an authentication that waits needs it, and a cache hit then moves
+        // a small future instead of one that carries a whole request.
+        pending: Option<Box<Pending<S, ReqBody>>>,
     }
+}
+
+/// What a waiting authentication keeps for when it is done.
+struct Pending<S, ReqBody> {
+    inner: S,
+    request: Request<ReqBody>,
+    renderer: Arc<dyn RenderRejection>,
+    custom_renderer: bool,
 }
 
 pin_project! {
@@ -50,10 +57,12 @@ where
     ) -> Self {
         Self {
             state: State::Authenticating { future },
-            inner: Some(inner),
-            request: Some(request),
-            renderer: Some(renderer),
-            custom_renderer,
+            pending: Some(Box::new(Pending {
+                inner,
+                request,
+                renderer,
+                custom_renderer,
+            })),
         }
     }
 
@@ -61,10 +70,7 @@ where
     pub(crate) fn calling(future: S::Future) -> Self {
         Self {
             state: State::Calling { future },
-            inner: None,
-            request: None,
-            renderer: None,
-            custom_renderer: false,
+            pending: None,
         }
     }
 
@@ -73,10 +79,7 @@ where
             state: State::Rejected {
                 response: Some(response),
             },
-            inner: None,
-            request: None,
-            renderer: None,
-            custom_renderer: false,
+            pending: None,
         }
     }
 }
@@ -94,24 +97,22 @@ where
             match this.state.as_mut().project() {
                 StateProj::Authenticating { future } => {
                     let outcome = ready!(future.poll(cx));
-                    let Some(mut request) = this.request.take() else {
+                    let Some(pending) = this.pending.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
+                    let Pending {
+                        mut inner,
+                        mut request,
+                        renderer,
+                        custom_renderer,
+                    } = *pending;
                     match outcome {
                         Ok(identity) => {
-                            let renderer = this.renderer.take().filter(|_| *this.custom_renderer);
-                            admit(&mut request, identity, renderer);
-                            let Some(mut inner) = this.inner.take() else {
-                                panic!("ResponseFuture polled after completion");
-                            };
+                            admit(&mut request, identity, custom_renderer.then_some(renderer));
                             let future = inner.call(request);
                             this.state.set(State::Calling { future });
                         }
                         Err(error) => {
-                            let renderer = this
-                                .renderer
-                                .take()
-                                .expect("renderer present while authenticating");
                             let response = reject(&*renderer, error, &request);
                             this.state.set(State::Rejected {
                                 response: Some(response),

@@ -427,9 +427,7 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     state: State::Checking { check },
-                    inner: Some(inner),
-                    request: Some(request),
-                    shared: Some(self.shared.clone()),
+                    pending: Some(Box::new((inner, request, self.shared.clone()))),
                 }
             }
         }
@@ -444,9 +442,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        inner: Option<S>,
-        request: Option<Request<ReqBody>>,
-        shared: Option<Arc<Shared>>,
+        // Boxed: only a predicate that waits needs it (see the auth layer's future).
+        pending: Option<Box<(S, Request<ReqBody>, Arc<Shared>)>>,
     }
 }
 
@@ -466,9 +463,7 @@ where
     fn calling(future: S::Future) -> Self {
         Self {
             state: State::Calling { future },
-            inner: None,
-            request: None,
-            shared: None,
+            pending: None,
         }
     }
 
@@ -477,9 +472,7 @@ where
             state: State::Rejected {
                 response: Some(response),
             },
-            inner: None,
-            request: None,
-            shared: None,
+            pending: None,
         }
     }
 }
@@ -496,11 +489,10 @@ where
             match this.state.as_mut().project() {
                 StateProj::Checking { check } => {
                     let allowed = ready!(check.as_mut().poll(cx));
-                    let request = this.request.take().expect("polled after completion");
-                    let shared = this.shared.take().expect("polled after completion");
+                    let (mut inner, request, shared) =
+                        *this.pending.take().expect("polled after completion");
                     let identity = request.extensions().get::<Identity>();
                     if allowed || !deny(&shared, identity) {
-                        let mut inner = this.inner.take().expect("polled after completion");
                         let future = inner.call(request);
                         this.state.set(State::Calling { future });
                     } else {

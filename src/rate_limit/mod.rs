@@ -382,7 +382,7 @@ where
                 ResponseFuture {
                     state: State::Deciding { decide },
                     fields: None,
-                    pending: Some((inner, request, self.shared.clone())),
+                    pending: Some(Box::new((inner, request, self.shared.clone()))),
                 }
             }
         }
@@ -404,7 +404,8 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         fields: Option<Fields>,
-        pending: Option<(S, Request<ReqBody>, Arc<Shared>)>,
+        // Boxed: only a Redis decision needs it (see the auth layer's future).
+        pending: Option<Box<(S, Request<ReqBody>, Arc<Shared>)>>,
     }
 }
 
@@ -456,7 +457,7 @@ where
                 StateProj::Deciding { decide } => {
                     let (decision, policy, quotas) = ready!(decide.as_mut().poll(cx));
                     let (mut inner, request, shared) =
-                        this.pending.take().expect("polled after completion");
+                        *this.pending.take().expect("polled after completion");
                     let next = match decision {
                         Ok(decision) => apply(&shared, &quotas, &decision, &request),
                         Err(reason) => {
