@@ -96,5 +96,8 @@ pub mod rate_limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+#[cfg(feature = "redis")]
+mod redis_conn;
+
 pub use error::{AuthError, AuthErrorKind, ConfigError};
 pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

@@ -231,3 +231,21 @@ async fn redis_and_memory_stores_agree_over_several_quotas() {
     assert_eq!(r.quotas()[1].0, 98);
     assert!(r.retry_after().unwrap() > std::time::Duration::from_secs(25));
 }
+
+/// Both Redis clients of the crate refuse a dead server quickly (two connection attempts),
+/// instead of retrying with backoff for about ten seconds. Needs no Redis server: nothing
+/// listens on port 1.
+#[tokio::test]
+async fn a_dead_redis_is_an_error_within_seconds() {
+    use tower_api_guard::jwt::RedisRevocations;
+    let url = "redis://127.0.0.1:1";
+    let bound = Duration::from_secs(8);
+    let store = tokio::time::timeout(bound, RedisStore::connect(url))
+        .await
+        .expect("RedisStore::connect gave up within the bound");
+    assert!(store.is_err());
+    let revocations = tokio::time::timeout(bound, RedisRevocations::connect(url))
+        .await
+        .expect("RedisRevocations::connect gave up within the bound");
+    assert!(revocations.is_err());
+}

@@ -245,11 +245,7 @@ return 1";
         /// # Errors
         /// A malformed URL or a failed first connection.
         pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-            let client =
-                redis::Client::open(url).map_err(|_| ConfigError::new("invalid Redis URL"))?;
-            let conn = ConnectionManager::new(client)
-                .await
-                .map_err(|_| ConfigError::new("cannot connect to Redis"))?;
+            let conn = crate::redis_conn::connect(url).await?;
             Ok(Self {
                 conn,
                 prefix: "tag:revoked".into(),

@@ -93,14 +93,7 @@ impl RedisStore {
     /// # Errors
     /// A malformed URL or a failed first connection.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url).map_err(|_| ConfigError::new("invalid Redis URL"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|_| ConfigError::new("cannot connect to Redis"))?;
+        let conn = crate::redis_conn::connect(url).await?;
         Ok(Self {
             conn,
             script: Arc::new(redis::Script::new(GCRA)),
