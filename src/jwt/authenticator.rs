@@ -41,9 +41,10 @@ struct Config {
 }
 
 /// The verified-token cache, keyed by the token's trailing characters (see [`cache_key`]).
-/// quick_cache rather than moka, which the other caches use: this one is read on every
-/// request, and a quick_cache hit (a sharded read lock and one probe) costs a fraction of
-/// moka's (its hit also records the read for its eviction policy). It needs no time-to-live:
+/// quick_cache rather than moka (kept for the caches off the hot path: unknown `kid`s,
+/// revocations): this one is read on every request, and a quick_cache hit (a sharded read
+/// lock and one probe) costs a fraction of moka's, whose hit also records the read for its
+/// eviction policy. It needs no time-to-live:
 /// every hit checks `exp` itself. Its default hasher is foldhash with a random seed; the
 /// keys are signature characters, which a caller cannot choose without a valid signature.
 type TokenCache = quick_cache::sync::Cache<CacheKey, Arc<CachedToken>>;
