@@ -17,7 +17,7 @@ use http::{Request, StatusCode};
 use tower::ServiceExt;
 use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, ApiKeyRecord, ApiKeyStore, CachedKeyStore, KeyDigest,
-    KeyFormat, KeySourceHeader, MemoryKeyStore, NewKey, StoreError, StoreFuture,
+    KeyFormat, KeySourceHeader, MemoryKeyStore, NewKey, Plaintext, StoreError, StoreFuture,
 };
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
 use tower_api_guard::clock::{Clock, ManualClock};
@@ -28,6 +28,19 @@ use tower_api_guard::{AuthErrorKind, Identity, Source};
 /// Why `auth` refuses `key` (it must).
 async fn rejection(auth: &ApiKeyAuthenticator, key: &str) -> String {
     auth.verify(key).await.unwrap_err().reason().to_owned()
+}
+
+/// A key generated for `new` at the clock's time and kept in `store`: its plaintext and
+/// its record.
+fn issue(
+    format: &KeyFormat,
+    store: &MemoryKeyStore,
+    clock: &ManualClock,
+    new: NewKey,
+) -> (Plaintext, ApiKeyRecord) {
+    let (key, record) = format.generate_at(new, clock.now()).unwrap();
+    store.insert(record.clone());
+    (key, record)
 }
 
 fn setup() -> (Arc<ManualClock>, KeyFormat, MemoryKeyStore) {
@@ -41,10 +54,7 @@ fn setup() -> (Arc<ManualClock>, KeyFormat, MemoryKeyStore) {
 #[tokio::test]
 async fn malformed_keys_never_reach_the_store() {
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(NewKey::new("owner", "ci"), clock.now())
-        .unwrap();
-    store.insert(record);
+    let (key, _) = issue(&format, &store, &clock, NewKey::new("owner", "ci"));
     let auth = ApiKeyAuthenticator::new(format, store.clone()).clock(clock.clone());
     let mut typo = key.to_string().into_bytes();
     let i = typo.len() - 10;
@@ -76,31 +86,21 @@ async fn unknown_expired_and_revoked_keys_are_401() {
         "unknown API key"
     );
 
-    let (expiring, record) = format
-        .generate_at(
-            NewKey::new("o", "n").expires_at(clock.now() + Duration::from_secs(60)),
-            clock.now(),
-        )
-        .unwrap();
-    store.insert(record);
+    let (expiring, _) = issue(
+        &format,
+        &store,
+        &clock,
+        NewKey::new("o", "n").expires_at(clock.now() + Duration::from_secs(60)),
+    );
     assert!(auth.verify(&expiring).await.is_ok());
     clock.advance(Duration::from_secs(60));
-    assert_eq!(
-        auth.verify(&expiring).await.unwrap_err().reason(),
-        "API key expired"
-    );
+    assert_eq!(rejection(&auth, &expiring).await, "API key expired");
 
-    let (revoked, record) = format
-        .generate_at(NewKey::new("o", "n"), clock.now())
-        .unwrap();
+    let (revoked, record) = issue(&format, &store, &clock, NewKey::new("o", "n"));
     let id = record.id.clone();
-    store.insert(record);
     assert!(auth.verify(&revoked).await.is_ok());
     assert!(store.revoke_now(&id, clock.now()));
-    assert_eq!(
-        auth.verify(&revoked).await.unwrap_err().reason(),
-        "API key revoked"
-    );
+    assert_eq!(rejection(&auth, &revoked).await, "API key revoked");
     assert_eq!(store.owned_by("o").len(), 2);
 }
 
@@ -127,12 +127,9 @@ async fn a_store_failure_is_503() {
 #[tokio::test]
 async fn the_cache_absorbs_hot_keys_and_floods_of_unknown_ones() {
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(NewKey::new("o", "n"), clock.now())
-        .unwrap();
+    let (key, record) = issue(&format, &store, &clock, NewKey::new("o", "n"));
     let digest = record.digest;
     let id = record.id.clone();
-    store.insert(record);
     let cached = CachedKeyStore::new(store.clone());
     let auth = ApiKeyAuthenticator::new(format.clone(), cached.clone()).clock(clock.clone());
     for _ in 0..100 {
@@ -155,15 +152,14 @@ async fn the_cache_absorbs_hot_keys_and_floods_of_unknown_ones() {
 #[tokio::test]
 async fn a_cached_key_shares_its_identity_and_is_still_checked() {
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(
-            NewKey::new("svc", "n")
-                .scopes(["items:read"])
-                .expires_at(clock.now() + Duration::from_secs(10)),
-            clock.now(),
-        )
-        .unwrap();
-    store.insert(record);
+    let (key, _) = issue(
+        &format,
+        &store,
+        &clock,
+        NewKey::new("svc", "n")
+            .scopes(["items:read"])
+            .expires_at(clock.now() + Duration::from_secs(10)),
+    );
     let cached = CachedKeyStore::new(store.clone());
     let auth = ApiKeyAuthenticator::new(format.clone(), cached.clone()).clock(clock.clone());
     let first = auth.verify(&key).await.unwrap();
@@ -183,11 +179,8 @@ async fn a_cached_key_shares_its_identity_and_is_still_checked() {
     );
 
     // Another key, revoked through the cache's manager: refused at once.
-    let (key, record) = format
-        .generate_at(NewKey::new("svc", "m"), clock.now())
-        .unwrap();
+    let (key, record) = issue(&format, &store, &clock, NewKey::new("svc", "m"));
     let id = record.id.clone();
-    store.insert(record);
     auth.verify(&key).await.unwrap();
     assert!(cached.revoke(&id, clock.now()).await.unwrap());
     assert_eq!(rejection(&auth, &key).await, "API key revoked");
@@ -199,11 +192,8 @@ async fn a_cached_key_shares_its_identity_and_is_still_checked() {
 #[tokio::test]
 async fn cache_entries_expire_on_the_cache_clock() {
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(NewKey::new("o", "n"), clock.now())
-        .unwrap();
+    let (key, record) = issue(&format, &store, &clock, NewKey::new("o", "n"));
     let id = record.id.clone();
-    store.insert(record);
     let cached = CachedKeyStore::with_ttl(
         store.clone(),
         Duration::from_secs(30),
@@ -240,18 +230,17 @@ async fn cache_entries_expire_on_the_cache_clock() {
 #[tokio::test]
 async fn identity_carries_the_record() {
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(
-            NewKey::new("svc-billing", "nightly")
-                .scopes(["invoices:read"])
-                .roles(["service"])
-                .plan("gold")
-                .metadata(serde_json::json!({"team": "billing"})),
-            clock.now(),
-        )
-        .unwrap();
+    let (key, record) = issue(
+        &format,
+        &store,
+        &clock,
+        NewKey::new("svc-billing", "nightly")
+            .scopes(["invoices:read"])
+            .roles(["service"])
+            .plan("gold")
+            .metadata(serde_json::json!({"team": "billing"})),
+    );
     let key_id = record.id.clone();
-    store.insert(record);
     let id = ApiKeyAuthenticator::new(format, store)
         .clock(clock.clone())
         .verify(&key)
@@ -380,11 +369,8 @@ async fn jwt_or_key_on_one_route() {
 async fn last_used_is_written_in_batches_never_per_request() {
     use tower_api_guard::api_key::LastUsedTracker;
     let (clock, format, store) = setup();
-    let (key, record) = format
-        .generate_at(NewKey::new("o", "n"), clock.now())
-        .unwrap();
+    let (key, record) = issue(&format, &store, &clock, NewKey::new("o", "n"));
     let id = record.id.clone();
-    store.insert(record);
     let tracker = LastUsedTracker::new(store.clone(), Duration::from_secs(3600));
     let auth = ApiKeyAuthenticator::new(format, store.clone())
         .clock(clock.clone())
