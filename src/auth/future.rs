@@ -8,7 +8,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::service::{admit, reject};
+use super::service::{admit, reject, renderer_or_default};
 use crate::body::ResponseBody;
 use crate::error::{AuthError, RenderRejection};
 use crate::identity::Identity;
@@ -31,8 +31,7 @@ pin_project! {
 struct Pending<S, ReqBody> {
     inner: S,
     request: Request<ReqBody>,
-    renderer: Arc<dyn RenderRejection>,
-    custom_renderer: bool,
+    renderer: Option<Arc<dyn RenderRejection>>,
 }
 
 pin_project! {
@@ -52,8 +51,7 @@ where
         future: AF,
         inner: S,
         request: Request<ReqBody>,
-        renderer: Arc<dyn RenderRejection>,
-        custom_renderer: bool,
+        renderer: Option<Arc<dyn RenderRejection>>,
     ) -> Self {
         Self {
             state: State::Authenticating { future },
@@ -61,7 +59,6 @@ where
                 inner,
                 request,
                 renderer,
-                custom_renderer,
             })),
         }
     }
@@ -104,16 +101,15 @@ where
                         mut inner,
                         mut request,
                         renderer,
-                        custom_renderer,
                     } = *pending;
                     match outcome {
                         Ok(identity) => {
-                            admit(&mut request, identity, custom_renderer.then_some(renderer));
+                            admit(&mut request, identity, renderer);
                             let future = inner.call(request);
                             this.state.set(State::Calling { future });
                         }
                         Err(error) => {
-                            let response = reject(&*renderer, error, &request);
+                            let response = reject(renderer_or_default(&renderer), error, &request);
                             this.state.set(State::Rejected {
                                 response: Some(response),
                             });

@@ -10,8 +10,8 @@ use crate::error::{DefaultRenderer, RenderRejection};
 #[must_use]
 pub struct AuthLayer<A> {
     pub(crate) authenticator: Arc<A>,
-    pub(crate) renderer: Arc<dyn RenderRejection>,
-    pub(crate) custom_renderer: bool,
+    /// `None`: the default renderer (see [`DefaultRenderer`]).
+    pub(crate) renderer: Option<Arc<dyn RenderRejection>>,
 }
 
 impl<A> Clone for AuthLayer<A> {
@@ -19,7 +19,6 @@ impl<A> Clone for AuthLayer<A> {
         Self {
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
-            custom_renderer: self.custom_renderer,
         }
     }
 }
@@ -36,16 +35,14 @@ impl<A: Authenticator> AuthLayer<A> {
     pub fn new(authenticator: A) -> Self {
         Self {
             authenticator: Arc::new(authenticator),
-            renderer: Arc::new(DefaultRenderer::default()),
-            custom_renderer: false,
+            renderer: None,
         }
     }
 
     /// Render rejections with `renderer` (a [`RenderRejection`] or a closure
     /// `Fn(&AuthError, &RequestHead) -> Response<Bytes>`).
     pub fn with_renderer(mut self, renderer: impl RenderRejection) -> Self {
-        self.renderer = Arc::new(renderer);
-        self.custom_renderer = true;
+        self.renderer = Some(Arc::new(renderer));
         self
     }
 
@@ -64,7 +61,6 @@ impl<A, S> Layer<S> for AuthLayer<A> {
             inner,
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
-            custom_renderer: self.custom_renderer,
         }
     }
 }

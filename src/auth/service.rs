@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -8,16 +8,15 @@ use tower_service::Service;
 
 use super::{AuthLayer, Authenticator, ResponseFuture};
 use crate::body::ResponseBody;
-use crate::error::{AuthError, LayerRenderer, RenderRejection, RequestHead};
+use crate::error::{AuthError, DefaultRenderer, LayerRenderer, RenderRejection, RequestHead};
 use crate::identity::Identity;
 
 /// The service made by [`AuthLayer`].
 pub struct Auth<A, S> {
     pub(crate) inner: S,
     pub(crate) authenticator: Arc<A>,
-    pub(crate) renderer: Arc<dyn RenderRejection>,
-    /// Whether `renderer` was set by the user (the default needs no request extension).
-    pub(crate) custom_renderer: bool,
+    /// `None`: the default renderer, which needs no request extension.
+    pub(crate) renderer: Option<Arc<dyn RenderRejection>>,
 }
 
 impl<A, S: Clone> Clone for Auth<A, S> {
@@ -26,7 +25,6 @@ impl<A, S: Clone> Clone for Auth<A, S> {
             inner: self.inner.clone(),
             authenticator: self.authenticator.clone(),
             renderer: self.renderer.clone(),
-            custom_renderer: self.custom_renderer,
         }
     }
 }
@@ -91,25 +89,32 @@ where
             Ok(Some(credential)) => credential,
             Ok(None) => {
                 return ResponseFuture::rejected(reject(
-                    &*self.renderer,
+                    renderer_or_default(&self.renderer),
                     AuthError::missing_credentials(),
                     &request,
                 ));
             }
             Err(error) => {
-                return ResponseFuture::rejected(reject(&*self.renderer, error, &request));
+                return ResponseFuture::rejected(reject(
+                    renderer_or_default(&self.renderer),
+                    error,
+                    &request,
+                ));
             }
         };
         let credential = match self.authenticator.authenticate_now(credential) {
             // Known at once (a cache hit): call the ready inner service now, keep nothing.
             Ok(Ok(identity)) => {
                 let mut request = request;
-                let renderer = self.custom_renderer.then(|| self.renderer.clone());
-                admit(&mut request, identity, renderer);
+                admit(&mut request, identity, self.renderer.clone());
                 return ResponseFuture::calling(self.inner.call(request));
             }
             Ok(Err(error)) => {
-                return ResponseFuture::rejected(reject(&*self.renderer, error, &request));
+                return ResponseFuture::rejected(reject(
+                    renderer_or_default(&self.renderer),
+                    error,
+                    &request,
+                ));
             }
             Err(credential) => credential,
         };
@@ -117,13 +122,18 @@ where
         // The ready inner service goes into the future; a fresh clone stays behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::authenticating(
-            future,
-            inner,
-            request,
-            self.renderer.clone(),
-            self.custom_renderer,
-        )
+        ResponseFuture::authenticating(future, inner, request, self.renderer.clone())
+    }
+}
+
+/// A layer's renderer: its own, or the default one.
+pub(crate) fn renderer_or_default(
+    renderer: &Option<Arc<dyn RenderRejection>>,
+) -> &dyn RenderRejection {
+    static DEFAULT: LazyLock<DefaultRenderer> = LazyLock::new(DefaultRenderer::default);
+    match renderer {
+        Some(renderer) => &**renderer,
+        None => &*DEFAULT,
     }
 }
 
