@@ -59,6 +59,21 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// A store on the machine's Redis with a prefix of its own, or `None` (printed) without
+/// `REDIS_URL`.
+async fn machine_store(prefix: &str) -> Option<RedisStore> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+        return None;
+    };
+    Some(
+        RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .prefix(&unique(prefix)),
+    )
+}
+
 #[tokio::test]
 async fn two_instances_share_one_limit_and_survive_noscript() {
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -72,9 +87,14 @@ async fn two_instances_share_one_limit_and_survive_noscript() {
         RedisStore::connect(&url).await.unwrap().prefix(&prefix),
         "3/min",
     );
+    // The second sends every decision alone: both ways of calling share the state.
     let b = service(
         &issuer,
-        RedisStore::connect(&url).await.unwrap().prefix(&prefix),
+        RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .prefix(&prefix)
+            .max_batch(1),
         "3/min",
     );
     let token = issuer.token().audience("api").subject("shared").mint();
@@ -144,18 +164,27 @@ async fn wait_until_up(port: u16) {
     panic!("redis-server did not start on {port}");
 }
 
-#[tokio::test]
-async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
+/// A redis-server of the test's own on a free port, or `None` (printed) without
+/// `REDIS_URL`.
+async fn own_redis() -> Option<(OwnRedis, u16)> {
     if std::env::var("REDIS_URL").is_err() {
         eprintln!("skipped: REDIS_URL is not set (CI sets it and installs redis-server)");
-        return;
+        return None;
     }
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut redis = OwnRedis::start(port).expect("redis-server must be installed (see .ci/run)");
+    let redis = OwnRedis::start(port).expect("redis-server must be installed (see .ci/run)");
     wait_until_up(port).await;
+    Some((redis, port))
+}
+
+#[tokio::test]
+async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
+    let Some((mut redis, port)) = own_redis().await else {
+        return;
+    };
     let url = format!("redis://127.0.0.1:{port}");
     let issuer = TestIssuer::new("https://issuer.example");
     let open = service(&issuer, RedisStore::connect(&url).await.unwrap(), "100/s");
@@ -197,14 +226,9 @@ async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
 /// and a rejection reports every quota unconsumed.
 #[tokio::test]
 async fn redis_and_memory_stores_agree_over_several_quotas() {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+    let Some(store) = machine_store("tag-rl-agree").await else {
         return;
     };
-    let store = RedisStore::connect(&url)
-        .await
-        .unwrap()
-        .prefix(&unique("tag-rl-agree"));
     let memory = tower_api_guard::rate_limit::MemoryStore::new(16);
     let quotas = [
         Quota::parse("2/min").unwrap(),
@@ -248,4 +272,101 @@ async fn a_dead_redis_is_an_error_within_seconds() {
         .await
         .expect("RedisRevocations::connect gave up within the bound");
     assert!(revocations.is_err());
+}
+
+/// Concurrent decisions share script calls (batches), yet each is made exactly once, in
+/// order: of 120 concurrent requests for one key with 40 allowed, exactly 40 pass; keys
+/// with one and with two quotas, batched together, each get their own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_decisions_are_exact_under_concurrency() {
+    let Some(store) = machine_store("tag-rl-batch").await else {
+        return;
+    };
+    let store = store.budget(Duration::from_secs(5)).max_in_flight(1);
+    let one = vec![Quota::parse("40/min").unwrap()];
+    let two = vec![
+        Quota::parse("100/min").unwrap(),
+        Quota::parse("25/day").unwrap(),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let (store, one, two) = (store.clone(), one.clone(), two.clone());
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                ("one", store.check("one", &one, 1).await.unwrap())
+            } else {
+                ("two", store.check("two", &two, 1).await.unwrap())
+            }
+        });
+    }
+    let (mut allowed_one, mut allowed_two) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (key, decision) = done.unwrap();
+        match (key, decision.allowed()) {
+            ("one", true) => {
+                allowed_one += 1;
+                assert_eq!(decision.quotas().len(), 1);
+            }
+            ("two", true) => {
+                allowed_two += 1;
+                assert_eq!(decision.quotas().len(), 2);
+            }
+            (_, false) => assert!(decision.retry_after().is_some()),
+            _ => unreachable!(),
+        }
+    }
+    // 60 requests each: the first key allows 40 of its 60, the second 25 (its day quota).
+    assert_eq!((allowed_one, allowed_two), (40, 25));
+    let after = store.check("two", &two, 1).await.unwrap();
+    assert!(!after.allowed());
+    assert_eq!(
+        after.quotas()[0].0,
+        75,
+        "the minute quota counts only what passed"
+    );
+    assert_eq!(after.quotas()[1].0, 0);
+}
+
+/// A decision whose caller gave up (its budget ran out while Redis stalled) is dropped
+/// from the queue, not consumed when Redis answers again.
+#[tokio::test]
+async fn a_caller_past_its_budget_consumes_nothing_later() {
+    let Some((redis, port)) = own_redis().await else {
+        return;
+    };
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+        .budget(Duration::from_millis(200))
+        .max_in_flight(1);
+    let quota = [Quota::parse("3/min").unwrap()];
+    let signal = |sig: &str| {
+        let pid = redis.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    // The first decision is sent and waits for the stalled server; the next five queue
+    // behind it (one call in flight at most). All six callers give up at their budget.
+    assert_eq!(
+        store.check("k", &quota, 1).await.unwrap_err(),
+        "Redis over its time budget"
+    );
+    let queued: Vec<_> = (0..5).map(|_| store.check("k", &quota, 1)).collect();
+    for result in futures_util::future::join_all(queued).await {
+        assert_eq!(result.unwrap_err(), "Redis over its time budget");
+    }
+    signal("-CONT");
+    // The first decision reached Redis and consumed one request; the five others did not.
+    let mut allowed = 0;
+    for _ in 0..5 {
+        let decision = store.check("k", &quota, 1).await.unwrap();
+        allowed += u32::from(decision.allowed());
+    }
+    assert_eq!(allowed, 2);
 }

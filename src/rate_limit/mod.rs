@@ -14,8 +14,9 @@
 //! keep failing authentication, before any signature check. [`ClientAddr`] finds the client
 //! address (trusted proxies only, IPv6 grouped by /56).
 //!
-//! With the `redis` feature, `RedisStore` shares the limits between replicas (one Lua
-//! script per decision, on Redis server time, within a time budget, failing open or closed).
+//! With the `redis` feature, `RedisStore` shares the limits between replicas (a Lua script
+//! on Redis server time; a process's concurrent decisions share one script call; within a
+//! time budget, failing open or closed).
 //!
 //! Requests without an identity pass [`RateLimitLayer`] unless
 //! [`anonymous`](RateLimitLayer::anonymous) gives them per-address quotas. Legacy

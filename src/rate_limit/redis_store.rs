@@ -1,55 +1,70 @@
-//! [`RedisStore`]: GCRA shared by every replica, one Lua script, one round trip.
+//! [`RedisStore`]: GCRA shared by every replica; concurrent decisions share one script call.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Decision, Quota};
 use crate::error::ConfigError;
 
-/// GCRA over several quotas in one script, on Redis server time (so replicas with skewed
-/// clocks agree). Microseconds throughout (well inside Lua's exact integer range).
-/// KEYS: one per quota. ARGV: cost, then emission interval (µs) and burst per quota.
-/// Returns {allowed, retry_us, remaining_1, reset_us_1, …}.
+/// GCRA over a batch of decisions, each over several quotas, on Redis server time (so
+/// replicas with skewed clocks agree). Microseconds throughout (well inside Lua's exact
+/// integer range). Decisions are made in order, so two for one key in one batch see each
+/// other.
+/// KEYS: one per quota of each decision, in order.
+/// ARGV: the number of decisions; then for each: its number of quotas, its cost, and the
+/// emission interval (µs) and burst of each quota.
+/// Returns, for each decision: allowed (0/1), retry (µs), then remaining and reset (µs)
+/// per quota.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost = tonumber(ARGV[1])
-local tats, caps, new = {}, {}, {}
-local retry = 0
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  caps[i] = interval * tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  tats[i] = tat
-  new[i] = tat + cost * interval
-  if new[i] - now > caps[i] then
-    local wait = new[i] - now - caps[i]
+local call, floor, ceil, fmt = redis.call, math.floor, math.ceil, string.format
+local out, n = {}, 0
+local tats, new, ints, caps = {}, {}, {}, {}
+local k, a = 0, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local nq, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local retry = 0
+  for i = 1, nq do
+    local interval = tonumber(ARGV[a])
+    local cap = interval * tonumber(ARGV[a + 1])
+    a = a + 2
+    local tat = tonumber(call('GET', KEYS[k + i]) or now)
+    if tat < now then tat = now end
+    local next_tat = tat + cost * interval
+    ints[i], caps[i], tats[i], new[i] = interval, cap, tat, next_tat
+    local wait = next_tat - now - cap
     if wait > retry then retry = wait end
   end
-end
-local result
-if retry > 0 then
-  -- Rejected: nothing is consumed, so every quota is reported as it stands.
-  result = {0, retry}
-  for i = 1, #KEYS do
-    local interval = tonumber(ARGV[2 * i])
-    result[#result + 1] = math.max(0, math.floor((caps[i] - (tats[i] - now)) / interval))
-    result[#result + 1] = tats[i] - now
+  if retry > 0 then
+    -- Rejected: nothing is consumed, so every quota is reported as it stands.
+    out[n + 1], out[n + 2] = 0, retry
+    n = n + 2
+    for i = 1, nq do
+      local left = floor((caps[i] - (tats[i] - now)) / ints[i])
+      if left < 0 then left = 0 end
+      out[n + 1], out[n + 2] = left, tats[i] - now
+      n = n + 2
+    end
+  else
+    out[n + 1], out[n + 2] = 1, 0
+    n = n + 2
+    for i = 1, nq do
+      local ahead = new[i] - now
+      out[n + 1], out[n + 2] = floor((caps[i] - ahead) / ints[i]), ahead
+      n = n + 2
+      call('SET', KEYS[k + i], fmt('%.0f', new[i]), 'PX', ceil(ahead / 1000) + 1)
+    end
   end
-else
-  result = {1, 0}
-  for i = 1, #KEYS do
-    local interval = tonumber(ARGV[2 * i])
-    result[#result + 1] = math.floor((caps[i] - (new[i] - now)) / interval)
-    result[#result + 1] = new[i] - now
-    redis.call('SET', KEYS[i], string.format('%.0f', new[i]), 'PX', math.ceil((new[i] - now) / 1000) + 1)
-  end
+  k = k + nq
 end
-return result";
+return out";
 
 /// What a Redis failure does to the request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,19 +77,65 @@ pub enum RedisFailure {
     Closed,
 }
 
+/// The answer to one decision.
+type Reply = Result<Decision, &'static str>;
+
+/// One decision waiting for its batch.
+struct Job {
+    /// `prefix:{key}`: the quota's index follows.
+    base: String,
+    /// Emission interval (µs) and burst of each quota.
+    quotas: Vec<(u64, u32)>,
+    cost: u32,
+    reply: oneshot::Sender<Reply>,
+}
+
 /// A rate-limit store in Redis (feature `redis`), so that replicas share one limit.
 ///
-/// One `EVALSHA` per decision (the script is loaded once and reloaded on `NOSCRIPT`), on
-/// Redis server time, within a time budget (default 50 ms). On an error or timeout the
-/// [`RedisFailure`] policy decides; the connection manager reconnects by itself.
+/// Decisions run the GCRA in a Lua script, on Redis server time. Concurrent decisions of
+/// one process are batched: a background task sends whatever has queued as one `EVALSHA`
+/// (at most [`max_batch`](Self::max_batch) decisions, at most
+/// [`max_in_flight`](Self::max_in_flight) calls at once), so under load one round trip
+/// and one script run serve many requests, and a lone request waits for nobody. The
+/// decisions are exactly those of one call each: the script makes them in arrival order,
+/// atomically. The script is loaded once and reloaded on `NOSCRIPT`.
+///
+/// Each decision has a time budget (default 50 ms) that covers its wait in the queue and
+/// the round trip; a decision whose caller has given up is dropped from the queue rather
+/// than consumed later. On an error, a full queue or a blown budget the [`RedisFailure`]
+/// policy decides; the connection manager reconnects by itself.
+///
+/// One script call holds keys of several identities, so the store needs one Redis server
+/// (or a primary with replicas), not a Redis Cluster or a proxy that routes by key; behind
+/// such a proxy use `max_batch(1)`, one decision (one identity's keys, which share a hash
+/// tag) per call.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tower_api_guard::error::ConfigError> {
+/// use std::time::Duration;
+/// use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisFailure, RedisStore};
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379")
+///     .await?
+///     .prefix("myapi:rl")
+///     .budget(Duration::from_millis(20))
+///     .on_failure(RedisFailure::Closed);
+/// let layer = RateLimitLayer::new([Quota::parse("100/min").unwrap()]).redis(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
+    queue: mpsc::Sender<Job>,
     conn: ConnectionManager,
-    script: Arc<redis::Script>,
+    runtime: Handle,
     prefix: Arc<str>,
     budget: Duration,
     failure: RedisFailure,
+    max_batch: usize,
+    max_in_flight: usize,
 }
 
 impl fmt::Debug for RedisStore {
@@ -83,23 +144,30 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .field("budget", &self.budget)
             .field("failure", &self.failure)
+            .field("max_batch", &self.max_batch)
+            .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connect to `url`.
+    /// Connect to `url`, and start the task that sends the batches (on the current Tokio
+    /// runtime; it ends when the last clone of the store is dropped).
     ///
     /// # Errors
     /// A malformed URL or a failed first connection.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let conn = crate::redis_conn::connect(url).await?;
+        let (max_batch, max_in_flight) = (64, 4);
         Ok(Self {
+            queue: start(&Handle::current(), conn.clone(), max_batch, max_in_flight),
             conn,
-            script: Arc::new(redis::Script::new(GCRA)),
+            runtime: Handle::current(),
             prefix: "tag:rl".into(),
             budget: Duration::from_millis(50),
             failure: RedisFailure::Open,
+            max_batch,
+            max_in_flight,
         })
     }
 
@@ -110,17 +178,44 @@ impl RedisStore {
         self
     }
 
-    /// The time budget of one decision (default 50 ms).
+    /// The time budget of one decision, queue and round trip (default 50 ms).
     #[must_use]
     pub fn budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
         self
     }
 
-    /// What an error or timeout does (default [`RedisFailure::Open`]).
+    /// What an error, a full queue or a blown budget does (default [`RedisFailure::Open`]).
     #[must_use]
     pub fn on_failure(mut self, failure: RedisFailure) -> Self {
         self.failure = failure;
+        self
+    }
+
+    /// At most `n` decisions in one script call (default 64; at least 1). A batch of 64
+    /// holds Redis for a few hundred microseconds. `1` sends every decision alone.
+    #[must_use]
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self.restart()
+    }
+
+    /// At most `n` script calls of this store waiting for Redis at once (default 4; at
+    /// least 1). Decisions arriving meanwhile queue for the next batch.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self.restart()
+    }
+
+    /// A new batching task with the current settings; the old one ends with its queue.
+    fn restart(mut self) -> Self {
+        self.queue = start(
+            &self.runtime,
+            self.conn.clone(),
+            self.max_batch,
+            self.max_in_flight,
+        );
         self
     }
 
@@ -132,41 +227,129 @@ impl RedisStore {
     /// Decide for `key` against `quotas`, consuming `cost` when allowed.
     ///
     /// # Errors
-    /// A Redis error or a blown time budget (the reason, for logs).
+    /// A Redis error, a full queue or a blown time budget (the reason, for logs).
     pub async fn check(
         &self,
         key: &str,
         quotas: &[Quota],
         cost: u32,
     ) -> Result<Decision, &'static str> {
-        let mut invocation = self.script.prepare_invoke();
-        for i in 0..quotas.len() {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
             // Hash tag: every key of one identity lands on one cluster slot.
-            invocation.key(format!("{}:{{{key}}}:{i}", self.prefix));
+            base: format!("{}:{{{key}}}", self.prefix),
+            quotas: quotas
+                .iter()
+                .map(|q| {
+                    let interval_us = (q.window().as_micros() / u128::from(q.limit())).max(1);
+                    (u64::try_from(interval_us).unwrap_or(u64::MAX), q.burst())
+                })
+                .collect(),
+            cost,
+            reply,
+        };
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "Redis queue full",
+            mpsc::error::TrySendError::Closed(_) => "Redis batching task stopped",
+        })?;
+        match tokio::time::timeout(self.budget, answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err("Redis batching task stopped"),
+            Err(_) => Err("Redis over its time budget"),
         }
-        invocation.arg(cost);
-        for q in quotas {
-            let interval_us = (q.window().as_micros() / u128::from(q.limit())).max(1);
-            invocation
-                .arg(u64::try_from(interval_us).unwrap_or(u64::MAX))
-                .arg(q.burst());
+    }
+}
+
+/// Start a batching task; its queue holds what `max_in_flight` full batches and a margin
+/// need, so a stalled server fails requests at once instead of growing memory.
+fn start(
+    runtime: &Handle,
+    conn: ConnectionManager,
+    max_batch: usize,
+    max_in_flight: usize,
+) -> mpsc::Sender<Job> {
+    let capacity = max_batch
+        .saturating_mul(max_in_flight)
+        .saturating_mul(4)
+        .max(1024);
+    let (queue, jobs) = mpsc::channel(capacity);
+    runtime.spawn(batches(jobs, conn, max_batch, max_in_flight));
+    queue
+}
+
+/// Take whatever has queued (up to `max_batch`) whenever fewer than `max_in_flight`
+/// calls are out, and send it as one call.
+async fn batches(
+    mut jobs: mpsc::Receiver<Job>,
+    conn: ConnectionManager,
+    max_batch: usize,
+    max_in_flight: usize,
+) {
+    let script = Arc::new(redis::Script::new(GCRA));
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut taken = Vec::with_capacity(max_batch);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if jobs.recv_many(&mut taken, max_batch).await == 0 {
+            return; // Every clone of the store is gone.
         }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> =
-            match tokio::time::timeout(self.budget, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(_)) => return Err("Redis error"),
-                Err(_) => return Err("Redis over its time budget"),
-            };
-        if reply.len() != 2 + 2 * quotas.len() {
-            return Err("unexpected reply from the rate-limit script");
+        // A caller past its budget has had its answer (the failure policy): its decision
+        // must not consume anything now.
+        let batch: Vec<Job> = taken.drain(..).filter(|j| !j.reply.is_closed()).collect();
+        if batch.is_empty() {
+            continue;
         }
-        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-        let per_quota = reply[2..]
+        let (conn, script) = (conn.clone(), script.clone());
+        tokio::spawn(async move {
+            decide(conn, &script, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One script call for `batch`, and each job's answer.
+async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<Job>) {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(batch.len());
+    for job in &batch {
+        invocation.arg(job.quotas.len()).arg(job.cost);
+        for (i, (interval, burst)) in job.quotas.iter().enumerate() {
+            invocation.key(format!("{}:{i}", job.base));
+            invocation.arg(*interval).arg(*burst);
+        }
+    }
+    // The connection's own response timeout (2 s) bounds the wait; callers stop waiting
+    // at their budget.
+    let reply: Vec<i64> = match invocation.invoke_async(&mut conn).await {
+        Ok(reply) => reply,
+        Err(_) => {
+            for job in batch {
+                let _ = job.reply.send(Err("Redis error"));
+            }
+            return;
+        }
+    };
+    let expected: usize = batch.iter().map(|j| 2 + 2 * j.quotas.len()).sum();
+    if reply.len() != expected {
+        for job in batch {
+            let _ = job
+                .reply
+                .send(Err("unexpected reply from the rate-limit script"));
+        }
+        return;
+    }
+    let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    let mut rest = reply.as_slice();
+    for job in batch {
+        let (own, next) = rest.split_at(2 + 2 * job.quotas.len());
+        rest = next;
+        let per_quota = own[2..]
             .chunks(2)
             .map(|c| (u64::try_from(c[0]).unwrap_or(0), micros(c[1])))
             .collect();
-        let retry = (reply[0] == 0).then(|| micros(reply[1]).max(Duration::from_micros(1)));
-        Ok(Decision::from_parts(per_quota, retry))
+        let retry = (own[0] == 0).then(|| micros(own[1]).max(Duration::from_micros(1)));
+        let _ = job.reply.send(Ok(Decision::from_parts(per_quota, retry)));
     }
 }
