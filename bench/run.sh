@@ -6,7 +6,7 @@
 #   target/bench-results/report.md
 #
 # Settings (environment): ROUNDS (3), DURATION seconds per load (10), WARMUP seconds (2),
-# CONNECTIONS (32), THREADS (1), VARIANTS (all six), MICRO=0 to skip the criterion part,
+# CONNECTIONS (32), THREADS (1), VARIANTS (all seven), MICRO=0 to skip the criterion part,
 # REDIS_URL (redis://127.0.0.1:6379; started here when not running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
-VARIANTS=${VARIANTS:-"bare ours-jwt ours-jwt-nocache ours-apikey ours-redis peer"}
+VARIANTS=${VARIANTS:-"bare ours-jwt ours-jwt-nocache ours-apikey ours-redis ours-redis-lease peer"}
 MICRO=${MICRO:-1}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 OUT=$ROOT/target/bench-results
@@ -34,8 +34,8 @@ if ! command -v wrk >/dev/null; then
         { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q wrk >/dev/null; }
 fi
 
-# Redis, for the ours-redis variant.
-if [[ " $VARIANTS " == *" ours-redis "* ]] && ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+# Redis, for the ours-redis variants.
+if [[ " $VARIANTS " == *" ours-redis"* ]] && ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
     say "starting redis-server"
     redis-server --port "${REDIS_URL##*:}" --save '' --appendonly no --daemonize yes >/dev/null
     for _ in $(seq 50); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 0.1; done

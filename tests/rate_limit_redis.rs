@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::clock::ManualClock;
 use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisFailure, RedisStore};
 use tower_api_guard::testing::TestIssuer;
@@ -369,4 +370,67 @@ async fn a_caller_past_its_budget_consumes_nothing_later() {
         allowed += u32::from(decision.allowed());
     }
     assert_eq!(allowed, 2);
+}
+
+/// Two replicas on the machine's Redis: the first leases 5 requests at a time for 1 s on
+/// a manual clock, the second asks Redis for each request.
+async fn replicas(prefix: &str) -> Option<(RedisStore, RedisStore, std::sync::Arc<ManualClock>)> {
+    let b = machine_store(prefix).await?;
+    let clock = std::sync::Arc::new(ManualClock::at_unix(1_700_000_000));
+    let a = b
+        .clone()
+        .lease(5, Duration::from_secs(1))
+        .clock(clock.clone());
+    Some((a, b, clock))
+}
+
+/// Leases: a process takes up to `size` requests at once, as many as are left, and spends
+/// them without asking Redis; the replicas together never allow more than the limit.
+#[tokio::test]
+async fn leases_spend_locally_and_never_exceed_the_shared_limit() {
+    // `a` leases 5 at a time, `b` (same prefix: another replica) asks for each request.
+    let Some((a, b, _clock)) = replicas("tag-rl-lease").await else {
+        return;
+    };
+    let quota = [Quota::parse("11/min").unwrap()];
+    let check = |store: &RedisStore| {
+        let store = store.clone();
+        async move {
+            let d = store.check("k", &quota, 1).await.unwrap();
+            (d.allowed(), d.quotas()[0].0)
+        }
+    };
+    // a takes 5 (6 left in Redis) and spends one; it reports 6 + its 4.
+    assert_eq!(check(&a).await, (true, 10));
+    assert_eq!(check(&b).await, (true, 5));
+    for left in (0..4).rev() {
+        assert_eq!(check(&a).await, (true, 6 + left));
+    }
+    // a's four were spent without Redis: b sees only its own second request.
+    assert_eq!(check(&b).await, (true, 4));
+    // a's lease is empty: it takes what is left (4 of the 5 it wants).
+    assert_eq!(check(&a).await, (true, 3));
+    assert!(!check(&b).await.0);
+    for _ in 0..3 {
+        assert!(check(&a).await.0);
+    }
+    assert!(!check(&a).await.0);
+    // 11 in all: a 1 + 4 + 1 + 3, b 2.
+}
+
+/// A lease ends with its time to live: what it held is not spent afterwards.
+#[tokio::test]
+async fn an_expired_lease_is_not_spent() {
+    let Some((a, b, clock)) = replicas("tag-rl-lease-ttl").await else {
+        return;
+    };
+    let quota = [Quota::parse("100/min").unwrap()];
+    assert!(a.check("k", &quota, 1).await.unwrap().allowed());
+    clock.advance(Duration::from_millis(999));
+    assert!(a.check("k", &quota, 1).await.unwrap().allowed());
+    assert_eq!(b.check("k", &quota, 1).await.unwrap().quotas()[0].0, 94);
+    // Past the time to live, a takes a new lease of 5; the 3 it held are lost.
+    clock.advance(Duration::from_millis(1));
+    assert!(a.check("k", &quota, 1).await.unwrap().allowed());
+    assert_eq!(b.check("k", &quota, 1).await.unwrap().quotas()[0].0, 88);
 }

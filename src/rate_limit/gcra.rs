@@ -95,11 +95,11 @@ pub struct Decision {
 impl Decision {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_parts(
-        per_quota: Vec<(u64, Duration)>,
+        per_quota: impl ExactSizeIterator<Item = (u64, Duration)>,
         retry_after: Option<Duration>,
     ) -> Self {
         let mut d = Self::empty(per_quota.len());
-        for (i, q) in per_quota.into_iter().enumerate() {
+        for (i, q) in per_quota.enumerate() {
             d.set(i, q);
         }
         d.retry_after = retry_after;
