@@ -450,8 +450,9 @@ fn rate_limit_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Redis decisions per second with 64 concurrent callers, against `redis-benchmark`'s
-/// `EVALSHA` rate for a trivial script in the same run. Needs `REDIS_URL` and
+/// Redis decisions per second with 64 concurrent callers, batched (the default) and one
+/// decision per call, against `redis-benchmark`'s `EVALSHA` rate for a trivial script in
+/// the same run. Needs `REDIS_URL` and
 /// `redis-benchmark`; printed, not a criterion timing.
 fn redis_benches(_c: &mut Criterion) {
     use tower_api_guard::rate_limit::{Quota, RedisStore};
@@ -465,23 +466,38 @@ fn redis_benches(_c: &mut Criterion) {
         .build()
         .unwrap();
     let total = 100_000u32;
-    let ours = rt.block_on(async {
-        let store = RedisStore::connect(&url).await.unwrap().prefix("tag-bench");
-        let quota = [Quota::parse("1000000/s").unwrap()];
-        let start = std::time::Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..64u32 {
-            let store = store.clone();
-            tasks.spawn(async move {
-                for n in 0..total / 64 {
-                    let key = format!("user-{}", (c * 1000 + n) % 10_000);
-                    store.check(&key, &quota, 1).await.unwrap();
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        f64::from(total / 64 * 64) / start.elapsed().as_secs_f64()
-    });
+    let rate = |batch: usize, in_flight: usize| {
+        rt.block_on(async {
+            let store = RedisStore::connect(&url)
+                .await
+                .unwrap()
+                .prefix("tag-bench")
+                .max_batch(batch)
+                .max_in_flight(in_flight);
+            let quota = [Quota::parse("1000000/s").unwrap()];
+            let start = std::time::Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for c in 0..64u32 {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    for n in 0..total / 64 {
+                        let key = format!("user-{}", (c * 1000 + n) % 10_000);
+                        store.check(&key, &quota, 1).await.unwrap();
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            f64::from(total / 64 * 64) / start.elapsed().as_secs_f64()
+        })
+    };
+    // One decision per call, pipelined without limit: what the store did before batching.
+    let single = rate(1, 1024);
+    let ours = rate(64, 4);
+    println!(
+        "redis: {ours:.0} decisions/s batched (the defaults) against {single:.0}/s one \
+         decision per call (max_batch 1, max_in_flight 1024), 64 callers; ratio {:.2}",
+        ours / single
+    );
     let (host, port) = url
         .trim_start_matches("redis://")
         .split_once(':')

@@ -16,7 +16,8 @@
 //!
 //! With the `redis` feature, `RedisStore` shares the limits between replicas (a Lua script
 //! on Redis server time; a process's concurrent decisions share one script call; within a
-//! time budget, failing open or closed).
+//! time budget, failing open or closed; optionally leasing a few requests per key at once,
+//! never allowing more than the limit).
 //!
 //! Requests without an identity pass [`RateLimitLayer`] unless
 //! [`anonymous`](RateLimitLayer::anonymous) gives them per-address quotas. Legacy

@@ -232,7 +232,9 @@ impl RedisStore {
     }
 
     /// At most `n` decisions in one script call (default 64; at least 1). A batch of 64
-    /// holds Redis for a few hundred microseconds. `1` sends every decision alone.
+    /// holds Redis for a few hundred microseconds. `1` sends every decision alone; raise
+    /// [`max_in_flight`](Self::max_in_flight) with it (e.g. to 256), since each call then
+    /// carries one decision.
     #[must_use]
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
