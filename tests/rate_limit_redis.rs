@@ -418,9 +418,10 @@ async fn leases_spend_locally_and_never_exceed_the_shared_limit() {
     // 11 in all: a 1 + 4 + 1 + 3, b 2.
 }
 
-/// A lease ends with its time to live: what it held is not spent afterwards.
+/// A lease ends with its time to live (what it held is not spent afterwards) and serves
+/// only the quotas it was taken for.
 #[tokio::test]
-async fn an_expired_lease_is_not_spent() {
+async fn a_lease_expires_and_serves_only_its_own_quotas() {
     let Some((a, b, clock)) = replicas("tag-rl-lease-ttl").await else {
         return;
     };
@@ -433,4 +434,9 @@ async fn an_expired_lease_is_not_spent() {
     clock.advance(Duration::from_millis(1));
     assert!(a.check("k", &quota, 1).await.unwrap().allowed());
     assert_eq!(b.check("k", &quota, 1).await.unwrap().quotas()[0].0, 88);
+    // A lease serves only the quotas it was taken for: another plan for the key (here with
+    // a second quota) takes its own from Redis.
+    let plan = [quota[0], Quota::parse("1000/day").unwrap()];
+    assert!(a.check("k", &plan, 1).await.unwrap().allowed());
+    assert_eq!(b.check("k", &quota, 1).await.unwrap().quotas()[0].0, 82);
 }
