@@ -440,3 +440,18 @@ async fn a_lease_expires_and_serves_only_its_own_quotas() {
     assert!(a.check("k", &plan, 1).await.unwrap().allowed());
     assert_eq!(b.check("k", &quota, 1).await.unwrap().quotas()[0].0, 82);
 }
+
+/// An absurd lease time (here `Duration::MAX`) is capped, not a panic on the clock's sum.
+#[tokio::test]
+async fn an_endless_lease_time_is_capped() {
+    let Some(store) = machine_store("tag-rl-lease-max").await else {
+        return;
+    };
+    let store = store.lease(5, Duration::MAX);
+    let quota = [Quota::parse("100/min").unwrap()];
+    // 5 taken, 95 left in Redis; the lease holds 4, then 3: the lease is current.
+    for remaining in [99, 98] {
+        let decision = store.check("k", &quota, 1).await.unwrap();
+        assert_eq!(decision.quotas()[0].0, remaining);
+    }
+}

@@ -251,7 +251,7 @@ impl RedisStore {
 
     /// Take up to `size` requests from the shared limit whenever a key needs one, and
     /// spend the rest in this process for up to `ttl` (off by default; `size` ≤ 1 turns
-    /// it off). At most 100,000 keys hold a lease.
+    /// it off; `ttl` is capped at one hour). At most 100,000 keys hold a lease.
     ///
     /// A lease is taken from the shared limit like requests are, as many as every quota
     /// has left (at least the one needed, or the request is rejected as without a lease),
@@ -267,7 +267,7 @@ impl RedisStore {
     pub fn lease(mut self, size: u32, ttl: Duration) -> Self {
         self.leasing = (size > 1).then(|| Leasing {
             size,
-            ttl,
+            ttl: ttl.min(Duration::from_secs(3600)),
             leases: Arc::new(Leases::new(100_000)),
         });
         self
@@ -367,7 +367,7 @@ impl Leasing {
 
     /// Keep `left` requests for `key`, on top of what its lease still holds.
     fn keep(&self, key: &str, quotas: &[Quota], left: u32, decision: &Decision, now: SystemTime) {
-        let until = now + self.ttl;
+        let until = now.checked_add(self.ttl).unwrap_or(now);
         if let Some(lease) = self.leases.get(key) {
             let mut lease = lease
                 .lock()
