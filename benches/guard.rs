@@ -452,8 +452,7 @@ fn rate_limit_benches(c: &mut Criterion) {
 
 /// Redis decisions per second with 64 concurrent callers, batched (the default) and one
 /// decision per call, against `redis-benchmark`'s `EVALSHA` rate for a trivial script in
-/// the same run. Needs `REDIS_URL` and
-/// `redis-benchmark`; printed, not a criterion timing.
+/// the same run. Needs `REDIS_URL` and `redis-benchmark`; printed, not a criterion timing.
 fn redis_benches(_c: &mut Criterion) {
     use tower_api_guard::rate_limit::{Quota, RedisStore};
     let Ok(url) = std::env::var("REDIS_URL") else {

@@ -100,6 +100,14 @@ struct Job {
     reply: oneshot::Sender<Reply>,
 }
 
+impl Job {
+    /// The length of this job's part of the script's reply: allowed, retry, taken, then
+    /// remaining and reset per quota.
+    fn reply_len(&self) -> usize {
+        3 + 2 * self.quotas.len()
+    }
+}
+
 /// Requests taken from Redis ahead of need, for one key (see [`RedisStore::lease`]).
 struct Lease {
     quotas: Vec<Quota>,
@@ -195,11 +203,12 @@ impl RedisStore {
     /// A malformed URL or a failed first connection.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
         let conn = crate::redis_conn::connect(url).await?;
+        let runtime = Handle::current();
         let (max_batch, max_in_flight) = (64, 4);
         Ok(Self {
-            queue: start(&Handle::current(), conn.clone(), max_batch, max_in_flight),
+            queue: start(&runtime, conn.clone(), max_batch, max_in_flight),
             conn,
-            runtime: Handle::current(),
+            runtime,
             prefix: "tag:rl".into(),
             budget: Duration::from_millis(50),
             failure: RedisFailure::Open,
@@ -469,28 +478,16 @@ async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<
     }
     // The connection's own response timeout (2 s) bounds the wait; callers stop waiting
     // at their budget.
-    let reply: Vec<i64> = match invocation.invoke_async(&mut conn).await {
-        Ok(reply) => reply,
-        Err(_) => {
-            for job in batch {
-                let _ = job.reply.send(Err("Redis error"));
-            }
-            return;
-        }
+    let expected: usize = batch.iter().map(Job::reply_len).sum();
+    let reply: Vec<i64> = match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+        Ok(reply) if reply.len() == expected => reply,
+        Ok(_) => return fail(batch, "unexpected reply from the rate-limit script"),
+        Err(_) => return fail(batch, "Redis error"),
     };
-    let expected: usize = batch.iter().map(|j| 3 + 2 * j.quotas.len()).sum();
-    if reply.len() != expected {
-        for job in batch {
-            let _ = job
-                .reply
-                .send(Err("unexpected reply from the rate-limit script"));
-        }
-        return;
-    }
     let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     let mut rest = reply.as_slice();
     for job in batch {
-        let (own, next) = rest.split_at(3 + 2 * job.quotas.len());
+        let (own, next) = rest.split_at(job.reply_len());
         rest = next;
         let per_quota = own[3..]
             .chunks(2)
@@ -500,5 +497,12 @@ async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<
         let _ = job
             .reply
             .send(Ok((Decision::from_parts(per_quota, retry), taken)));
+    }
+}
+
+/// The same error for every job of `batch`.
+fn fail(batch: Vec<Job>, reason: &'static str) {
+    for job in batch {
+        let _ = job.reply.send(Err(reason));
     }
 }
