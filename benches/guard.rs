@@ -471,8 +471,8 @@ fn redis_benches(_c: &mut Criterion) {
                 .await
                 .unwrap()
                 .prefix("tag-bench")
-                .max_batch(batch)
-                .max_in_flight(in_flight);
+                .max_batch(std::num::NonZeroUsize::new(batch).unwrap())
+                .max_in_flight(std::num::NonZeroUsize::new(in_flight).unwrap());
             let quota = [Quota::parse("1000000/s").unwrap()];
             let start = std::time::Instant::now();
             let mut tasks = tokio::task::JoinSet::new();

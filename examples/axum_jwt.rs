@@ -13,10 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tower_api_guard::Identity;
+use tower_api_guard::RequestHead;
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
 use tower_api_guard::authz::{PredicateFuture, RequireLayer, Requirement};
 use tower_api_guard::axum::Claims;
-use tower_api_guard::error::RequestHead;
 use tower_api_guard::jwt::{Algorithm, JwtAuthenticator};
 use tower_api_guard::testing::TestIssuer;
 

@@ -31,16 +31,15 @@ use axum::handler::Handler;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tower_api_guard::Identity;
 use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
 };
-use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
-use tower_api_guard::rate_limit::{AuthFailureLayer, Quota, RateLimitLayer, RedisStore};
+use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{GuardLayer, Identity};
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
 const DEV_AUDIENCE: &str = "quickstart-api";
@@ -50,7 +49,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_api_guard=debug".into()),
+                // Rejections are logged at `info`; `RUST_LOG=info,tower_api_guard=debug`
+                // also logs every authenticated request (which costs throughput).
+                .unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -125,15 +126,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // Per-identity quota: GUARD_RATE (default 50/s).
-    let rate = Quota::parse(&std::env::var("GUARD_RATE").unwrap_or_else(|_| "50/s".into()))?;
+    let rate = Quota::parse(&std::env::var("GUARD_RATE").unwrap_or_else(|_| "50/s".into()))
+        .map_err(|e| format!("GUARD_RATE: {e}"))?;
 
     // REDIS_URL shares the limits between replicas.
     let rate_limit = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("Rate limits shared through Redis");
-            RateLimitLayer::new([rate]).redis(RedisStore::connect(&url).await?)
+            RateLimiterLayer::new([rate]).redis(RedisStore::connect(&url).await?)
         }
-        Err(_) => RateLimitLayer::new([rate]),
+        Err(_) => RateLimiterLayer::new([rate]),
     };
 
     // The embedded API-key store: SQLite in memory, cached, with one demo key.
@@ -151,6 +153,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/me");
     println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/items\n");
 
+    // The usual stack in one layer, in the fast order: the brute-force guard per client
+    // address (GUARD_AUTH_FAILURE_LIMIT, default 20/min, or `off`), then authentication
+    // (a JWT or the API key), then the per-identity rate limit.
+    let mut guard = GuardLayer::new(jwt.clone().or(api_keys)).rate_limit(rate_limit);
+    let failure_limit =
+        std::env::var("GUARD_AUTH_FAILURE_LIMIT").unwrap_or_else(|_| "20/min".into());
+    if failure_limit != "off" {
+        let failures = Quota::parse(&failure_limit).map_err(|e| {
+            format!("GUARD_AUTH_FAILURE_LIMIT (a quota such as 20/min, or off): {e}")
+        })?;
+        guard = guard.brute_force(failures);
+    }
     let protected = Router::new()
         .route("/me", get(me))
         // Each handler gets its own guard (a MethodRouter's `layer` would cover every
@@ -164,19 +178,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "/admin",
             get(admin.layer(RequireLayer::any_role(["admin"]))),
         )
-        // route_layer: unknown routes stay 404 instead of becoming 401.
-        // Per-identity rate limit, inside authentication.
-        .route_layer(rate_limit)
-        .route_layer(AuthLayer::new(jwt.clone().or(api_keys)));
-    // Brute-force guard before authentication: GUARD_AUTH_FAILURE_LIMIT (default 20/min, or
-    // `off`) failed authentications per client address.
-    let failure_limit =
-        std::env::var("GUARD_AUTH_FAILURE_LIMIT").unwrap_or_else(|_| "20/min".into());
-    let protected = if failure_limit == "off" {
-        protected
-    } else {
-        protected.route_layer(AuthFailureLayer::new(Quota::parse(&failure_limit)?))
-    };
+        // One route_layer for the whole stack (axum boxes every route_layer), so unknown
+        // routes stay 404 instead of becoming 401.
+        .route_layer(guard);
     let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -112,8 +112,10 @@ use serde::de::DeserializeOwned;
 
 use bytes::Bytes;
 
-use crate::error::{AuthError, DefaultRenderer, LayerRenderer, RenderRejection, RequestHead};
+use crate::error::AuthError;
+use crate::head::RequestHead;
 use crate::identity::Identity;
+use crate::render::{DefaultRenderer, RenderRejection, StackRenderer};
 
 /// An extractor's rejection: the [`AuthError`] (also reachable through `Deref`), rendered
 /// by the renderer of the [`AuthLayer`](crate::auth::AuthLayer) that handled the request, so
@@ -127,8 +129,8 @@ pub struct AuthRejection {
 impl AuthRejection {
     fn new(parts: &Parts, error: AuthError) -> Self {
         let head = RequestHead::new(&parts.method, &parts.uri, &parts.headers);
-        let response = match parts.extensions.get::<LayerRenderer>() {
-            Some(LayerRenderer(renderer)) => renderer.render(&error, &head),
+        let response = match parts.extensions.get::<StackRenderer>() {
+            Some(StackRenderer(renderer)) => renderer.render(&error, &head),
             None => DefaultRenderer::default().render(&error, &head),
         };
         Self { error, response }

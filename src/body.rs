@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// The response body of this crate's services: either the inner service's body `B`
-    /// or a rejection rendered by a [`RenderRejection`](crate::error::RenderRejection).
+    /// or a rejection rendered by a [`RenderRejection`](crate::render::RenderRejection).
     pub struct ResponseBody<B> {
         #[pin]
         inner: Inner<B>,

@@ -160,7 +160,7 @@ impl Identity {
     /// The key the rate limiters count this identity under: source and subject. Made
     /// once per identity (a cached token's identity is reused, so once per token).
     #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
-    pub(crate) fn rate_key(&self) -> &str {
+    pub(crate) fn caller_key(&self) -> &str {
         self.0
             .rate_key
             .get_or_init(|| format!("{}\u{0}{}", self.source(), self.subject()).into())

@@ -12,7 +12,11 @@
 //!   trait and its combinators `or` and `optional`.
 //! * [`jwt`] (feature `jwt`): strict bearer-JWT verification.
 //! * [`extract`]: where credentials are read from (bearer header, custom header, cookie).
-//! * [`error`]: [`AuthError`] and its rendering to HTTP (RFC 6750) and gRPC.
+//! * [`error`]: [`AuthError`], [`ConfigError`], [`FailurePolicy`].
+//! * [`render`]: how a rejection becomes a response (RFC 6750 for HTTP, gRPC statuses);
+//!   one renderer set on the outermost layer applies to the whole stack.
+//! * [`gate`]: the one mechanism every layer is built on (for the curious and for
+//!   contributors: users meet it only through the layers).
 //! * `api_key` (feature `api-key`): checksummed API keys looked up by digest.
 //! * `rate_limit` (feature `rate-limit`): per-identity GCRA limits with standard headers.
 //! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
@@ -70,7 +74,10 @@ pub mod body;
 pub mod clock;
 pub mod error;
 pub mod extract;
+pub mod gate;
+mod head;
 pub mod identity;
+pub mod render;
 
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
@@ -96,8 +103,15 @@ pub mod rate_limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+#[cfg(feature = "rate-limit")]
+mod stack;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub use stack::{Guard, GuardLayer};
+
 #[cfg(feature = "redis")]
 mod redis_conn;
 
-pub use error::{AuthError, AuthErrorKind, ConfigError};
+pub use error::{AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, FailurePolicy};
+pub use head::RequestHead;
 pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

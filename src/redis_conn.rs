@@ -11,12 +11,12 @@ use crate::error::ConfigError;
 /// client's default backoff; responses time out after 2 s (callers keep their own,
 /// shorter, budgets per call).
 pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, ConfigError> {
-    let client = redis::Client::open(url).map_err(|_| ConfigError::new("invalid Redis URL"))?;
+    let client = redis::Client::open(url).map_err(|_| ConfigError::parse("invalid Redis URL"))?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)));
     ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|_| ConfigError::new("cannot connect to Redis"))
+        .map_err(|e| ConfigError::unavailable("cannot connect to Redis", e))
 }

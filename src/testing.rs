@@ -250,7 +250,7 @@ impl TestIssuer {
     /// Use this clock for the `iat` and `exp` defaults of minted tokens (default:
     /// [`SystemClock`]).
     #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -735,7 +735,7 @@ mod tests {
     #[test]
     fn claims_and_header_builders() {
         let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
-        let issuer = TestIssuer::new("iss").with_clock(clock);
+        let issuer = TestIssuer::new("iss").clock(clock);
         let token = issuer
             .token()
             .subject("alice")

@@ -1,4 +1,4 @@
-//! `RateLimitLayer` through the full stack: per-identity limits, plans, standard headers,
+//! `RateLimiterLayer` through the full stack: per-identity limits, plans, standard headers,
 //! 429 with Retry-After, gRPC RESOURCE_EXHAUSTED. Time through the injectable clock.
 #![cfg(all(feature = "rate-limit", feature = "jwt", feature = "testing"))]
 
@@ -11,14 +11,14 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::clock::ManualClock;
 use tower_api_guard::jwt::JwtAuthenticator;
-use tower_api_guard::rate_limit::{Quota, RateLimitLayer};
+use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthError, AuthErrorKind};
 
 #[tokio::test]
 async fn per_identity_limits_headers_and_plans() {
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").with_clock(clock.clone());
+    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
     let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
         .keys(issuer.static_keys())
         .clock(clock.clone())
@@ -28,7 +28,7 @@ async fn per_identity_limits_headers_and_plans() {
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(jwt))
         .layer(
-            RateLimitLayer::new([
+            RateLimiterLayer::new([
                 Quota::parse("2/s").unwrap(),
                 Quota::parse("100/day").unwrap(),
             ])
@@ -91,9 +91,10 @@ async fn per_identity_limits_headers_and_plans() {
 #[tokio::test]
 async fn brute_force_guard_trips_before_authentication_and_resets() {
     use std::net::SocketAddr;
-    use tower_api_guard::rate_limit::{AuthFailureLayer, ClientAddr};
+    use tower_api_guard::auth::BruteForceGuardLayer;
+    use tower_api_guard::rate_limit::ClientAddr;
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").with_clock(clock.clone());
+    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
     let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
         .keys(issuer.static_keys())
         .clock(clock.clone())
@@ -101,7 +102,7 @@ async fn brute_force_guard_trips_before_authentication_and_resets() {
         .unwrap();
     let svc = ServiceBuilder::new()
         .layer(
-            AuthFailureLayer::new(Quota::parse("3/min").unwrap())
+            BruteForceGuardLayer::new(Quota::parse("3/min").unwrap())
                 .client_addr(ClientAddr::new().trusted_proxies(["10.0.0.0/8"]).unwrap())
                 .clock(clock.clone()),
         )
@@ -194,7 +195,7 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
     use tower_api_guard::auth::AuthenticatorExt;
     use tower_api_guard::rate_limit::ClientAddr;
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").with_clock(clock.clone());
+    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
     let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
         .keys(issuer.static_keys())
         .clock(clock.clone())
@@ -203,7 +204,7 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(jwt.optional()))
         .layer(
-            RateLimitLayer::new([Quota::parse("10/s").unwrap()])
+            RateLimiterLayer::new([Quota::parse("10/s").unwrap()])
                 .anonymous([Quota::parse("1/s").unwrap()], ClientAddr::new())
                 .legacy_headers(true)
                 .clock(clock.clone()),
@@ -250,11 +251,13 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
 #[tokio::test]
 async fn concurrency_limit_per_identity() {
     use tower::Service;
-    use tower_api_guard::rate_limit::ConcurrencyLimitLayer;
+    use tower_api_guard::rate_limit::InFlightLimitLayer;
     use tower_api_guard::{Identity, Source};
     let (open, gate) = tokio::sync::watch::channel(false);
     let mut svc = ServiceBuilder::new()
-        .layer(ConcurrencyLimitLayer::per_identity(2))
+        .layer(InFlightLimitLayer::per_identity(
+            std::num::NonZeroUsize::new(2).unwrap(),
+        ))
         .service_fn(move |_r: Request<()>| {
             let mut gate = gate.clone();
             async move {
@@ -321,7 +324,7 @@ async fn grpc_resource_exhausted_with_a_real_client() {
     let server = tokio::spawn(
         Server::builder()
             .layer(AuthLayer::new(jwt))
-            .layer(RateLimitLayer::new([Quota::parse("1/min").unwrap()]))
+            .layer(RateLimiterLayer::new([Quota::parse("1/min").unwrap()]))
             .add_service(health)
             .serve_with_incoming(TcpIncoming::from(listener)),
     );

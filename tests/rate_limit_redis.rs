@@ -8,16 +8,18 @@
 ))]
 
 use std::convert::Infallible;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_api_guard::FailurePolicy;
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::clock::ManualClock;
 use tower_api_guard::jwt::JwtAuthenticator;
-use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisFailure, RedisStore};
+use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 
 type Svc = BoxCloneService<
@@ -34,7 +36,7 @@ fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
     BoxCloneService::new(
         ServiceBuilder::new()
             .layer(AuthLayer::new(jwt))
-            .layer(RateLimitLayer::new([Quota::parse(quota).unwrap()]).redis(store))
+            .layer(RateLimiterLayer::new([Quota::parse(quota).unwrap()]).redis(store))
             .service_fn(|_r: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(String::new()))
             }),
@@ -95,7 +97,7 @@ async fn two_instances_share_one_limit_and_survive_noscript() {
             .await
             .unwrap()
             .prefix(&prefix)
-            .max_batch(1),
+            .max_batch(NonZeroUsize::MIN),
         "3/min",
     );
     let token = issuer.token().audience("api").subject("shared").mint();
@@ -194,7 +196,7 @@ async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
         RedisStore::connect(&url)
             .await
             .unwrap()
-            .on_failure(RedisFailure::Closed),
+            .failure_policy(FailurePolicy::Closed),
         "100/s",
     );
     let token = issuer.token().audience("api").mint();
@@ -283,7 +285,9 @@ async fn batched_decisions_are_exact_under_concurrency() {
     let Some(store) = machine_store("tag-rl-batch").await else {
         return;
     };
-    let store = store.budget(Duration::from_secs(5)).max_in_flight(1);
+    let store = store
+        .timeout(Duration::from_secs(5))
+        .max_in_flight(NonZeroUsize::MIN);
     let one = vec![Quota::parse("40/min").unwrap()];
     let two = vec![
         Quota::parse("100/min").unwrap(),
@@ -338,8 +342,8 @@ async fn a_caller_past_its_budget_consumes_nothing_later() {
     let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
         .await
         .unwrap()
-        .budget(Duration::from_millis(200))
-        .max_in_flight(1);
+        .timeout(Duration::from_millis(200))
+        .max_in_flight(NonZeroUsize::MIN);
     let quota = [Quota::parse("3/min").unwrap()];
     let signal = |sig: &str| {
         let pid = redis.child.id().to_string();
@@ -379,7 +383,7 @@ async fn replicas(prefix: &str) -> Option<(RedisStore, RedisStore, std::sync::Ar
     let clock = std::sync::Arc::new(ManualClock::at_unix(1_700_000_000));
     let a = b
         .clone()
-        .lease(5, Duration::from_secs(1))
+        .lease(NonZeroU32::new(5).unwrap(), Duration::from_secs(1))
         .clock(clock.clone());
     Some((a, b, clock))
 }
@@ -447,7 +451,7 @@ async fn an_endless_lease_time_is_capped() {
     let Some(store) = machine_store("tag-rl-lease-max").await else {
         return;
     };
-    let store = store.lease(5, Duration::MAX);
+    let store = store.lease(NonZeroU32::new(5).unwrap(), Duration::MAX);
     let quota = [Quota::parse("100/min").unwrap()];
     // 5 taken, 95 left in Redis; the lease holds 4, then 3: the lease is current.
     for remaining in [99, 98] {

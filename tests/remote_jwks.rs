@@ -189,7 +189,7 @@ fn jwt(keys: RemoteJwks, clock: &Arc<ManualClock>) -> JwtAuthenticator {
 
 fn setup() -> (Arc<ManualClock>, TestIssuer) {
     let clock = Arc::new(ManualClock::at_unix(START));
-    let issuer = TestIssuer::with_algorithms(ISS, &[Algorithm::RS256]).with_clock(clock.clone());
+    let issuer = TestIssuer::with_algorithms(ISS, &[Algorithm::RS256]).clock(clock.clone());
     (clock, issuer)
 }
 
@@ -286,7 +286,7 @@ async fn etag_gives_304_and_keeps_keys() {
 #[tokio::test]
 async fn rotation_removes_old_keys_at_the_next_refresh() {
     let (clock, old) = setup();
-    let new = TestIssuer::with_algorithms(ISS, &[Algorithm::ES256]).with_clock(clock.clone());
+    let new = TestIssuer::with_algorithms(ISS, &[Algorithm::ES256]).clock(clock.clone());
     let server = Server::start(serve(&old, Some(600))).await;
     let keys = remote(RemoteJwks::builder(server.url()), &clock);
     let jwt = jwt(keys.clone(), &clock);
@@ -305,7 +305,7 @@ async fn rotation_removes_old_keys_at_the_next_refresh() {
 #[tokio::test]
 async fn unknown_kid_refetches_once_per_cooldown_and_fails_fast() {
     let (clock, a) = setup();
-    let b = TestIssuer::with_algorithms(ISS, &[Algorithm::ES256]).with_clock(clock.clone());
+    let b = TestIssuer::with_algorithms(ISS, &[Algorithm::ES256]).clock(clock.clone());
     let server = Server::start(serve(&a, Some(600))).await;
     let keys = remote(RemoteJwks::builder(server.url()), &clock);
     let jwt = jwt(keys.clone(), &clock);
@@ -540,9 +540,9 @@ async fn several_issuers_route_by_iss_and_unknown_issuers_cost_no_fetch() {
     use tower_api_guard::jwt::JwtIssuers;
     let clock = Arc::new(ManualClock::at_unix(START));
     let staff = TestIssuer::with_algorithms("https://staff.example", &[Algorithm::RS256])
-        .with_clock(clock.clone());
+        .clock(clock.clone());
     let partners = TestIssuer::with_algorithms("https://partners.example", &[Algorithm::ES256])
-        .with_clock(clock.clone());
+        .clock(clock.clone());
     let server = Server::start(serve(&partners, Some(600))).await;
     let issuers = JwtIssuers::new([
         JwtAuthenticator::builder("https://staff.example", "staff-api")

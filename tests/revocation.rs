@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tower_api_guard::AuthErrorKind;
 use tower_api_guard::clock::{Clock, ManualClock};
 use tower_api_guard::jwt::{
-    FailurePolicy, JwtAuthenticator, MemoryRevocations, RevocationError, RevocationFuture,
-    RevocationStore, TokenFacts,
+    JwtAuthenticator, MemoryRevocations, RevocationError, RevocationFuture, RevocationStore,
+    TokenFacts,
 };
 use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::{AuthErrorKind, FailurePolicy};
 
 const ISS: &str = "https://issuer.example";
 const START: u64 = 1_800_000_000;
@@ -31,14 +31,14 @@ fn jwt(
 
 fn setup() -> (Arc<ManualClock>, TestIssuer) {
     let clock = Arc::new(ManualClock::at_unix(START));
-    let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+    let issuer = TestIssuer::new(ISS).clock(clock.clone());
     (clock, issuer)
 }
 
 #[tokio::test]
 async fn revoking_a_jti_rejects_that_token_even_from_the_cache() {
     let (clock, issuer) = setup();
-    let store = MemoryRevocations::new().with_clock(clock.clone());
+    let store = MemoryRevocations::new().clock(clock.clone());
     let jwt = jwt(&issuer, &clock, store.clone());
     let t1 = issuer
         .token()
@@ -67,7 +67,7 @@ async fn revoking_a_jti_rejects_that_token_even_from_the_cache() {
 #[tokio::test]
 async fn revoking_a_subject_rejects_its_older_tokens_only() {
     let (clock, issuer) = setup();
-    let store = MemoryRevocations::new().with_clock(clock.clone());
+    let store = MemoryRevocations::new().clock(clock.clone());
     let jwt = jwt(&issuer, &clock, store.clone());
     let old = issuer.token().audience("api").subject("alice").mint();
     let bob = issuer.token().audience("api").subject("bob").mint();
@@ -89,7 +89,7 @@ async fn revoking_a_subject_rejects_its_older_tokens_only() {
     );
     assert!(jwt.verify(&bob).await.is_ok());
     // A token issued after the revocation instant is fine.
-    let fresh = TestIssuer::new(ISS).with_clock(clock.clone());
+    let fresh = TestIssuer::new(ISS).clock(clock.clone());
     let jwt2 = JwtAuthenticator::builder(ISS, "api")
         .keys(fresh.static_keys())
         .clock(clock.clone())
@@ -107,7 +107,7 @@ async fn revoking_a_subject_rejects_its_older_tokens_only() {
 #[tokio::test]
 async fn revocations_expire_with_the_tokens() {
     let (clock, issuer) = setup();
-    let store = MemoryRevocations::new().with_clock(clock.clone());
+    let store = MemoryRevocations::new().clock(clock.clone());
     let facts = TokenFacts {
         jti: Some("j"),
         subject: "s",
@@ -175,12 +175,12 @@ async fn redis_revocations_are_shared_between_instances() {
         .await
         .unwrap()
         .prefix(&prefix)
-        .with_clock(clock.clone());
+        .clock(clock.clone());
     let b = RedisRevocations::connect(&url)
         .await
         .unwrap()
         .prefix(&prefix)
-        .with_clock(clock.clone());
+        .clock(clock.clone());
     let jwt_a = jwt(&issuer, &clock, a.clone());
     let jwt_b = jwt(&issuer, &clock, b.clone());
     let t = issuer
@@ -238,7 +238,7 @@ async fn through_the_layer_a_cached_token_is_still_checked_for_revocation() {
     use tower_api_guard::auth::AuthLayer;
 
     let (clock, issuer) = setup();
-    let store = MemoryRevocations::new().with_clock(clock.clone());
+    let store = MemoryRevocations::new().clock(clock.clone());
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(jwt(&issuer, &clock, store.clone())))
         .service_fn(|_: Request<()>| async {

@@ -32,7 +32,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let clock = Arc::new(ManualClock::at_unix(NOW));
-        let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+        let issuer = TestIssuer::new(ISS).clock(clock.clone());
         Self {
             clock,
             issuer,
@@ -375,7 +375,7 @@ async fn rows_10_to_14_algorithms_and_keys() {
         .header("kid", "rs256".into())
         .mint();
     assert_invalid(&h, jwt.clone(), &es_with_rsa_kid, "ES256 with an RSA key").await;
-    let p384 = TestIssuer::with_algorithms(ISS, &[Algorithm::ES384]).with_clock(h.clock.clone());
+    let p384 = TestIssuer::with_algorithms(ISS, &[Algorithm::ES384]).clock(h.clock.clone());
     let es384_on_p256 = p384
         .token()
         .audience("api")
@@ -393,7 +393,7 @@ async fn rows_10_to_14_algorithms_and_keys() {
         .clock(h.clock.clone())
         .build()
         .unwrap();
-    let ps = TestIssuer::with_algorithms(ISS, &[Algorithm::PS512]).with_clock(h.clock.clone());
+    let ps = TestIssuer::with_algorithms(ISS, &[Algorithm::PS512]).clock(h.clock.clone());
     let ps512 = ps
         .token()
         .audience("api")
@@ -407,7 +407,7 @@ async fn rows_10_to_14_algorithms_and_keys() {
     )
     .await;
     // Row 13: embedded keys and key URLs are never used or fetched.
-    let attacker = TestIssuer::new(ISS).with_clock(h.clock.clone());
+    let attacker = TestIssuer::new(ISS).clock(h.clock.clone());
     let served = attacker.serve().await.unwrap();
     let attacker_jwk: serde_json::Value = serde_json::from_str(&attacker.jwks_json()).unwrap();
     for (name, value) in [

@@ -14,7 +14,7 @@ const ISS: &str = "https://issuer.example";
 
 fn setup(capacity: u64) -> (Arc<ManualClock>, TestIssuer, JwtAuthenticator) {
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+    let issuer = TestIssuer::new(ISS).clock(clock.clone());
     let jwt = JwtAuthenticator::builder(ISS, "api")
         .keys(issuer.static_keys())
         .clock(clock.clone())
@@ -115,7 +115,7 @@ async fn only_byte_identical_tokens_hit() {
 #[tokio::test]
 async fn max_age_is_rechecked_on_a_hit() {
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new(ISS).with_clock(clock.clone());
+    let issuer = TestIssuer::new(ISS).clock(clock.clone());
     let jwt = JwtAuthenticator::builder(ISS, "api")
         .keys(issuer.static_keys())
         .clock(clock.clone())

@@ -27,7 +27,7 @@ use tower_api_guard::api_key::{
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::authz::RequireLayer;
 use tower_api_guard::jwt::{Algorithm, JwtAuthenticator, RemoteJwks};
-use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisStore};
+use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -134,7 +134,7 @@ async fn server(variant: &str, dir: &Path, addr: SocketAddr) -> Result<(), Error
     let dir: PathBuf = dir.to_owned();
     let routes = Router::new().route("/items", get(items));
     let guard = RequireLayer::all_scopes([SCOPE]);
-    let rate = RateLimitLayer::new([Quota::parse(QUOTA)?]);
+    let rate = RateLimiterLayer::new([Quota::parse(QUOTA)?]);
     // One `route_layer` for the whole stack, outermost first (authenticate, then check the
     // scope, then count): axum boxes and clones each `route_layer` per request.
     let app = match variant {
@@ -149,7 +149,10 @@ async fn server(variant: &str, dir: &Path, addr: SocketAddr) -> Result<(), Error
             let url = std::env::var("REDIS_URL").map_err(|_| "ours-redis needs REDIS_URL")?;
             let mut store = RedisStore::connect(&url).await?.prefix("guard-bench");
             if variant == "ours-redis-lease" {
-                store = store.lease(LEASE, Duration::from_secs(1));
+                store = store.lease(
+                    std::num::NonZeroU32::new(LEASE).unwrap(),
+                    Duration::from_secs(1),
+                );
             }
             routes.route_layer(
                 ServiceBuilder::new()

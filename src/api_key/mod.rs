@@ -60,8 +60,9 @@ pub use store::{
 
 use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{AuthError, ConfigError, RequestHead};
+use crate::error::{AuthError, ConfigError};
 use crate::extract::one_value;
+use crate::head::RequestHead;
 use crate::identity::{Identity, Source};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -271,7 +272,7 @@ fn random_base62(len: usize) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {
-        getrandom::fill(&mut buf).map_err(|_| ConfigError::new("the OS RNG failed"))?;
+        getrandom::fill(&mut buf).map_err(|e| ConfigError::unavailable("the OS RNG failed", e))?;
         // Rejection sampling: 248 = 62 * 4, so bytes below it map uniformly.
         for &b in &buf {
             if b < 248 && out.len() < len {
@@ -294,7 +295,7 @@ impl KeyFormat {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !ok {
-            return Err(ConfigError::new(
+            return Err(ConfigError::setting(
                 "key prefix must be 1-32 letters, digits or '_'",
             ));
         }
@@ -311,7 +312,7 @@ impl KeyFormat {
     /// A pepper shorter than 32 bytes.
     pub fn with_pepper(mut self, pepper: &[u8]) -> Result<Self, ConfigError> {
         if pepper.len() < 32 {
-            return Err(ConfigError::new("pepper shorter than 32 bytes"));
+            return Err(ConfigError::key("pepper shorter than 32 bytes"));
         }
         self.hasher = Hasher::Hmac(pepper.into());
         Ok(self)

@@ -96,7 +96,7 @@ macro_rules! sql_store {
             pub async fn connect(url: &str) -> Result<Self, crate::error::ConfigError> {
                 let options: $options = url
                     .parse()
-                    .map_err(|_| crate::error::ConfigError::new("invalid database URL"))?;
+                    .map_err(|_| crate::error::ConfigError::parse("invalid database URL"))?;
                 Self::connect_with(options).await
             }
 
@@ -108,7 +108,7 @@ macro_rules! sql_store {
                 let pool = $pool_fn(&options)
                     .connect_with(options)
                     .await
-                    .map_err(|_| crate::error::ConfigError::new("cannot connect to the database"))?;
+                    .map_err(|e| crate::error::ConfigError::unavailable("cannot connect to the database", e))?;
                 Ok(Self { pool })
             }
 

@@ -1,132 +1,103 @@
+//! The futures of [`auth`](super): the layer's [`ResponseFuture`] and the combinators'.
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tower_service::Service;
 
-use super::service::{admit, reject, renderer_or_default};
-use crate::body::ResponseBody;
-use crate::error::{AuthError, RenderRejection};
+use super::Authenticate;
+use crate::error::AuthError;
 use crate::identity::Identity;
 
+/// The response future of [`Auth`](super::Auth).
+pub type ResponseFuture<A, S, ReqBody> = crate::gate::ResponseFuture<Authenticate<A>, S, ReqBody>;
+
 pin_project! {
-    /// The response future of [`Auth`](super::Auth).
-    pub struct ResponseFuture<AF, S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
+    /// The future of [`Or`](super::Or).
+    pub struct OrFuture<A, B> {
         #[pin]
-        state: State<AF, S::Future>,
-        // Boxed: only an authentication that waits needs it, and a cache hit then moves
-        // a small future instead of one that carries a whole request.
-        pending: Option<Box<Pending<S, ReqBody>>>,
+        inner: OrInner<A, B>,
     }
-}
-
-/// What a waiting authentication keeps for when it is done.
-struct Pending<S, ReqBody> {
-    inner: S,
-    request: Request<ReqBody>,
-    renderer: Option<Arc<dyn RenderRejection>>,
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<AF, F> {
-        Authenticating { #[pin] future: AF },
-        Calling { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
+    #[project = OrProj]
+    enum OrInner<A, B> {
+        First { #[pin] fut: A },
+        Second { #[pin] fut: B },
     }
 }
 
-impl<AF, S, ReqBody> ResponseFuture<AF, S, ReqBody>
+impl<A, B> Future for OrFuture<A, B>
 where
-    S: Service<Request<ReqBody>>,
+    A: Future<Output = Result<Option<Identity>, AuthError>>,
+    B: Future<Output = Result<Option<Identity>, AuthError>>,
 {
-    pub(crate) fn authenticating(
-        future: AF,
-        inner: S,
-        request: Request<ReqBody>,
-        renderer: Option<Arc<dyn RenderRejection>>,
-    ) -> Self {
-        Self {
-            state: State::Authenticating { future },
-            pending: Some(Box::new(Pending {
-                inner,
-                request,
-                renderer,
-            })),
-        }
-    }
-
-    /// Authenticated already: only the inner service's future.
-    pub(crate) fn calling(future: S::Future) -> Self {
-        Self {
-            state: State::Calling { future },
-            pending: None,
-        }
-    }
-
-    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
-            },
-            pending: None,
-        }
-    }
-}
-
-impl<AF, S, ReqBody, ResBody> Future for ResponseFuture<AF, S, ReqBody>
-where
-    AF: Future<Output = Result<Option<Identity>, AuthError>>,
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Option<Identity>, AuthError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Authenticating { future } => {
-                    let outcome = ready!(future.poll(cx));
-                    let Some(pending) = this.pending.take() else {
-                        panic!("ResponseFuture polled after completion");
-                    };
-                    let Pending {
-                        mut inner,
-                        mut request,
-                        renderer,
-                    } = *pending;
-                    match outcome {
-                        Ok(identity) => {
-                            admit(&mut request, identity, renderer);
-                            let future = inner.call(request);
-                            this.state.set(State::Calling { future });
-                        }
-                        Err(error) => {
-                            let response = reject(renderer_or_default(&renderer), error, &request);
-                            this.state.set(State::Rejected {
-                                response: Some(response),
-                            });
-                        }
-                    }
-                }
-                StateProj::Calling { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                }
-                StateProj::Rejected { response } => {
-                    let response = response
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
-            }
+        match self.project().inner.project() {
+            OrProj::First { fut } => fut.poll(cx),
+            OrProj::Second { fut } => fut.poll(cx),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`OptionalAuth`](super::OptionalAuth).
+    pub struct OptionalAuthFuture<F> {
+        #[pin]
+        inner: OptionalInner<F>,
+    }
+}
+
+pin_project! {
+    #[project = OptionalProj]
+    enum OptionalInner<F> {
+        Present { #[pin] fut: F },
+        Anonymous,
+    }
+}
+
+impl<F> Future for OptionalAuthFuture<F>
+where
+    F: Future<Output = Result<Option<Identity>, AuthError>>,
+{
+    type Output = Result<Option<Identity>, AuthError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            OptionalProj::Present { fut } => fut.poll(cx),
+            OptionalProj::Anonymous => Poll::Ready(Ok(None)),
+        }
+    }
+}
+
+impl<A, B> OrFuture<A, B> {
+    pub(super) fn first(fut: A) -> Self {
+        Self {
+            inner: OrInner::First { fut },
+        }
+    }
+
+    pub(super) fn second(fut: B) -> Self {
+        Self {
+            inner: OrInner::Second { fut },
+        }
+    }
+}
+
+impl<F> OptionalAuthFuture<F> {
+    pub(super) fn present(fut: F) -> Self {
+        Self {
+            inner: OptionalInner::Present { fut },
+        }
+    }
+
+    pub(super) fn anonymous() -> Self {
+        Self {
+            inner: OptionalInner::Anonymous,
         }
     }
 }

@@ -35,7 +35,7 @@
 //! use http::StatusCode;
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_api_guard::auth::{AuthLayer, Authenticator, AuthenticatorExt};
-//! use tower_api_guard::error::RequestHead;
+//! use tower_api_guard::RequestHead;
 //! use tower_api_guard::{AuthError, Identity, Source};
 //!
 //! /// Accepts the header `x-user: <name>` (a toy, for the example).
@@ -63,23 +63,136 @@
 //! # });
 //! ```
 
-mod future;
-mod layer;
-mod service;
+#[cfg(feature = "rate-limit")]
+mod brute_force;
+pub mod future;
+mod ready;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use pin_project_lite::pin_project;
+use http::Request;
 
-pub use future::ResponseFuture;
-pub use layer::AuthLayer;
-pub use service::Auth;
+#[cfg(feature = "rate-limit")]
+pub use brute_force::{BruteForceGuard, BruteForceGuardLayer, CountFailures};
+#[cfg(any(feature = "jwt", feature = "api-key"))]
+pub(crate) use ready::{Outcome, ReadyOrBoxed};
 
-use crate::error::{AuthError, RequestHead};
+use self::future::{OptionalAuthFuture, OrFuture};
+use crate::error::AuthError;
+use crate::gate::{Check, Gate, GateLayer, LayerKind, Step, Verdict};
+use crate::head::RequestHead;
 use crate::identity::Identity;
+
+/// Applies an [`Authenticator`] to a service. See the [module docs](self).
+pub type AuthLayer<A> = GateLayer<Authenticate<A>>;
+
+/// The service made by [`AuthLayer`].
+pub type Auth<A, S> = Gate<Authenticate<A>, S>;
+
+/// The check of [`AuthLayer`]: run the authenticator, put the [`Identity`] on the request.
+pub struct Authenticate<A> {
+    authenticator: Arc<A>,
+}
+
+impl<A> Clone for Authenticate<A> {
+    fn clone(&self) -> Self {
+        Self {
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for Authenticate<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticate").finish_non_exhaustive()
+    }
+}
+
+impl<A: Authenticator> AuthLayer<A> {
+    /// Authenticate with `authenticator`; rejections render with the stack's renderer
+    /// (see [`crate::render`]), by default [`DefaultRenderer`](crate::render::DefaultRenderer)
+    /// with realm `api`.
+    pub fn new(authenticator: A) -> Self {
+        GateLayer::from_check(Authenticate {
+            authenticator: Arc::new(authenticator),
+        })
+    }
+
+    /// The authenticator.
+    pub fn authenticator(&self) -> &A {
+        &self.check_ref().authenticator
+    }
+}
+
+impl<A: Authenticator, S> Auth<A, S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S, authenticator: A) -> Self {
+        tower_layer::Layer::layer(&AuthLayer::new(authenticator), inner)
+    }
+
+    /// A layer; same as [`AuthLayer::new`].
+    pub fn layer(authenticator: A) -> AuthLayer<A> {
+        AuthLayer::new(authenticator)
+    }
+}
+
+/// Let an authenticated (or anonymous) request in.
+fn admit<B>(request: &mut Request<B>, identity: Option<Identity>) {
+    if let Some(identity) = identity {
+        tracing::debug!(
+            target: "tower_api_guard::auth",
+            subject = %identity.subject(),
+            source = %identity.source(),
+            "request authenticated"
+        );
+        request.extensions_mut().insert(identity);
+    } else {
+        tracing::debug!(
+            target: "tower_api_guard::auth",
+            "anonymous request let through"
+        );
+    }
+}
+
+impl<A: Authenticator> Check for Authenticate<A> {
+    type Ticket = ();
+    type Wait = A::Future;
+    const LAYER: LayerKind = LayerKind::Auth;
+
+    fn check<B>(&self, request: &mut Request<B>) -> Step<(), A::Future> {
+        let credential = match self.authenticator.extract(&RequestHead::of(request)) {
+            Ok(Some(credential)) => credential,
+            Ok(None) => return Step::Deny(AuthError::missing_credentials().into()),
+            Err(error) => return Step::Deny(error.into()),
+        };
+        match self.authenticator.authenticate_now(credential) {
+            // Known at once (a cache hit): the gate calls the inner service now.
+            Ok(Ok(identity)) => {
+                admit(request, identity);
+                Step::Allow(())
+            }
+            Ok(Err(error)) => Step::Deny(error.into()),
+            Err(credential) => Step::Wait(self.authenticator.authenticate(credential)),
+        }
+    }
+
+    fn resume<B>(
+        &self,
+        outcome: Result<Option<Identity>, AuthError>,
+        request: &mut Request<B>,
+    ) -> Verdict<()> {
+        match outcome {
+            Ok(identity) => {
+                admit(request, identity);
+                Verdict::Allow(())
+            }
+            Err(error) => Verdict::Deny(error.into()),
+        }
+    }
+
+    fn finish<R>((): (), _response: &mut http::Response<R>) {}
+}
 
 /// Turns a request's credential into an [`Identity`]. See the [module docs](self).
 pub trait Authenticator: Send + Sync + 'static {
@@ -95,7 +208,7 @@ pub trait Authenticator: Send + Sync + 'static {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<Self::Credential>, AuthError>;
 
     /// Check the credential. `Ok(None)` lets the request through anonymously (only
-    /// [`Optional`] does that).
+    /// [`OptionalAuth`] does that).
     fn authenticate(&self, credential: Self::Credential) -> Self::Future;
 
     /// Check the credential without waiting, when that needs no waiting (a cache hit):
@@ -147,8 +260,8 @@ pub trait AuthenticatorExt: Authenticator + Sized {
     }
 
     /// Let requests without any credential through, with no [`Identity`].
-    fn optional(self) -> Optional<Self> {
-        Optional { inner: self }
+    fn optional(self) -> OptionalAuth<Self> {
+        OptionalAuth { inner: self }
     }
 }
 
@@ -156,7 +269,7 @@ impl<A: Authenticator> AuthenticatorExt for A {}
 
 /// Either of two credentials. Made by [`AuthenticatorExt::or`].
 #[derive(Debug)]
-pub enum Either<A, B> {
+pub enum OrCredential<A, B> {
     /// The first authenticator's credential.
     First(A),
     /// The second authenticator's credential.
@@ -172,7 +285,7 @@ pub struct Or<A, B> {
 }
 
 impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
-    type Credential = Either<A::Credential, B::Credential>;
+    type Credential = OrCredential<A::Credential, B::Credential>;
     type Future = OrFuture<A::Future, B::Future>;
 
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<Self::Credential>, AuthError> {
@@ -182,24 +295,16 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
             (Some(_), Some(_)) => Err(AuthError::invalid_request(
                 "more than one kind of credential",
             )),
-            (Some(a), None) => Ok(Some(Either::First(a))),
-            (None, Some(b)) => Ok(Some(Either::Second(b))),
+            (Some(a), None) => Ok(Some(OrCredential::First(a))),
+            (None, Some(b)) => Ok(Some(OrCredential::Second(b))),
             (None, None) => Ok(None),
         }
     }
 
     fn authenticate(&self, credential: Self::Credential) -> Self::Future {
         match credential {
-            Either::First(a) => OrFuture {
-                inner: OrInner::First {
-                    fut: self.first.authenticate(a),
-                },
-            },
-            Either::Second(b) => OrFuture {
-                inner: OrInner::Second {
-                    fut: self.second.authenticate(b),
-                },
-            },
+            OrCredential::First(a) => OrFuture::first(self.first.authenticate(a)),
+            OrCredential::Second(b) => OrFuture::second(self.second.authenticate(b)),
         }
     }
 
@@ -208,39 +313,11 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
         credential: Self::Credential,
     ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
         match credential {
-            Either::First(a) => self.first.authenticate_now(a).map_err(Either::First),
-            Either::Second(b) => self.second.authenticate_now(b).map_err(Either::Second),
-        }
-    }
-}
-
-pin_project! {
-    /// The future of [`Or`].
-    pub struct OrFuture<A, B> {
-        #[pin]
-        inner: OrInner<A, B>,
-    }
-}
-
-pin_project! {
-    #[project = OrProj]
-    enum OrInner<A, B> {
-        First { #[pin] fut: A },
-        Second { #[pin] fut: B },
-    }
-}
-
-impl<A, B> Future for OrFuture<A, B>
-where
-    A: Future<Output = Result<Option<Identity>, AuthError>>,
-    B: Future<Output = Result<Option<Identity>, AuthError>>,
-{
-    type Output = Result<Option<Identity>, AuthError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            OrProj::First { fut } => fut.poll(cx),
-            OrProj::Second { fut } => fut.poll(cx),
+            OrCredential::First(a) => self.first.authenticate_now(a).map_err(OrCredential::First),
+            OrCredential::Second(b) => self
+                .second
+                .authenticate_now(b)
+                .map_err(OrCredential::Second),
         }
     }
 }
@@ -248,13 +325,13 @@ where
 /// An authenticator that lets requests without a credential through.
 /// Made by [`AuthenticatorExt::optional`].
 #[derive(Debug, Clone)]
-pub struct Optional<A> {
+pub struct OptionalAuth<A> {
     inner: A,
 }
 
-impl<A: Authenticator> Authenticator for Optional<A> {
+impl<A: Authenticator> Authenticator for OptionalAuth<A> {
     type Credential = Option<A::Credential>;
-    type Future = OptionalFuture<A::Future>;
+    type Future = OptionalAuthFuture<A::Future>;
 
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<Self::Credential>, AuthError> {
         Ok(Some(self.inner.extract(head)?))
@@ -262,14 +339,8 @@ impl<A: Authenticator> Authenticator for Optional<A> {
 
     fn authenticate(&self, credential: Self::Credential) -> Self::Future {
         match credential {
-            Some(c) => OptionalFuture {
-                inner: OptionalInner::Present {
-                    fut: self.inner.authenticate(c),
-                },
-            },
-            None => OptionalFuture {
-                inner: OptionalInner::Anonymous,
-            },
+            Some(c) => OptionalAuthFuture::present(self.inner.authenticate(c)),
+            None => OptionalAuthFuture::anonymous(),
         }
     }
 
@@ -280,69 +351,6 @@ impl<A: Authenticator> Authenticator for Optional<A> {
         match credential {
             Some(c) => self.inner.authenticate_now(c).map_err(Some),
             None => Ok(Ok(None)),
-        }
-    }
-}
-
-pin_project! {
-    /// The future of [`Optional`].
-    pub struct OptionalFuture<F> {
-        #[pin]
-        inner: OptionalInner<F>,
-    }
-}
-
-pin_project! {
-    #[project = OptionalProj]
-    enum OptionalInner<F> {
-        Present { #[pin] fut: F },
-        Anonymous,
-    }
-}
-
-impl<F> Future for OptionalFuture<F>
-where
-    F: Future<Output = Result<Option<Identity>, AuthError>>,
-{
-    type Output = Result<Option<Identity>, AuthError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
-            OptionalProj::Present { fut } => fut.poll(cx),
-            OptionalProj::Anonymous => Poll::Ready(Ok(None)),
-        }
-    }
-}
-
-/// What an authenticator's check yields.
-#[cfg(any(feature = "jwt", feature = "api-key"))]
-pub(crate) type Outcome = Result<Option<Identity>, AuthError>;
-
-/// The state of an authenticator future that is usually ready at once (a cache hit) and
-/// otherwise boxed (a key refresh, a store lookup). Shared by `JwtFuture` and `ApiKeyFuture`.
-#[cfg(any(feature = "jwt", feature = "api-key"))]
-pub(crate) enum ReadyOrBoxed {
-    Ready(Option<Outcome>),
-    Boxed(Pin<Box<dyn Future<Output = Outcome> + Send>>),
-}
-
-#[cfg(any(feature = "jwt", feature = "api-key"))]
-impl ReadyOrBoxed {
-    pub(crate) fn boxed(future: impl Future<Output = Outcome> + Send + 'static) -> Self {
-        Self::Boxed(Box::pin(future))
-    }
-}
-
-#[cfg(any(feature = "jwt", feature = "api-key"))]
-impl Future for ReadyOrBoxed {
-    type Output = Outcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        match &mut *self {
-            Self::Ready(outcome) => {
-                Poll::Ready(outcome.take().expect("future polled after completion"))
-            }
-            Self::Boxed(future) => future.as_mut().poll(cx),
         }
     }
 }

@@ -79,14 +79,14 @@ impl Expr {
     /// canonical form) or nesting `(` and `not` deeper than 32.
     pub fn parse(text: &str) -> Result<Expr, ConfigError> {
         if text.len() > MAX_LEN {
-            return Err(ConfigError::new(format!(
+            return Err(ConfigError::parse(format!(
                 "expression longer than {MAX_LEN} bytes ({} bytes)",
                 text.len()
             )));
         }
         let tokens = tokenize(text)?;
         if tokens.is_empty() {
-            return Err(ConfigError::new("empty expression"));
+            return Err(ConfigError::parse("empty expression"));
         }
         let mut parser = Parser {
             text,
@@ -120,7 +120,7 @@ impl Expr {
         // Counting never fails.
         let _ = expr.write_at(&mut counter, 0, 0);
         if counter.0 > MAX_LEN {
-            return Err(ConfigError::new(format!(
+            return Err(ConfigError::parse(format!(
                 "expression longer than {MAX_LEN} bytes in canonical form ({} bytes)",
                 counter.0
             )));
@@ -249,15 +249,15 @@ impl fmt::Write for Counter {
 }
 
 fn error(at: usize, what: fmt::Arguments<'_>) -> ConfigError {
-    ConfigError::new(format!("expression error at {at}: {what}"))
+    ConfigError::parse(format!("expression error at {at}: {what}"))
 }
 
 fn unbalanced(at: usize) -> ConfigError {
-    ConfigError::new(format!("unbalanced ')' at {at}"))
+    ConfigError::parse(format!("unbalanced ')' at {at}"))
 }
 
 fn unexpected_end(at: usize, what: fmt::Arguments<'_>) -> ConfigError {
-    ConfigError::new(format!("unexpected end of expression at {at}: {what}"))
+    ConfigError::parse(format!("unexpected end of expression at {at}: {what}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

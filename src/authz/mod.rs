@@ -67,18 +67,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
 
 pub use expr::Expr;
 
-use crate::body::ResponseBody;
-use crate::error::{AuthError, ConfigError, DefaultRenderer, RenderRejection, RequestHead};
+use crate::error::{AuthError, ConfigError};
+use crate::gate::{Check, Gate, GateLayer, LayerKind, Rejection, Step, Verdict};
+use crate::head::RequestHead;
 use crate::identity::Identity;
 
 /// The future of a [`Requirement::predicate`].
@@ -228,41 +224,44 @@ fn wildcard_grants(identity: &Identity, s: &str) -> bool {
     identity.scopes().iter().any(covered) || identity.permissions().iter().any(covered)
 }
 
-struct Shared {
+/// The check of [`RequireLayer`].
+#[derive(Clone)]
+pub struct Authorize {
     requirement: Requirement,
     dry_run: bool,
     wildcards: bool,
-    renderer: Arc<dyn RenderRejection>,
+}
+
+impl fmt::Debug for Authorize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorize")
+            .field("requirement", &self.requirement)
+            .field("dry_run", &self.dry_run)
+            .field("wildcards", &self.wildcards)
+            .finish()
+    }
 }
 
 /// Applies a [`Requirement`]. See the [module docs](self).
-#[derive(Clone)]
-#[must_use]
-pub struct RequireLayer {
-    shared: Arc<Shared>,
-}
+pub type RequireLayer = GateLayer<Authorize>;
 
-impl fmt::Debug for RequireLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireLayer")
-            .field("requirement", &self.shared.requirement)
-            .field("dry_run", &self.shared.dry_run)
-            .field("wildcards", &self.shared.wildcards)
-            .finish_non_exhaustive()
-    }
+/// The service made by [`RequireLayer`].
+pub type Require<S> = Gate<Authorize, S>;
+
+/// The futures of [`authz`](self).
+pub mod future {
+    /// The response future of [`Require`](super::Require).
+    pub type ResponseFuture<S, ReqBody> = crate::gate::ResponseFuture<super::Authorize, S, ReqBody>;
 }
 
 impl RequireLayer {
     /// Enforce `requirement`.
     pub fn new(requirement: Requirement) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                requirement,
-                dry_run: false,
-                wildcards: false,
-                renderer: Arc::new(DefaultRenderer::default()),
-            }),
-        }
+        GateLayer::from_check(Authorize {
+            requirement,
+            dry_run: false,
+            wildcards: false,
+        })
     }
 
     /// Every listed scope: `RequireLayer::new(Requirement::all_scopes(..))`.
@@ -283,236 +282,90 @@ impl RequireLayer {
         Ok(Self::new(Requirement::expr(text)?))
     }
 
-    fn with(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
-            requirement: arc.requirement.clone(),
-            dry_run: arc.dry_run,
-            wildcards: arc.wildcards,
-            renderer: arc.renderer.clone(),
-        });
-        f(&mut shared);
-        Self {
-            shared: Arc::new(shared),
-        }
-    }
-
     /// Log denials (`tracing`, target `tower_api_guard::authz`) but let the requests
     /// through: for rolling out a new rule.
-    pub fn dry_run(self, dry_run: bool) -> Self {
-        self.with(|s| s.dry_run = dry_run)
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.check_mut().dry_run = dry_run;
+        self
     }
 
     /// Let wildcard grants count: `posts:*` grants `posts:read`, `*` grants everything.
     /// Off by default.
-    pub fn wildcards(self, enabled: bool) -> Self {
-        self.with(|s| s.wildcards = enabled)
+    pub fn wildcards(mut self, enabled: bool) -> Self {
+        self.check_mut().wildcards = enabled;
+        self
     }
 
-    /// Render rejections with `renderer`.
-    pub fn with_renderer(self, renderer: impl RenderRejection) -> Self {
-        let renderer: Arc<dyn RenderRejection> = Arc::new(renderer);
-        self.with(|s| s.renderer = renderer)
-    }
-}
-
-impl<S> Layer<S> for RequireLayer {
-    type Service = Require<S>;
-
-    fn layer(&self, inner: S) -> Require<S> {
-        Require {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// The service made by [`RequireLayer`].
-#[derive(Clone)]
-pub struct Require<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S: fmt::Debug> fmt::Debug for Require<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Require")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+    /// The requirement.
+    pub fn requirement(&self) -> &Requirement {
+        &self.check_ref().requirement
     }
 }
 
 impl<S> Require<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// Wrap `inner`.
+    pub fn new(inner: S, requirement: Requirement) -> Self {
+        tower_layer::Layer::layer(&RequireLayer::new(requirement), inner)
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// A layer; same as [`RequireLayer::new`].
+    pub fn layer(requirement: Requirement) -> RequireLayer {
+        RequireLayer::new(requirement)
     }
 }
 
-fn reject<B>(shared: &Shared, error: AuthError, request: &Request<B>) -> Response<Bytes> {
-    let mut response = shared.renderer.render(&error, &RequestHead::of(request));
-    response.extensions_mut().insert(error);
-    response
-}
-
-/// Log a denial; `true` when the request must be rejected (not a dry run).
-fn deny(shared: &Shared, identity: Option<&Identity>) -> bool {
-    let subject = identity.map(Identity::subject).unwrap_or("");
-    if shared.dry_run {
-        tracing::warn!(
-            target: "tower_api_guard::authz",
-            subject,
-            required = %shared.requirement.required(),
-            dry_run = true,
-            "request would be denied (dry run: let through)"
-        );
-        false
-    } else {
-        tracing::info!(
-            target: "tower_api_guard::authz",
-            subject,
-            required = %shared.requirement.required(),
-            "request denied"
-        );
-        true
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Require<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
-        let Some(identity) = request.extensions().get::<Identity>() else {
-            if deny(shared, None) {
-                let error = AuthError::missing_credentials();
-                return ResponseFuture::rejected(reject(shared, error, &request));
-            }
-            return ResponseFuture::calling(self.inner.call(request));
+impl Authorize {
+    /// A denial: the rejection, or `None` in a dry run (logged, let through).
+    fn deny(&self, identity: Option<&Identity>) -> Option<Rejection> {
+        if self.dry_run {
+            tracing::warn!(
+                target: "tower_api_guard::authz",
+                subject = identity.map_or("", Identity::subject),
+                required = %self.requirement.required(),
+                dry_run = true,
+                "request would be denied (dry run: let through)"
+            );
+            return None;
+        }
+        let error = match identity {
+            None => AuthError::missing_credentials(),
+            Some(_) => AuthError::insufficient_scope(self.requirement.required().to_owned()),
         };
-        match shared
-            .requirement
-            .decide(identity, &RequestHead::of(&request), shared.wildcards)
-        {
-            Decision::Now(true) => ResponseFuture::calling(self.inner.call(request)),
-            Decision::Now(false) => {
-                if deny(shared, Some(identity)) {
-                    let error =
-                        AuthError::insufficient_scope(shared.requirement.required().to_owned());
-                    ResponseFuture::rejected(reject(shared, error, &request))
-                } else {
-                    ResponseFuture::calling(self.inner.call(request))
+        Some(error.into())
+    }
+}
+
+impl Check for Authorize {
+    type Ticket = ();
+    type Wait = PredicateFuture;
+    const LAYER: LayerKind = LayerKind::Authz;
+
+    fn check<B>(&self, request: &mut Request<B>) -> Step<(), PredicateFuture> {
+        let identity = request.extensions().get::<Identity>();
+        let allowed = match identity {
+            None => false,
+            Some(identity) => {
+                match self
+                    .requirement
+                    .decide(identity, &RequestHead::of(request), self.wildcards)
+                {
+                    Decision::Now(allowed) => allowed,
+                    Decision::Pending(check) => return Step::Wait(check),
                 }
             }
-            Decision::Pending(check) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture {
-                    state: State::Checking { check },
-                    pending: Some(Box::new((inner, request, self.shared.clone()))),
-                }
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`Require`].
-    pub struct ResponseFuture<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        #[pin]
-        state: State<S::Future>,
-        // Boxed: only a predicate that waits needs it (see the auth layer's future).
-        pending: Option<Box<(S, Request<ReqBody>, Arc<Shared>)>>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Checking { check: PredicateFuture },
-        Calling { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
-    }
-}
-
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    fn calling(future: S::Future) -> Self {
-        Self {
-            state: State::Calling { future },
-            pending: None,
+        };
+        match (allowed, self.deny(identity)) {
+            (false, Some(rejection)) => Step::Deny(rejection),
+            _ => Step::Allow(()),
         }
     }
 
-    fn rejected(response: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
-            },
-            pending: None,
+    fn resume<B>(&self, allowed: bool, request: &mut Request<B>) -> Verdict<()> {
+        match (allowed, self.deny(request.extensions().get::<Identity>())) {
+            (false, Some(rejection)) => Verdict::Deny(rejection),
+            _ => Verdict::Allow(()),
         }
     }
-}
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Checking { check } => {
-                    let allowed = ready!(check.as_mut().poll(cx));
-                    let (mut inner, request, shared) =
-                        *this.pending.take().expect("polled after completion");
-                    let identity = request.extensions().get::<Identity>();
-                    if allowed || !deny(&shared, identity) {
-                        let future = inner.call(request);
-                        this.state.set(State::Calling { future });
-                    } else {
-                        let error =
-                            AuthError::insufficient_scope(shared.requirement.required().to_owned());
-                        let response = reject(&shared, error, &request);
-                        this.state.set(State::Rejected {
-                            response: Some(response),
-                        });
-                    }
-                }
-                StateProj::Calling { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                }
-                StateProj::Rejected { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
-            }
-        }
-    }
+    fn finish<R>((): (), _response: &mut Response<R>) {}
 }

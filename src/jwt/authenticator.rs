@@ -9,11 +9,13 @@ use super::Algorithm;
 use super::claims::{self, ClaimRules};
 use super::jose;
 use super::keys::{JwtKey, KeySet, KeySource, install_provider};
-use super::revocation::{FailurePolicy, RevocationStore, TokenFacts};
+use super::revocation::{RevocationStore, TokenFacts};
 use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{AuthError, ConfigError, RequestHead};
+use crate::error::FailurePolicy;
+use crate::error::{AuthError, ConfigError};
 use crate::extract::TokenExtractor;
+use crate::head::RequestHead;
 use crate::identity::{Identity, RoleModel};
 
 /// The default clock-skew allowance for `exp`, `nbf` and `iat`.
@@ -618,23 +620,23 @@ impl JwtAuthenticatorBuilder {
     pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
         install_provider();
         if self.issuer.is_empty() {
-            return Err(ConfigError::new("issuer is empty"));
+            return Err(ConfigError::setting("issuer is empty"));
         }
         if self.audiences.iter().any(String::is_empty) {
-            return Err(ConfigError::new("audience is empty"));
+            return Err(ConfigError::setting("audience is empty"));
         }
         let keys = self
             .keys
-            .ok_or_else(|| ConfigError::new("no keys configured"))?;
+            .ok_or_else(|| ConfigError::setting("no keys configured"))?;
         keys.check()?;
         if self.algorithms.is_empty() {
-            return Err(ConfigError::new("the algorithm allow-list is empty"));
+            return Err(ConfigError::setting("the algorithm allow-list is empty"));
         }
         if self.leeway > Duration::from_secs(300) {
-            return Err(ConfigError::new("leeway over 5 minutes"));
+            return Err(ConfigError::setting("leeway over 5 minutes"));
         }
         if self.subject_claims.is_empty() {
-            return Err(ConfigError::new("no subject claim configured"));
+            return Err(ConfigError::setting("no subject claim configured"));
         }
         Ok(JwtAuthenticator {
             config: Arc::new(Config {

@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::authenticator::JwtFuture;
 use super::{JwtAuthenticator, jose};
 use crate::auth::Authenticator;
-use crate::error::{AuthError, ConfigError, RequestHead};
+use crate::error::{AuthError, ConfigError};
 use crate::extract::TokenExtractor;
+use crate::head::RequestHead;
 
 /// Routes each token by its (not yet verified) `iss` to the [`JwtAuthenticator`] of that
 /// issuer, with that issuer's keys, audiences, algorithms and claim mapping. A token naming
@@ -63,11 +64,13 @@ impl JwtIssuers {
         for auth in authenticators {
             let issuer = auth.issuer().to_owned();
             if by_issuer.insert(issuer, auth).is_some() {
-                return Err(ConfigError::new("two authenticators for the same issuer"));
+                return Err(ConfigError::setting(
+                    "two authenticators for the same issuer",
+                ));
             }
         }
         if by_issuer.is_empty() {
-            return Err(ConfigError::new("no issuer configured"));
+            return Err(ConfigError::setting("no issuer configured"));
         }
         Ok(Self {
             by_issuer: Arc::new(by_issuer),

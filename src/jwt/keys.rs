@@ -85,7 +85,7 @@ impl fmt::Debug for JwtKey {
 }
 
 fn bad_key(msg: &'static str) -> ConfigError {
-    ConfigError::new(msg)
+    ConfigError::key(msg)
 }
 
 impl JwtKey {
@@ -217,7 +217,7 @@ impl JwtKey {
     pub fn from_jwk_json(json: &[u8]) -> Result<Self, ConfigError> {
         let map =
             jose::parse_object(json).map_err(|_| bad_key("JWK is not a strict JSON object"))?;
-        Self::from_jwk(&map).map_err(ConfigError::new)
+        Self::from_jwk(&map).map_err(ConfigError::key)
     }
 
     /// Check and convert one JWK from a key set. The error is a static reason for logs.
@@ -518,9 +518,9 @@ impl KeySet {
     /// keys are all unusable parses to an empty set.
     pub fn from_jwks_json(json: &[u8]) -> Result<Self, ConfigError> {
         let doc = jose::parse_object(json)
-            .map_err(|_| ConfigError::new("JWKS is not a strict JSON object"))?;
+            .map_err(|_| ConfigError::key("JWKS is not a strict JSON object"))?;
         let Some(Value::Array(entries)) = doc.get("keys") else {
-            return Err(ConfigError::new("JWKS has no keys array"));
+            return Err(ConfigError::key("JWKS has no keys array"));
         };
         let mut keys = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -675,7 +675,7 @@ impl KeySource for StaticKeys {
 
     fn check(&self) -> Result<(), ConfigError> {
         if self.set.is_empty() {
-            Err(ConfigError::new("the key set holds no usable key"))
+            Err(ConfigError::key("the key set holds no usable key"))
         } else {
             Ok(())
         }

@@ -79,6 +79,6 @@ pub use remote::{
 #[cfg(feature = "redis")]
 pub use revocation::RedisRevocations;
 pub use revocation::{
-    DEFAULT_MAX_TOKEN_LIFETIME, FailurePolicy, MemoryRevocations, RevocationError,
-    RevocationFuture, RevocationStore, TokenFacts,
+    DEFAULT_MAX_TOKEN_LIFETIME, MemoryRevocations, RevocationError, RevocationFuture,
+    RevocationStore, TokenFacts,
 };

@@ -149,7 +149,7 @@ mod reqwest_fetcher {
                 .redirect(policy)
                 .user_agent(concat!("tower-api-guard/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|_| ConfigError::new("cannot build the HTTP client"))?;
+                .map_err(|e| ConfigError::unavailable("cannot build the HTTP client", e))?;
             Ok(Self { client })
         }
 
@@ -635,13 +635,13 @@ impl RemoteJwksBuilder {
             Location::Jwks(u) | Location::Discovery(u) => u,
         };
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError::new(
+            return Err(ConfigError::setting(
                 "key set URL or issuer is not an http(s) URL",
             ));
         }
         let s = &self.settings;
         if s.min_ttl > s.max_ttl || s.fetch_timeout.is_zero() || s.max_body == 0 {
-            return Err(ConfigError::new("inconsistent key set settings"));
+            return Err(ConfigError::setting("inconsistent key set settings"));
         }
         let fetcher = match self.fetcher {
             Some(f) => f,
@@ -687,7 +687,7 @@ fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {
 
 #[cfg(not(feature = "reqwest"))]
 fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {
-    Err(ConfigError::new(
+    Err(ConfigError::setting(
         "no JwksFetcher: enable the `reqwest` feature or call .fetcher(..)",
     ))
 }

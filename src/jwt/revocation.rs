@@ -8,7 +8,7 @@
 //!
 //! The authenticator asks the store after every successful verification, verified-token
 //! cache hits included. A revoked token is a 401 `invalid_token`. When the store fails, the
-//! configured [`FailurePolicy`] decides: closed (the default) answers 503, open lets the
+//! configured [`FailurePolicy`](crate::FailurePolicy) decides: closed (the default) answers 503, open lets the
 //! request through; both log the failure.
 //!
 //! ```
@@ -67,17 +67,6 @@ impl RevocationError {
 
 /// A revocation store's future.
 pub type RevocationFuture<T> = Pin<Box<dyn Future<Output = Result<T, RevocationError>> + Send>>;
-
-/// What to do when the revocation store fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Reject the request with 503 (the default: a revoked token must not slip through).
-    #[default]
-    Closed,
-    /// Let the request through, logged.
-    Open,
-}
 
 /// Where revocations live. Implementations must be cheap to ask: the authenticator asks
 /// on every authenticated request.
@@ -145,7 +134,7 @@ impl MemoryRevocations {
 
     /// Use this clock (tests).
     #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
@@ -272,7 +261,7 @@ return 1";
 
         /// Use this clock (tests).
         #[must_use]
-        pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
             self.clock = clock;
             self
         }

@@ -66,7 +66,7 @@ impl ClientAddr {
             })
             .collect();
         self.trusted = nets
-            .map_err(|_| ConfigError::new("a trusted proxy is not an address or CIDR network"))?
+            .map_err(|_| ConfigError::parse("a trusted proxy is not an address or CIDR network"))?
             .into();
         Ok(self)
     }

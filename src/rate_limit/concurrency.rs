@@ -1,110 +1,87 @@
-//! [`ConcurrencyLimitLayer`]: at most N requests in flight per identity.
+//! [`InFlightLimitLayer`]: at most N requests in flight per identity.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::body::ResponseBody;
-use crate::error::{AuthError, DefaultRenderer, RenderRejection, RequestHead};
+use crate::error::AuthError;
+use crate::gate::{Check, Gate, GateLayer, LayerKind, NeverWaits, Step, Verdict};
 use crate::identity::Identity;
-
-struct Shared {
-    max: usize,
-    in_flight: Mutex<HashMap<String, usize>>,
-    renderer: Arc<dyn RenderRejection>,
-}
 
 /// At most `max` requests of one identity in flight; past it, `429` (gRPC
 /// `RESOURCE_EXHAUSTED`) at once. A slot is held until the inner service's response
 /// future completes (or is dropped); streaming bodies are not counted. Requests without an
 /// identity pass.
+///
+/// Every clone of the layer, and every service made from it, shares one count.
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use tower_api_guard::rate_limit::InFlightLimitLayer;
+///
+/// let limit = InFlightLimitLayer::per_identity(NonZeroUsize::new(4).unwrap());
+/// # let _ = limit;
+/// ```
+pub type InFlightLimitLayer = GateLayer<LimitInFlight>;
+
+/// The service made by [`InFlightLimitLayer`].
+pub type InFlightLimit<S> = Gate<LimitInFlight, S>;
+
+/// The check of [`InFlightLimitLayer`].
 #[derive(Clone)]
-#[must_use]
-pub struct ConcurrencyLimitLayer {
-    shared: Arc<Shared>,
+pub struct LimitInFlight {
+    max: NonZeroUsize,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-impl fmt::Debug for ConcurrencyLimitLayer {
+impl fmt::Debug for LimitInFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrencyLimitLayer")
-            .field("max", &self.shared.max)
+        f.debug_struct("LimitInFlight")
+            .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
 
-impl ConcurrencyLimitLayer {
-    /// At most `max` (at least 1) requests in flight per identity.
-    pub fn per_identity(max: usize) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                max: max.max(1),
-                in_flight: Mutex::new(HashMap::new()),
-                renderer: Arc::new(DefaultRenderer::default()),
-            }),
-        }
+impl InFlightLimitLayer {
+    /// At most `max` requests in flight per identity.
+    pub fn per_identity(max: NonZeroUsize) -> Self {
+        GateLayer::from_check(LimitInFlight {
+            max,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
-    /// Render rejections with `renderer`.
-    pub fn with_renderer(self, renderer: impl RenderRejection) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                max: self.shared.max,
-                in_flight: Mutex::new(HashMap::new()),
-                renderer: Arc::new(renderer),
-            }),
-        }
+    /// The most requests one identity may have in flight.
+    pub fn max(&self) -> NonZeroUsize {
+        self.check_ref().max
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLimitLayer {
-    type Service = ConcurrencyLimit<S>;
-
-    fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
-        ConcurrencyLimit {
-            inner,
-            shared: self.shared.clone(),
-        }
+impl<S> InFlightLimit<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S, max: NonZeroUsize) -> Self {
+        tower_layer::Layer::layer(&InFlightLimitLayer::per_identity(max), inner)
     }
-}
 
-/// The service made by [`ConcurrencyLimitLayer`].
-#[derive(Clone)]
-pub struct ConcurrencyLimit<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S: fmt::Debug> fmt::Debug for ConcurrencyLimit<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConcurrencyLimit")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+    /// A layer; same as [`InFlightLimitLayer::per_identity`].
+    pub fn layer(max: NonZeroUsize) -> InFlightLimitLayer {
+        InFlightLimitLayer::per_identity(max)
     }
 }
 
 /// A held slot; released on drop.
-struct Slot {
+pub struct Slot {
     key: String,
-    shared: Arc<Shared>,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self
-            .shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -114,36 +91,20 @@ impl Drop for Slot {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ConcurrencyLimit<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ConcurrencyFuture<S::Future>;
+impl Check for LimitInFlight {
+    type Ticket = Option<Slot>;
+    type Wait = NeverWaits;
+    const LAYER: LayerKind = LayerKind::RateLimit;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn check<B>(&self, request: &mut Request<B>) -> Step<Option<Slot>, NeverWaits> {
         let Some(identity) = request.extensions().get::<Identity>() else {
-            return ConcurrencyFuture {
-                state: State::Calling {
-                    future: self.inner.call(request),
-                },
-                slot: None,
-            };
+            return Step::Allow(None);
         };
-        let key = identity.rate_key().to_owned();
+        let key = identity.caller_key();
         let admitted = {
-            let mut map = self
-                .shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let n = map.entry(key.clone()).or_insert(0);
-            if *n < self.shared.max {
+            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(key.to_owned()).or_insert(0);
+            if *n < self.max.get() {
                 *n += 1;
                 true
             } else {
@@ -151,73 +112,25 @@ where
             }
         };
         if !admitted {
-            tracing::info!(
-                target: "tower_api_guard::rate_limit",
-                subject = %identity.subject(),
-                max = self.shared.max,
-                "too many requests in flight"
-            );
-            let error = AuthError::rate_limited(Duration::from_secs(1));
-            let mut response = self
-                .shared
-                .renderer
-                .render(&error, &RequestHead::of(&request));
-            response.extensions_mut().insert(error);
-            return ConcurrencyFuture {
-                state: State::Rejected {
-                    response: Some(response),
-                },
-                slot: None,
-            };
+            let error = AuthError::rate_limited(Duration::from_secs(1))
+                .with_reason("too many requests in flight");
+            return Step::Deny(error.into());
         }
-        let slot = Slot {
-            key,
-            shared: self.shared.clone(),
-        };
-        ConcurrencyFuture {
-            state: State::Calling {
-                future: self.inner.call(request),
-            },
-            slot: Some(slot),
-        }
+        Step::Allow(Some(Slot {
+            key: key.to_owned(),
+            in_flight: self.in_flight.clone(),
+        }))
     }
-}
 
-pin_project! {
-    /// The response future of [`ConcurrencyLimit`].
-    pub struct ConcurrencyFuture<F> {
-        #[pin]
-        state: State<F>,
-        slot: Option<Slot>,
+    fn resume<B>(
+        &self,
+        never: std::convert::Infallible,
+        _: &mut Request<B>,
+    ) -> Verdict<Self::Ticket> {
+        match never {}
     }
-}
 
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Calling { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
-    }
-}
-
-impl<F, ResBody, E> Future for ConcurrencyFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.state.project() {
-            StateProj::Calling { future } => {
-                let response = ready!(future.poll(cx));
-                drop(this.slot.take());
-                Poll::Ready(response.map(|r| r.map(ResponseBody::new)))
-            }
-            StateProj::Rejected { response } => {
-                let response = response.take().expect("polled after completion");
-                Poll::Ready(Ok(response.map(ResponseBody::full)))
-            }
-        }
+    fn finish<R>(slot: Option<Slot>, _response: &mut Response<R>) {
+        drop(slot);
     }
 }

@@ -23,7 +23,7 @@ impl Quota {
     /// A zero limit or window, or a window under a microsecond per request.
     pub fn per(limit: u32, window: Duration) -> Result<Self, ConfigError> {
         if limit == 0 || window.is_zero() || window.as_nanos() / u128::from(limit) < 1_000 {
-            return Err(ConfigError::new(
+            return Err(ConfigError::parse(
                 "a quota needs a limit and a window of at least 1 µs per request",
             ));
         }
@@ -40,7 +40,7 @@ impl Quota {
     /// # Errors
     /// Anything else.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::new("a quota looks like 20/s, 1000/min, 5/h or 10000/day");
+        let bad = || ConfigError::parse("a quota looks like 20/s, 1000/min, 5/h or 10000/day");
         let (limit, unit) = text.trim().split_once('/').ok_or_else(bad)?;
         let limit: u32 = limit.trim().parse().map_err(|_| bad())?;
         let window = match unit.trim() {

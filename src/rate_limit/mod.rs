@@ -1,4 +1,4 @@
-//! Rate limiting per identity: [`RateLimitLayer`], GCRA, quotas per plan, standard headers.
+//! Rate limiting per identity: [`RateLimiterLayer`], GCRA, quotas per plan, standard headers.
 //!
 //! Each verified identity (source + subject) gets its plan's quotas, or the default ones.
 //! Several quotas (e.g. `20/s` and `10000/day`) are checked together: a request rejected by
@@ -10,19 +10,19 @@
 //! (whose state equals a fresh key's) are evicted first, then the keys closest to idle, so
 //! a flood of distinct keys cannot exhaust memory.
 //!
-//! [`AuthFailureLayer`], placed before authentication, answers `429` to client addresses that
-//! keep failing authentication, before any signature check. [`ClientAddr`] finds the client
-//! address (trusted proxies only, IPv6 grouped by /56).
+//! [`ClientAddr`] finds the client address (trusted proxies only, IPv6 grouped by /56), for
+//! anonymous quotas and for the brute-force guard
+//! ([`BruteForceGuardLayer`](crate::auth::BruteForceGuardLayer)).
 //!
 //! With the `redis` feature, `RedisStore` shares the limits between replicas (a Lua script
 //! on Redis server time; a process's concurrent decisions share one script call; within a
 //! time budget, failing open or closed; optionally leasing a few requests per key at once,
 //! never allowing more than the limit).
 //!
-//! Requests without an identity pass [`RateLimitLayer`] unless
-//! [`anonymous`](RateLimitLayer::anonymous) gives them per-address quotas. Legacy
-//! `X-RateLimit-*` fields are available with [`legacy_headers`](RateLimitLayer::legacy_headers).
-//! [`ConcurrencyLimitLayer`] caps the requests in flight per identity.
+//! Requests without an identity pass [`RateLimiterLayer`] unless
+//! [`anonymous`](RateLimiterLayer::anonymous) gives them per-address quotas. Legacy
+//! `X-RateLimit-*` fields are available with [`legacy_headers`](RateLimiterLayer::legacy_headers).
+//! [`InFlightLimitLayer`] caps the requests in flight per identity.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -31,7 +31,7 @@
 //! use tower::{ServiceBuilder, ServiceExt};
 //! use tower_api_guard::auth::AuthLayer;
 //! use tower_api_guard::jwt::JwtAuthenticator;
-//! use tower_api_guard::rate_limit::{Quota, RateLimitLayer};
+//! use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
 //! use tower_api_guard::testing::TestIssuer;
 //!
 //! let issuer = TestIssuer::new("https://issuer.example");
@@ -41,7 +41,7 @@
 //!     .unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(AuthLayer::new(jwt))
-//!     .layer(RateLimitLayer::new([Quota::parse("2/min").unwrap()]))
+//!     .layer(RateLimiterLayer::new([Quota::parse("2/min").unwrap()]))
 //!     .service_fn(|_req: Request<()>| async {
 //!         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
 //!     });
@@ -59,35 +59,46 @@
 mod client;
 mod concurrency;
 mod gcra;
-mod guard;
 #[cfg(feature = "redis")]
 mod redis_store;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
-use tower_layer::Layer;
-use tower_service::Service;
 
 pub use client::ClientAddr;
-pub use concurrency::{ConcurrencyFuture, ConcurrencyLimit, ConcurrencyLimitLayer};
+pub use concurrency::{InFlightLimit, InFlightLimitLayer, LimitInFlight};
 pub use gcra::{Decision, MemoryStore, Quota};
-pub use guard::{AuthFailureGuard, AuthFailureLayer, GuardFuture};
 #[cfg(feature = "redis")]
-pub use redis_store::{RedisFailure, RedisStore};
+pub use redis_store::RedisStore;
 
-use crate::body::ResponseBody;
 use crate::clock::{Clock, MonotonicClock};
-use crate::error::{AuthError, DefaultRenderer, RenderRejection, RequestHead};
+use crate::error::{AuthError, FailurePolicy};
+use crate::gate::{Check, Gate, GateLayer, LayerKind, Rejection, Step, Verdict};
+use crate::head::RequestHead;
 use crate::identity::Identity;
+
+/// Limits each identity. See the [module docs](self).
+pub type RateLimiterLayer = GateLayer<LimitRate>;
+
+/// The service made by [`RateLimiterLayer`].
+pub type RateLimiter<S> = Gate<LimitRate, S>;
+
+/// The futures of [`rate_limit`](self).
+pub mod future {
+    /// The response future of [`RateLimiter`](super::RateLimiter).
+    pub type ResponseFuture<S, ReqBody> = crate::gate::ResponseFuture<super::LimitRate, S, ReqBody>;
+
+    /// The response future of [`InFlightLimit`](super::InFlightLimit).
+    pub type InFlightFuture<S, ReqBody> =
+        crate::gate::ResponseFuture<super::LimitInFlight, S, ReqBody>;
+}
 
 /// Where limits are kept.
 #[derive(Clone, Debug)]
@@ -118,133 +129,121 @@ impl Plan {
     }
 }
 
-struct Shared {
+type CostFn = dyn Fn(&RequestHead<'_>) -> u32 + Send + Sync;
+
+/// The check of [`RateLimiterLayer`].
+#[derive(Clone)]
+pub struct LimitRate {
     default: Plan,
     plans: HashMap<String, Plan>,
     anonymous: Option<(Plan, ClientAddr)>,
     legacy: bool,
     store: Store,
     clock: Arc<dyn Clock>,
-    renderer: Arc<dyn RenderRejection>,
+    cost: Option<Arc<CostFn>>,
 }
 
-/// Limits each identity. See the [module docs](self).
-#[derive(Clone)]
-#[must_use]
-pub struct RateLimitLayer {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for RateLimitLayer {
+impl fmt::Debug for LimitRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitLayer")
-            .field("default", &self.shared.default.quotas)
-            .field("plans", &self.shared.plans.keys().collect::<Vec<_>>())
+        f.debug_struct("LimitRate")
+            .field("default", &self.default.quotas)
+            .field("plans", &self.plans.keys().collect::<Vec<_>>())
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
 
-impl RateLimitLayer {
+impl RateLimiterLayer {
     /// Every identity gets `quotas` (checked together) unless its plan says otherwise.
     pub fn new(quotas: impl IntoIterator<Item = Quota>) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                default: Plan::new(quotas),
-                plans: HashMap::new(),
-                anonymous: None,
-                legacy: false,
-                store: Store::Memory(MemoryStore::new(100_000)),
-                clock: Arc::new(MonotonicClock::new()),
-                renderer: Arc::new(DefaultRenderer::default()),
-            }),
-        }
-    }
-
-    fn with(self, f: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|arc| Shared {
-            default: arc.default.clone(),
-            plans: arc.plans.clone(),
-            anonymous: arc.anonymous.clone(),
-            legacy: arc.legacy,
-            store: arc.store.clone(),
-            clock: arc.clock.clone(),
-            renderer: arc.renderer.clone(),
-        });
-        f(&mut shared);
-        Self {
-            shared: Arc::new(shared),
-        }
-    }
-
-    /// Identities whose plan is `plan` (from an API-key record or a JWT claim) get `quotas`.
-    pub fn plan(self, plan: &str, quotas: impl IntoIterator<Item = Quota>) -> Self {
-        let quotas = Plan::new(quotas);
-        let plan = plan.to_owned();
-        self.with(|s| {
-            s.plans.insert(plan, quotas);
+        GateLayer::from_check(LimitRate {
+            default: Plan::new(quotas),
+            plans: HashMap::new(),
+            anonymous: None,
+            legacy: false,
+            store: Store::Memory(MemoryStore::new(100_000)),
+            clock: Arc::new(MonotonicClock::new()),
+            cost: None,
         })
     }
 
+    /// Identities whose plan is `plan` (from an API-key record or a JWT claim) get `quotas`.
+    pub fn plan(mut self, plan: &str, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        self.check_mut()
+            .plans
+            .insert(plan.to_owned(), Plan::new(quotas));
+        self
+    }
+
     /// The store (default: in process, at most 100,000 keys).
-    pub fn store(self, store: MemoryStore) -> Self {
-        self.with(|s| s.store = Store::Memory(store))
+    pub fn store(mut self, store: MemoryStore) -> Self {
+        self.check_mut().store = Store::Memory(store);
+        self
     }
 
     /// Limit requests without an identity too, per client address (found by `client`:
     /// trusted proxies only, IPv6 grouped by /56). Without this they pass this layer.
-    pub fn anonymous(self, quotas: impl IntoIterator<Item = Quota>, client: ClientAddr) -> Self {
-        let quotas = Plan::new(quotas);
-        self.with(|s| s.anonymous = Some((quotas, client)))
+    pub fn anonymous(
+        mut self,
+        quotas: impl IntoIterator<Item = Quota>,
+        client: ClientAddr,
+    ) -> Self {
+        self.check_mut().anonymous = Some((Plan::new(quotas), client));
+        self
     }
 
     /// Also send the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
     /// `X-RateLimit-Reset` (seconds) fields, for the tightest quota.
-    pub fn legacy_headers(self, enabled: bool) -> Self {
-        self.with(|s| s.legacy = enabled)
+    pub fn legacy_headers(mut self, enabled: bool) -> Self {
+        self.check_mut().legacy = enabled;
+        self
+    }
+
+    /// What a request costs, from its head (default: 1 for every request). A cost of 0
+    /// lets the request through without consuming anything (it still gets the
+    /// `RateLimit` fields); a cost above a quota's burst can never pass that quota and is
+    /// answered `429`.
+    ///
+    /// ```
+    /// use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
+    ///
+    /// // Writes cost 5, reads 1.
+    /// let limiter = RateLimiterLayer::new([Quota::parse("100/min").unwrap()])
+    ///     .cost(|head| if head.method == http::Method::GET { 1 } else { 5 });
+    /// # let _ = limiter;
+    /// ```
+    pub fn cost<F>(mut self, cost: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> u32 + Send + Sync + 'static,
+    {
+        self.check_mut().cost = Some(Arc::new(cost));
+        self
     }
 
     /// Keep the limits in Redis, shared by every replica (feature `redis`).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis(self, store: RedisStore) -> Self {
-        self.with(|s| s.store = Store::Redis(store))
+    pub fn redis(mut self, store: RedisStore) -> Self {
+        self.check_mut().store = Store::Redis(store);
+        self
     }
 
     /// The clock: [`MonotonicClock`] by default; a `ManualClock` in tests.
-    pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
-        self.with(|s| s.clock = clock)
-    }
-
-    /// Render rejections with `renderer`.
-    pub fn with_renderer(self, renderer: impl RenderRejection) -> Self {
-        let renderer: Arc<dyn RenderRejection> = Arc::new(renderer);
-        self.with(|s| s.renderer = renderer)
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.check_mut().clock = clock;
+        self
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            shared: self.shared.clone(),
-        }
+impl<S> RateLimiter<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        tower_layer::Layer::layer(&RateLimiterLayer::new(quotas), inner)
     }
-}
 
-/// The service made by [`RateLimitLayer`].
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+    /// A layer; same as [`RateLimiterLayer::new`].
+    pub fn layer(quotas: impl IntoIterator<Item = Quota>) -> RateLimiterLayer {
+        RateLimiterLayer::new(quotas)
     }
 }
 
@@ -287,225 +286,126 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
     fields
 }
 
-/// Turn a decision into the next step: call the inner service (with the headers to add) or
-/// reject. (The rejection is built once per rejected request; its size does not matter.)
-#[allow(clippy::result_large_err)]
-fn apply<B>(
-    shared: &Shared,
-    plan: &Plan,
-    decision: &Decision,
-    request: &Request<B>,
-) -> Result<Fields, Response<Bytes>> {
-    let fields = headers(plan, decision, shared.legacy);
-    match decision.retry_after() {
-        None => Ok(fields),
-        Some(retry) => {
-            let subject = request
-                .extensions()
-                .get::<Identity>()
-                .map_or("(anonymous)", |i| i.subject());
-            tracing::info!(
-                target: "tower_api_guard::rate_limit",
-                subject,
-                retry_after_ms = retry.as_millis() as u64,
-                "request rate limited"
-            );
-            let error = AuthError::rate_limited(retry.max(Duration::from_millis(1)));
-            let mut response = shared.renderer.render(&error, &RequestHead::of(request));
-            for (name, value) in fields {
-                response.headers_mut().insert(name, value);
+/// A store's answer that had to wait (Redis).
+pub type StoreFuture = Pin<Box<dyn Future<Output = Result<Decision, StoreFailure>> + Send>>;
+
+/// Why a shared store could not decide, and what that does to the request.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreFailure {
+    reason: &'static str,
+    policy: FailurePolicy,
+}
+
+impl LimitRate {
+    /// The key and plan of this request, or `None` when this layer does not limit it.
+    fn select<'a, B>(&'a self, request: &'a Request<B>) -> Option<(Cow<'a, str>, &'a Plan)> {
+        let (key, plan) = match request.extensions().get::<Identity>() {
+            Some(identity) => (
+                Cow::Borrowed(identity.caller_key()),
+                identity
+                    .plan()
+                    .and_then(|p| self.plans.get(p))
+                    .unwrap_or(&self.default),
+            ),
+            None => {
+                let (plan, client) = self.anonymous.as_ref()?;
+                let peer = client.peer(request.extensions())?;
+                (
+                    Cow::Owned(client.key(client.resolve(peer, request.headers()))),
+                    plan,
+                )
             }
-            response.extensions_mut().insert(error);
-            Err(response)
+        };
+        (!plan.quotas.is_empty()).then_some((key, plan))
+    }
+
+    fn cost<B>(&self, request: &Request<B>) -> u32 {
+        self.cost
+            .as_ref()
+            .map_or(1, |cost| cost(&RequestHead::of(request)))
+    }
+
+    /// A decision made: the fields to add to the response, or the rejection.
+    fn verdict(&self, plan: &Plan, decision: &Decision) -> Verdict<Option<Fields>> {
+        let fields = headers(plan, decision, self.legacy);
+        match decision.retry_after() {
+            None => Verdict::Allow(Some(fields)),
+            Some(retry) => Verdict::Deny(
+                Rejection::from(AuthError::rate_limited(retry.max(Duration::from_millis(1))))
+                    .with_headers(fields),
+            ),
         }
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+impl Check for LimitRate {
+    type Ticket = Option<Fields>;
+    type Wait = StoreFuture;
+    const LAYER: LayerKind = LayerKind::RateLimit;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
-        let (key, quotas) = match request.extensions().get::<Identity>() {
-            Some(identity) => (
-                std::borrow::Cow::Borrowed(identity.rate_key()),
-                identity
-                    .plan()
-                    .and_then(|p| shared.plans.get(p))
-                    .unwrap_or(&shared.default),
-            ),
-            None => {
-                let anonymous = shared.anonymous.as_ref().and_then(|(quotas, client)| {
-                    let peer = client.peer(request.extensions())?;
-                    Some((
-                        std::borrow::Cow::Owned(
-                            client.key(client.resolve(peer, request.headers())),
-                        ),
-                        quotas,
-                    ))
-                });
-                match anonymous {
-                    Some(found) => found,
-                    None => return ResponseFuture::calling(self.inner.call(request), None),
-                }
-            }
+    fn check<B>(&self, request: &mut Request<B>) -> Step<Option<Fields>, StoreFuture> {
+        let Some((key, plan)) = self.select(request) else {
+            return Step::Allow(None);
         };
-        if quotas.quotas.is_empty() {
-            return ResponseFuture::calling(self.inner.call(request), None);
-        }
-        match &shared.store {
+        let cost = self.cost(request);
+        match &self.store {
             Store::Memory(store) => {
-                let decision = store.check(&key, &quotas.quotas, 1, shared.clock.now());
-                match apply(shared, quotas, &decision, &request) {
-                    Ok(fields) => ResponseFuture::calling(self.inner.call(request), Some(fields)),
-                    Err(response) => ResponseFuture::rejected(response),
+                match self.verdict(
+                    plan,
+                    &store.check(&key, &plan.quotas, cost, self.clock.now()),
+                ) {
+                    Verdict::Allow(fields) => Step::Allow(fields),
+                    Verdict::Deny(rejection) => Step::Deny(rejection),
                 }
             }
             #[cfg(feature = "redis")]
             Store::Redis(store) => {
                 let store = store.clone();
-                let owned: Plan = quotas.clone();
+                let quotas = plan.quotas.clone();
                 let key = key.into_owned();
-                let decide: DecideFuture = Box::pin(async move {
-                    let decision = store.check(&key, &owned.quotas, 1).await;
-                    (decision, store.failure_policy(), owned)
-                });
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture {
-                    state: State::Deciding { decide },
-                    fields: None,
-                    pending: Some(Box::new((inner, request, self.shared.clone()))),
-                }
+                Step::Wait(Box::pin(async move {
+                    store
+                        .check(&key, &quotas, cost)
+                        .await
+                        .map_err(|reason| StoreFailure {
+                            reason,
+                            policy: store.policy(),
+                        })
+                }))
             }
         }
     }
-}
 
-#[cfg(feature = "redis")]
-type DecideFuture =
-    Pin<Box<dyn Future<Output = (Result<Decision, &'static str>, RedisFailure, Plan)> + Send>>;
-#[cfg(not(feature = "redis"))]
-type DecideFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-pin_project! {
-    /// The response future of [`RateLimit`].
-    pub struct ResponseFuture<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
-        #[pin]
-        state: State<S::Future>,
-        fields: Option<Fields>,
-        // Boxed: only a Redis decision needs it (see the auth layer's future).
-        pending: Option<Box<(S, Request<ReqBody>, Arc<Shared>)>>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Deciding { decide: DecideFuture },
-        Calling { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
-    }
-}
-
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    fn calling(future: S::Future, fields: Option<Fields>) -> Self {
-        Self {
-            state: State::Calling { future },
-            fields,
-            pending: None,
-        }
-    }
-
-    fn rejected(response: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
+    fn resume<B>(
+        &self,
+        decision: Result<Decision, StoreFailure>,
+        request: &mut Request<B>,
+    ) -> Verdict<Option<Fields>> {
+        match decision {
+            Ok(decision) => match self.select(request) {
+                Some((_, plan)) => self.verdict(plan, &decision),
+                None => Verdict::Allow(None),
             },
-            fields: None,
-            pending: None,
-        }
-    }
-}
-
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
-
-    // Without redis there is no asynchronous decision, so the loop never goes round.
-    #[cfg_attr(not(feature = "redis"), allow(clippy::never_loop))]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                #[cfg(feature = "redis")]
-                StateProj::Deciding { decide } => {
-                    let (decision, policy, quotas) = ready!(decide.as_mut().poll(cx));
-                    let (mut inner, request, shared) =
-                        *this.pending.take().expect("polled after completion");
-                    let next = match decision {
-                        Ok(decision) => apply(&shared, &quotas, &decision, &request),
-                        Err(reason) => {
-                            tracing::warn!(target: "tower_api_guard::rate_limit", reason, ?policy, "rate-limit store failed");
-                            match policy {
-                                RedisFailure::Closed => {
-                                    let error = AuthError::unavailable(
-                                        "rate-limit store failed",
-                                        Duration::from_secs(1),
-                                    );
-                                    let mut response =
-                                        shared.renderer.render(&error, &RequestHead::of(&request));
-                                    response.extensions_mut().insert(error);
-                                    Err(response)
-                                }
-                                _ => Ok(Vec::new()),
-                            }
-                        }
-                    };
-                    match next {
-                        Ok(fields) => {
-                            if !fields.is_empty() {
-                                *this.fields = Some(fields);
-                            }
-                            let future = inner.call(request);
-                            this.state.set(State::Calling { future });
-                        }
-                        Err(response) => this.state.set(State::Rejected {
-                            response: Some(response),
-                        }),
+            Err(StoreFailure { reason, policy }) => {
+                tracing::warn!(
+                    target: "tower_api_guard::rate_limit",
+                    reason,
+                    ?policy,
+                    "rate-limit store failed"
+                );
+                match policy {
+                    FailurePolicy::Closed => {
+                        Verdict::Deny(AuthError::unavailable(reason, Duration::from_secs(1)).into())
                     }
-                }
-                #[cfg(not(feature = "redis"))]
-                StateProj::Deciding { .. } => unreachable!("no asynchronous store without redis"),
-                StateProj::Calling { future } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    for (name, value) in this.fields.take().unwrap_or_default() {
-                        response.headers_mut().insert(name, value);
-                    }
-                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                }
-                StateProj::Rejected { response } => {
-                    let response = response.take().expect("polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    FailurePolicy::Open => Verdict::Allow(None),
                 }
             }
+        }
+    }
+
+    fn finish<R>(fields: Option<Fields>, response: &mut Response<R>) {
+        for (name, value) in fields.unwrap_or_default() {
+            response.headers_mut().insert(name, value);
         }
     }
 }

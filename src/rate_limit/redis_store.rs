@@ -1,6 +1,7 @@
 //! [`RedisStore`]: GCRA shared by every replica; concurrent decisions share one script call.
 
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Decision, Quota};
 use crate::clock::{Clock, MonotonicClock};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, FailurePolicy};
 
 /// GCRA over a batch of decisions, each over several quotas, on Redis server time (so
 /// replicas with skewed clocks agree). Microseconds throughout (well inside Lua's exact
@@ -74,17 +75,6 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return out";
 
-/// What a Redis failure does to the request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RedisFailure {
-    /// Let the request through, logged (the default for rate limits).
-    #[default]
-    Open,
-    /// Reject with 503.
-    Closed,
-}
-
 /// The answer to one decision: the decision and how many requests it took.
 type Reply = Result<(Decision, u32), &'static str>;
 
@@ -138,9 +128,9 @@ struct Leasing {
 /// decisions are exactly those of one call each: the script makes them in arrival order,
 /// atomically. The script is loaded once and reloaded on `NOSCRIPT`.
 ///
-/// Each decision has a time budget (default 50 ms) that covers its wait in the queue and
+/// Each decision has a time limit (default 50 ms) that covers its wait in the queue and
 /// the round trip; a decision whose caller has given up is dropped from the queue rather
-/// than consumed later. On an error, a full queue or a blown budget the [`RedisFailure`]
+/// than consumed later. On an error, a full queue or a blown time limit the [`FailurePolicy`]
 /// policy decides; the connection manager reconnects by itself.
 ///
 /// One script call holds keys of several identities, so the store needs one Redis server
@@ -155,14 +145,15 @@ struct Leasing {
 /// ```no_run
 /// # async fn demo() -> Result<(), tower_api_guard::error::ConfigError> {
 /// use std::time::Duration;
-/// use tower_api_guard::rate_limit::{Quota, RateLimitLayer, RedisFailure, RedisStore};
+/// use tower_api_guard::FailurePolicy;
+/// use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 ///
 /// let store = RedisStore::connect("redis://127.0.0.1:6379")
 ///     .await?
 ///     .prefix("myapi:rl")
-///     .budget(Duration::from_millis(20))
-///     .on_failure(RedisFailure::Closed);
-/// let layer = RateLimitLayer::new([Quota::parse("100/min").unwrap()]).redis(store);
+///     .timeout(Duration::from_millis(20))
+///     .failure_policy(FailurePolicy::Closed);
+/// let layer = RateLimiterLayer::new([Quota::parse("100/min").unwrap()]).redis(store);
 /// # let _ = layer;
 /// # Ok(())
 /// # }
@@ -174,8 +165,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     runtime: Handle,
     prefix: Arc<str>,
-    budget: Duration,
-    failure: RedisFailure,
+    timeout: Duration,
+    failure: FailurePolicy,
     max_batch: usize,
     max_in_flight: usize,
     leasing: Option<Leasing>,
@@ -186,7 +177,7 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
-            .field("budget", &self.budget)
+            .field("timeout", &self.timeout)
             .field("failure", &self.failure)
             .field("max_batch", &self.max_batch)
             .field("max_in_flight", &self.max_in_flight)
@@ -210,8 +201,8 @@ impl RedisStore {
             conn,
             runtime,
             prefix: "tag:rl".into(),
-            budget: Duration::from_millis(50),
-            failure: RedisFailure::Open,
+            timeout: Duration::from_millis(50),
+            failure: FailurePolicy::Open,
             max_batch,
             max_in_flight,
             leasing: None,
@@ -226,41 +217,43 @@ impl RedisStore {
         self
     }
 
-    /// The time budget of one decision, queue and round trip (default 50 ms).
+    /// The time limit of one decision, queue and round trip (default 50 ms).
     #[must_use]
-    pub fn budget(mut self, budget: Duration) -> Self {
-        self.budget = budget;
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
-    /// What an error, a full queue or a blown budget does (default [`RedisFailure::Open`]).
+    /// What an error, a full queue or a blown time limit does (default
+    /// [`FailurePolicy::Open`]: a rate limit that cannot be asked lets the request through,
+    /// logged; [`FailurePolicy::Closed`] answers 503).
     #[must_use]
-    pub fn on_failure(mut self, failure: RedisFailure) -> Self {
-        self.failure = failure;
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
         self
     }
 
-    /// At most `n` decisions in one script call (default 64; at least 1). A batch of 64
+    /// At most `n` decisions in one script call (default 64). A batch of 64
     /// holds Redis for a few hundred microseconds. `1` sends every decision alone; raise
     /// [`max_in_flight`](Self::max_in_flight) with it (e.g. to 256), since each call then
     /// carries one decision.
     #[must_use]
-    pub fn max_batch(mut self, n: usize) -> Self {
-        self.max_batch = n.max(1);
+    pub fn max_batch(mut self, n: NonZeroUsize) -> Self {
+        self.max_batch = n.get();
         self.restart()
     }
 
-    /// At most `n` script calls of this store waiting for Redis at once (default 4; at
-    /// least 1). Decisions arriving meanwhile queue for the next batch.
+    /// At most `n` script calls of this store waiting for Redis at once (default 4).
+    /// Decisions arriving meanwhile queue for the next batch.
     #[must_use]
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n.max(1);
+    pub fn max_in_flight(mut self, n: NonZeroUsize) -> Self {
+        self.max_in_flight = n.get();
         self.restart()
     }
 
     /// Take up to `size` requests from the shared limit whenever a key needs one, and
-    /// spend the rest in this process for up to `ttl` (off by default; `size` ≤ 1 turns
-    /// it off; `ttl` is capped at one hour). At most 100,000 keys hold a lease.
+    /// spend the rest in this process for up to `ttl` (off by default; a `size` of 1
+    /// is the same as no lease; `ttl` is capped at one hour). At most 100,000 keys hold a lease.
     ///
     /// A lease is taken from the shared limit like requests are, as many as every quota
     /// has left (at least the one needed, or the request is rejected as without a lease),
@@ -271,9 +264,10 @@ impl RedisStore {
     /// the shared remaining when the lease was taken plus what the lease has left.
     ///
     /// Good for busy identities with quotas much larger than `size` per `ttl`, e.g.
-    /// `1000/min` with `lease(10, Duration::from_secs(1))`: a tenth of the round trips.
+    /// `1000/min` with `lease(NonZeroU32::new(10).unwrap(), Duration::from_secs(1))`: a tenth of the round trips.
     #[must_use]
-    pub fn lease(mut self, size: u32, ttl: Duration) -> Self {
+    pub fn lease(mut self, size: NonZeroU32, ttl: Duration) -> Self {
+        let size = size.get();
         self.leasing = (size > 1).then(|| Leasing {
             size,
             ttl: ttl.min(Duration::from_secs(3600)),
@@ -301,15 +295,15 @@ impl RedisStore {
         self
     }
 
-    /// The failure policy.
-    pub fn failure_policy(&self) -> RedisFailure {
+    /// The failure policy (see [`failure_policy`](Self::failure_policy)).
+    pub(crate) fn policy(&self) -> FailurePolicy {
         self.failure
     }
 
     /// Decide for `key` against `quotas`, consuming `cost` when allowed.
     ///
     /// # Errors
-    /// A Redis error, a full queue or a blown time budget (the reason, for logs).
+    /// A Redis error, a full queue or a blown time limit (the reason, for logs).
     pub async fn check(
         &self,
         key: &str,
@@ -352,10 +346,10 @@ impl RedisStore {
             mpsc::error::TrySendError::Full(_) => "Redis queue full",
             mpsc::error::TrySendError::Closed(_) => "Redis batching task stopped",
         })?;
-        match tokio::time::timeout(self.budget, answer).await {
+        match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err("Redis batching task stopped"),
-            Err(_) => Err("Redis over its time budget"),
+            Err(_) => Err("Redis over its time limit"),
         }
     }
 }
@@ -451,7 +445,7 @@ async fn batches(
         if jobs.recv_many(&mut taken, max_batch).await == 0 {
             return; // Every clone of the store is gone.
         }
-        // A caller past its budget has had its answer (the failure policy): its decision
+        // A caller past its time limit has had its answer (the failure policy): its decision
         // must not consume anything now.
         let batch: Vec<Job> = taken.drain(..).filter(|j| !j.reply.is_closed()).collect();
         if batch.is_empty() {
@@ -477,7 +471,7 @@ async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<
         }
     }
     // The connection's own response timeout (2 s) bounds the wait; callers stop waiting
-    // at their budget.
+    // at their time limit.
     let expected: usize = batch.iter().map(Job::reply_len).sum();
     let reply: Vec<i64> = match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
         Ok(reply) if reply.len() == expected => reply,

@@ -1,0 +1,157 @@
+//! [`BruteForceGuardLayer`]: answers 429 to clients that keep failing authentication,
+//! before any signature check.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Request, Response};
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::error::{AuthError, AuthErrorKind};
+use crate::gate::{Check, Gate, GateLayer, LayerKind, NeverWaits, Step, Verdict};
+use crate::rate_limit::{ClientAddr, MemoryStore, Quota};
+
+/// A brute-force guard, placed **before** authentication (feature `rate-limit`): it counts
+/// failed authentications per client address (it reads the [`AuthError`] on the rejection
+/// response: `invalid_token` and `invalid_request`, for JWTs and API keys alike) and, once a
+/// client is over its failure quota (e.g. `20/min`), answers `429` with `Retry-After` at
+/// once, so nobody can burn the server's CPU on signature checks.
+///
+/// Requests whose client address cannot be found (no `ConnectInfo` or `SocketAddr` in the
+/// request's extensions) are not counted.
+///
+/// ```
+/// use tower_api_guard::auth::BruteForceGuardLayer;
+/// use tower_api_guard::rate_limit::{ClientAddr, Quota};
+///
+/// let guard = BruteForceGuardLayer::new(Quota::parse("20/min").unwrap())
+///     .client_addr(ClientAddr::new().trusted_proxies(["10.0.0.0/8"]).unwrap());
+/// // ServiceBuilder::new().layer(guard).layer(AuthLayer::new(jwt))...
+/// # let _ = guard;
+/// ```
+pub type BruteForceGuardLayer = GateLayer<CountFailures>;
+
+/// The service made by [`BruteForceGuardLayer`].
+pub type BruteForceGuard<S> = Gate<CountFailures, S>;
+
+/// The check of [`BruteForceGuardLayer`].
+#[derive(Clone)]
+pub struct CountFailures {
+    settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    quota: [Quota; 1],
+    store: MemoryStore,
+    client: ClientAddr,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for CountFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CountFailures")
+            .field("quota", &self.settings.quota[0])
+            .finish_non_exhaustive()
+    }
+}
+
+impl BruteForceGuardLayer {
+    /// At most `failures` failed authentications per client address.
+    pub fn new(failures: Quota) -> Self {
+        GateLayer::from_check(CountFailures {
+            settings: Arc::new(Settings {
+                quota: [failures],
+                store: MemoryStore::new(100_000),
+                client: ClientAddr::new(),
+                clock: Arc::new(MonotonicClock::new()),
+            }),
+        })
+    }
+
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.check_mut().settings)
+    }
+
+    /// How client addresses are found (trusted proxies, IPv6 grouping).
+    pub fn client_addr(mut self, client: ClientAddr) -> Self {
+        self.settings().client = client;
+        self
+    }
+
+    /// The store (default: in process, at most 100,000 addresses).
+    pub fn store(mut self, store: MemoryStore) -> Self {
+        self.settings().store = store;
+        self
+    }
+
+    /// The clock: [`MonotonicClock`] by default; a `ManualClock` in tests.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.settings().clock = clock;
+        self
+    }
+}
+
+impl<S> BruteForceGuard<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S, failures: Quota) -> Self {
+        tower_layer::Layer::layer(&BruteForceGuardLayer::new(failures), inner)
+    }
+
+    /// A layer; same as [`BruteForceGuardLayer::new`].
+    pub fn layer(failures: Quota) -> BruteForceGuardLayer {
+        BruteForceGuardLayer::new(failures)
+    }
+}
+
+/// A counted request: its client key, to record a failure against when it fails.
+pub struct Counted {
+    key: String,
+    settings: Arc<Settings>,
+}
+
+impl Check for CountFailures {
+    type Ticket = Option<Counted>;
+    type Wait = NeverWaits;
+    const LAYER: LayerKind = LayerKind::BruteForce;
+
+    fn check<B>(&self, request: &mut Request<B>) -> Step<Option<Counted>, NeverWaits> {
+        let s = &*self.settings;
+        let Some(peer) = s.client.peer(request.extensions()) else {
+            return Step::Allow(None);
+        };
+        let key = s.client.key(s.client.resolve(peer, request.headers()));
+        let decision = s.store.peek(&key, &s.quota, 1, s.clock.now());
+        if let Some(retry) = decision.retry_after() {
+            let error = AuthError::rate_limited(retry)
+                .with_reason("too many failed authentications from this client");
+            return Step::Deny(error.into());
+        }
+        Step::Allow(Some(Counted {
+            key,
+            settings: self.settings.clone(),
+        }))
+    }
+
+    fn resume<B>(
+        &self,
+        never: std::convert::Infallible,
+        _: &mut Request<B>,
+    ) -> Verdict<Self::Ticket> {
+        match never {}
+    }
+
+    fn finish<R>(ticket: Option<Counted>, response: &mut Response<R>) {
+        let failed = response.extensions().get::<AuthError>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                AuthErrorKind::InvalidToken | AuthErrorKind::InvalidRequest
+            )
+        });
+        if failed && let Some(Counted { key, settings }) = ticket {
+            settings
+                .store
+                .check(&key, &settings.quota, 1, settings.clock.now());
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The gate every layer of this crate is built on.
+//!
+//! Every layer here is the same idea: look at the request (and the [`Identity`] that
+//! authentication left on it) and answer *allow now*, *reject now*, or *wait on this
+//! future*. A layer states that answer as a **check** (the crate-internal, sealed
+//! `Check` trait); [`GateLayer`] and [`Gate`] turn any check into a tower layer and
+//! service with one named [`ResponseFuture`], and do everything else in one place:
+//!
+//! * an answer known at once calls the inner service inside `call`, with no boxing and no
+//!   clone of the inner service (a cached token, an in-memory rate-limit decision);
+//! * only a check that waits (a signature check after a key refresh, a store lookup, a
+//!   Redis decision, an async predicate) moves the ready inner service into its future
+//!   (`mem::replace` with a fresh clone, as tower advises) and boxes what it keeps;
+//! * every rejection is rendered in one place: with the layer's own renderer if it has
+//!   one, else the renderer of the stack (left in the request's extensions by the
+//!   outermost layer that has one), else [`DefaultRenderer`](crate::render::DefaultRenderer);
+//!   the [`AuthError`] is attached to the response's extensions and one `tracing` event
+//!   is emitted with the layer's target, the kind and the reason (never the credential).
+//!
+//! Users meet the gate only through the aliases of each module: `auth::AuthLayer<A>` is
+//! `GateLayer<auth::Authenticate<A>>`, `auth::Auth<A, S>` is `Gate<auth::Authenticate<A>, S>`,
+//! and so on; `new`, `layer`, `get_ref`, `get_mut`, `into_inner`, `with_renderer` and
+//! `realm` work the same on every one of them.
+//!
+//! # Making a new layer (for contributors)
+//!
+//! 1. Write the check: a `Clone + Send + Sync` type holding the layer's settings (shared
+//!    state behind an `Arc`, so that every clone shares it), and implement `Check`:
+//!    * `Ticket`: what an admitted request keeps until its response (headers to add, a
+//!      held slot; `()` for nothing); `finish` gets it back with the inner response;
+//!    * `Wait`: the future of a check that cannot answer at once (a boxed future, an
+//!      authenticator's future, or [`NeverWaits`] for checks that always answer at once);
+//!    * `check`: answer [`Step::Allow`], [`Step::Deny`] or [`Step::Wait`] — it may change
+//!      the request (authentication inserts the [`Identity`]);
+//!    * `resume`: turn the waited-for output into a [`Verdict`];
+//!    * `LAYER`: which `tracing` target its rejections are reported under.
+//! 2. Give the module its public names as aliases:
+//!    `pub type FooLayer = GateLayer<FooCheck>; pub type Foo<S> = Gate<FooCheck, S>;`
+//!    and `pub mod future { pub type ResponseFuture<S, B> = gate::ResponseFuture<FooCheck, S, B>; }`,
+//!    plus an inherent `impl GateLayer<FooCheck> { pub fn new(..) }` for its settings
+//!    (builder methods take `self` and go through [`GateLayer::check_mut`], which is
+//!    `Arc::make_mut`).
+//! 3. Test it through a real stack: the inner service is never called on a rejection
+//!    (`tower_test::mock`), the renderer set on an outer layer reaches its rejections.
+//!
+//! Nothing else: no future, no state enum, no rendering, no logging of its own.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::head::RequestHead;
+use crate::identity::Identity;
+use crate::render::{DefaultRenderer, RenderRejection, StackRenderer, renderer_for};
+
+pub(crate) use sealed::Check;
+
+/// The future of a check that never waits: it never resolves, and its output cannot exist.
+pub type NeverWaits = std::future::Pending<std::convert::Infallible>;
+
+/// Which layer a rejection comes from: its `tracing` target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayerKind {
+    /// Authentication (`tower_api_guard::auth`).
+    Auth,
+    /// The brute-force guard (`tower_api_guard::auth`).
+    BruteForce,
+    /// Authorization guards (`tower_api_guard::authz`).
+    Authz,
+    /// Rate and in-flight limits (`tower_api_guard::rate_limit`).
+    RateLimit,
+}
+
+/// A rejection: the error, and header fields to add to its response (a 429's
+/// `RateLimit` fields).
+#[derive(Debug)]
+pub struct Rejection {
+    pub(crate) error: AuthError,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl From<AuthError> for Rejection {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Rejection {
+    /// Add header fields to the rejection's response.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
+/// A check's answer in `call`.
+pub enum Step<T, W> {
+    /// Call the inner service; keep the ticket until its response.
+    Allow(T),
+    /// Reject now.
+    Deny(Rejection),
+    /// Wait on this future, then [`resume`](Check::resume).
+    Wait(W),
+}
+
+/// A check's answer after waiting.
+pub enum Verdict<T> {
+    /// Call the inner service; keep the ticket until its response.
+    Allow(T),
+    /// Reject.
+    Deny(Rejection),
+}
+
+mod sealed {
+    use super::*;
+
+    /// A layer's decision. Crate-internal; see the [module docs](super).
+    pub trait Check: Clone + Send + Sync + 'static {
+        /// What an admitted request keeps until the inner service answers.
+        type Ticket: Send + 'static;
+        /// The future of a check that waits.
+        type Wait: Future + Send + 'static;
+        /// The `tracing` target of this layer's rejections.
+        const LAYER: LayerKind;
+
+        /// Decide, or hand back a future. May change the request.
+        fn check<B>(&self, request: &mut Request<B>) -> Step<Self::Ticket, Self::Wait>;
+
+        /// Decide after waiting. May change the request.
+        fn resume<B>(
+            &self,
+            output: <Self::Wait as Future>::Output,
+            request: &mut Request<B>,
+        ) -> Verdict<Self::Ticket>;
+
+        /// The inner service answered: use the ticket (add headers, record, release).
+        fn finish<R>(ticket: Self::Ticket, response: &mut Response<R>);
+    }
+}
+
+/// The settings a gate shares between its layer and its services.
+#[derive(Clone)]
+struct Shared<C> {
+    check: C,
+    /// `None`: the stack's renderer, or the default one.
+    renderer: Option<Arc<dyn RenderRejection>>,
+    /// `false`: the gate lets every request through unchecked (a layer of `GuardLayer`
+    /// that was not asked for); it still hands its renderer on.
+    enabled: bool,
+}
+
+/// The layer of every middleware of this crate; see the [module docs](self) and each
+/// module's aliases (`AuthLayer`, `RequireLayer`, …).
+#[must_use]
+pub struct GateLayer<C> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for GateLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for GateLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GateLayer")
+            .field("check", &self.shared.check)
+            .field("renderer", &self.shared.renderer.is_some())
+            .finish()
+    }
+}
+
+impl<C: Check> GateLayer<C> {
+    pub(crate) fn from_check(check: C) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                check,
+                renderer: None,
+                enabled: true,
+            }),
+        }
+    }
+
+    /// The check, to change a setting: copy-on-write, so clones of the layer made before
+    /// keep theirs, while state shared behind the check's own `Arc`s stays shared.
+    pub(crate) fn check_mut(&mut self) -> &mut C {
+        &mut Arc::make_mut(&mut self.shared).check
+    }
+
+    /// A gate that lets every request through unchecked.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn disabled(mut self) -> Self {
+        Arc::make_mut(&mut self.shared).enabled = false;
+        self
+    }
+
+    /// This layer's own renderer, if it has one.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn own_renderer(&self) -> Option<Arc<dyn RenderRejection>> {
+        self.shared.renderer.clone()
+    }
+
+    /// Take `renderer` unless this layer has its own.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn inherit_renderer(mut self, renderer: Option<Arc<dyn RenderRejection>>) -> Self {
+        if self.shared.renderer.is_none() && renderer.is_some() {
+            Arc::make_mut(&mut self.shared).renderer = renderer;
+        }
+        self
+    }
+
+    /// Whether the gate checks requests.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.shared.enabled
+    }
+
+    /// The check.
+    pub(crate) fn check_ref(&self) -> &C {
+        &self.shared.check
+    }
+
+    /// Render this layer's rejections, and every rejection of the layers and extractors
+    /// behind it that set no renderer of their own, with `renderer` (a [`RenderRejection`]
+    /// or a closure `Fn(&AuthError, &RequestHead) -> Response<Bytes>`).
+    ///
+    /// Without one, a layer renders with the renderer of the stack in front of it, else
+    /// with [`DefaultRenderer`].
+    pub fn with_renderer(mut self, renderer: impl RenderRejection) -> Self {
+        Arc::make_mut(&mut self.shared).renderer = Some(Arc::new(renderer));
+        self
+    }
+
+    /// Name the realm of `WWW-Authenticate` challenges, for this layer and the layers
+    /// behind it: the same as `with_renderer(DefaultRenderer::new(realm))`.
+    pub fn realm(self, realm: &str) -> Self {
+        self.with_renderer(DefaultRenderer::new(realm))
+    }
+}
+
+impl<C, S> Layer<S> for GateLayer<C> {
+    type Service = Gate<C, S>;
+
+    fn layer(&self, inner: S) -> Gate<C, S> {
+        Gate {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of every middleware of this crate; see the [module docs](self) and each
+/// module's aliases (`Auth`, `Require`, `RateLimiter`, …).
+pub struct Gate<C, S> {
+    inner: S,
+    shared: Arc<Shared<C>>,
+}
+
+impl<C, S: Clone> Clone for Gate<C, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug, S: fmt::Debug> fmt::Debug for Gate<C, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("check", &self.shared.check)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, S> Gate<C, S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Let a request in: leave this layer's renderer for the layers behind it.
+fn admit<C, B>(shared: &Shared<C>, request: &mut Request<B>) {
+    if let Some(renderer) = &shared.renderer {
+        request
+            .extensions_mut()
+            .insert(StackRenderer(renderer.clone()));
+    }
+}
+
+/// The one place a rejection is rendered, attached and reported.
+fn reject<C: Check, B>(
+    shared: &Shared<C>,
+    rejection: Rejection,
+    request: &Request<B>,
+) -> Response<Bytes> {
+    let Rejection { error, headers } = rejection;
+    report(C::LAYER, &error, request.extensions().get::<Identity>());
+    let renderer = renderer_for(shared.renderer.as_ref(), request.extensions());
+    let mut response = renderer.render(&error, &RequestHead::of(request));
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response.extensions_mut().insert(error);
+    response
+}
+
+/// One `tracing` event per rejection, under the layer's target: `warn` when a dependency
+/// is unavailable, `info` otherwise. Never the credential.
+fn report(layer: LayerKind, error: &AuthError, identity: Option<&Identity>) {
+    macro_rules! event {
+        ($level:ident, $target:literal) => {
+            tracing::$level!(
+                target: $target,
+                layer = ?layer,
+                kind = ?error.kind(),
+                reason = %error.reason(),
+                subject = identity.map_or("", Identity::subject),
+                required = error.required_scope().unwrap_or(""),
+                retry_after_ms = error.retry_after().map_or(0, |d| d.as_millis() as u64),
+                "request rejected"
+            )
+        };
+    }
+    let unavailable = error.kind() == AuthErrorKind::Unavailable;
+    match (layer, unavailable) {
+        (LayerKind::Auth | LayerKind::BruteForce, true) => event!(warn, "tower_api_guard::auth"),
+        (LayerKind::Auth | LayerKind::BruteForce, false) => event!(info, "tower_api_guard::auth"),
+        (LayerKind::Authz, true) => event!(warn, "tower_api_guard::authz"),
+        (LayerKind::Authz, false) => event!(info, "tower_api_guard::authz"),
+        (LayerKind::RateLimit, true) => event!(warn, "tower_api_guard::rate_limit"),
+        (LayerKind::RateLimit, false) => event!(info, "tower_api_guard::rate_limit"),
+    }
+}
+
+impl<C, S, ReqBody, ResBody> Service<Request<ReqBody>> for Gate<C, S>
+where
+    C: Check,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<C, S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        if !shared.enabled {
+            admit(shared, &mut request);
+            return ResponseFuture::passing(self.inner.call(request));
+        }
+        match shared.check.check(&mut request) {
+            Step::Allow(ticket) => {
+                admit(shared, &mut request);
+                ResponseFuture::calling(self.inner.call(request), ticket)
+            }
+            Step::Deny(rejection) => ResponseFuture::rejected(reject(shared, rejection, &request)),
+            Step::Wait(wait) => {
+                // The ready inner service goes into the future; a fresh clone stays behind.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Waiting { wait },
+                    pending: Some(Box::new(Pending {
+                        inner,
+                        request,
+                        shared: self.shared.clone(),
+                    })),
+                }
+            }
+        }
+    }
+}
+
+/// What a waiting check keeps for when it is done.
+struct Pending<C, S, ReqBody> {
+    inner: S,
+    request: Request<ReqBody>,
+    shared: Arc<Shared<C>>,
+}
+
+pin_project! {
+    /// The response future of every middleware of this crate ([`Gate`]).
+    pub struct ResponseFuture<C, S, ReqBody>
+    where
+        C: Check,
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<C::Wait, S::Future, C::Ticket>,
+        // Boxed: only a check that waits needs it, and an answer known at once then moves
+        // a small future instead of one that carries a whole request.
+        pending: Option<Box<Pending<C, S, ReqBody>>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<W, F, T> {
+        Waiting { #[pin] wait: W },
+        Calling { #[pin] future: F, ticket: Option<T> },
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<C, S, ReqBody> ResponseFuture<C, S, ReqBody>
+where
+    C: Check,
+    S: Service<Request<ReqBody>>,
+{
+    fn calling(future: S::Future, ticket: C::Ticket) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                ticket: Some(ticket),
+            },
+            pending: None,
+        }
+    }
+
+    fn passing(future: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                ticket: None,
+            },
+            pending: None,
+        }
+    }
+
+    fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+            pending: None,
+        }
+    }
+}
+
+impl<C, S, ReqBody, ResBody> Future for ResponseFuture<C, S, ReqBody>
+where
+    C: Check,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { wait } => {
+                    let output = ready!(wait.poll(cx));
+                    let Some(pending) = this.pending.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let Pending {
+                        mut inner,
+                        mut request,
+                        shared,
+                    } = *pending;
+                    match shared.check.resume(output, &mut request) {
+                        Verdict::Allow(ticket) => {
+                            admit(&shared, &mut request);
+                            let future = inner.call(request);
+                            this.state.set(State::Calling {
+                                future,
+                                ticket: Some(ticket),
+                            });
+                        }
+                        Verdict::Deny(rejection) => {
+                            let response = reject(&shared, rejection, &request);
+                            this.state.set(State::Rejected {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+                StateProj::Calling { future, ticket } => {
+                    let result = ready!(future.poll(cx));
+                    // On an error too: the ticket (a held slot) is released here.
+                    let ticket = ticket.take();
+                    let mut response = result?;
+                    if let Some(ticket) = ticket {
+                        C::finish(ticket, &mut response);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+            }
+        }
+    }
+}
