@@ -135,7 +135,7 @@ where
                 slot: None,
             };
         };
-        let key = identity.rate_key().to_owned();
+        let key = identity.caller_key().to_owned();
         let admitted = {
             let mut map = self
                 .shared

@@ -337,7 +337,7 @@ where
         let shared = &*self.shared;
         let (key, quotas) = match request.extensions().get::<Identity>() {
             Some(identity) => (
-                std::borrow::Cow::Borrowed(identity.rate_key()),
+                std::borrow::Cow::Borrowed(identity.caller_key()),
                 identity
                     .plan()
                     .and_then(|p| shared.plans.get(p))
