@@ -1,5 +1,5 @@
 //! `RequireLayer`: every requirement kind on axum routes, a tonic service with a real client,
-//! role hierarchy and permissions, wildcards, the scope tricks of SECURITY-CASES.md row 28,
+//! role hierarchy and permissions, wildcards, the scope tricks of docs/security-cases.md row 28,
 //! dry-run, and the predicate with axum's `MatchedPath`.
 #![cfg(all(
     feature = "authz",
