@@ -128,8 +128,8 @@ struct Inner {
     expires_at: Option<SystemTime>,
     claims: Value,
     plan: Option<String>,
-    /// The rate-limit key (source and subject), made on first use.
-    rate_key: std::sync::OnceLock<Box<str>>,
+    /// [`Identity::caller_key`], made on first use.
+    caller_key: std::sync::OnceLock<Box<str>>,
 }
 
 /// Who the caller is. Cheap to clone (one [`Arc`]).
@@ -152,18 +152,54 @@ impl Identity {
                 expires_at: None,
                 claims: Value::Object(Default::default()),
                 plan: None,
-                rate_key: std::sync::OnceLock::new(),
+                caller_key: std::sync::OnceLock::new(),
             },
         }
     }
 
-    /// The key the rate limiters count this identity under: source and subject. Made
-    /// once per identity (a cached token's identity is reused, so once per token).
+    /// A string naming the caller uniquely across sources and issuers, for code that keeps
+    /// state per caller (the rate and concurrency limiters key on it).
+    ///
+    /// It is the source's kind, the namespace the subject belongs to, and the subject:
+    ///
+    /// - [`Source::Jwt`]: `jwt:` + the issuer + the subject. The issuer is part of the key
+    ///   because two issuers name their subjects independently: `alice` of one is not
+    ///   `alice` of the other.
+    /// - [`Source::ApiKey`]: `api_key:` + the subject (the key's owner). The key id is left
+    ///   out on purpose: the keys of one owner (several keys, or an old and a new key during
+    ///   a rotation's grace period) are one caller, with one budget.
+    /// - [`Source::Custom`]: `custom:` + the mechanism + the subject.
+    ///
+    /// Every variable part but the last is written with its length in bytes before it
+    /// (`jwt:17:https://a.example:alice`), so no choice of issuer, mechanism or subject makes
+    /// two callers' keys equal, whatever characters they hold. No key starts with `ip:`,
+    /// the prefix of the anonymous limiter's per-address keys.
+    ///
+    /// # Performance
+    /// Made once per identity and cached (a cached token's identity is reused, so once per
+    /// token); later calls are a load.
     #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     pub(crate) fn caller_key(&self) -> &str {
-        self.0
-            .rate_key
-            .get_or_init(|| format!("{}\u{0}{}", self.source(), self.subject()).into())
+        self.0.caller_key.get_or_init(|| {
+            let subject = self.subject();
+            let (kind, namespace) = match self.source() {
+                Source::Jwt { issuer } => ("jwt", Some(issuer.as_str())),
+                Source::ApiKey { .. } => ("api_key", None),
+                Source::Custom { mechanism } => ("custom", Some(mechanism.as_str())),
+            };
+            let mut key = String::with_capacity(
+                kind.len() + namespace.map_or(0, |n| n.len() + 24) + subject.len() + 1,
+            );
+            key.push_str(kind);
+            key.push(':');
+            if let Some(namespace) = namespace {
+                // `{len}:{namespace}:` — the length says where the namespace ends.
+                use fmt::Write as _;
+                let _ = write!(key, "{}:{namespace}:", namespace.len());
+            }
+            key.push_str(subject);
+            key.into_boxed_str()
+        })
     }
 
     /// The subject: the JWT's `sub` (or the configured fallback), or the API key's owner.
@@ -528,6 +564,87 @@ mod tests {
         }
         assert_eq!(id.claims_as::<C>().unwrap().n, 3);
         assert!(id.claims_as::<Vec<u8>>().is_err());
+    }
+
+    fn jwt(issuer: &str, subject: &str) -> Identity {
+        Identity::builder(
+            subject,
+            Source::Jwt {
+                issuer: issuer.into(),
+            },
+        )
+        .build()
+    }
+
+    #[test]
+    fn caller_key_names_the_issuer() {
+        let a = jwt("https://a.example", "alice");
+        let b = jwt("https://b.example", "alice");
+        assert_ne!(a.caller_key(), b.caller_key());
+        assert_eq!(
+            a.caller_key(),
+            jwt("https://a.example", "alice").caller_key()
+        );
+        assert_eq!(a.caller_key(), "jwt:17:https://a.example:alice");
+        // Built once: the same allocation every time.
+        assert!(std::ptr::eq(a.caller_key(), a.caller_key()));
+    }
+
+    #[test]
+    fn caller_key_is_unambiguous() {
+        // Wherever a separator falls, the length prefix tells the parts apart.
+        for (iss_1, sub_1, iss_2, sub_2) in [
+            ("a|b", "c", "a", "b|c"),
+            ("a:b", "c", "a", "b:c"),
+            ("a\u{0}b", "c", "a", "b\u{0}c"),
+            ("1:a", "b", "1", "a:b"),
+            ("", "a:b", "a", "b"),
+        ] {
+            assert_ne!(
+                jwt(iss_1, sub_1).caller_key(),
+                jwt(iss_2, sub_2).caller_key(),
+                "{iss_1:?}/{sub_1:?} vs {iss_2:?}/{sub_2:?}"
+            );
+        }
+        let custom = |mechanism: &str, subject: &str| {
+            Identity::builder(
+                subject,
+                Source::Custom {
+                    mechanism: mechanism.into(),
+                },
+            )
+            .build()
+        };
+        assert_ne!(
+            custom("a:b", "c").caller_key(),
+            custom("a", "b:c").caller_key()
+        );
+        // Sources of different kinds never share a key, nor with the per-address keys.
+        let key = |key_id: &str, subject: &str| {
+            Identity::builder(
+                subject,
+                Source::ApiKey {
+                    key_id: key_id.into(),
+                },
+            )
+            .build()
+        };
+        let keys = [
+            jwt("x", "alice").caller_key().to_owned(),
+            key("k1", "alice").caller_key().to_owned(),
+            custom("x", "alice").caller_key().to_owned(),
+            custom("jwt", "alice").caller_key().to_owned(),
+            key("k1", "1:x:alice").caller_key().to_owned(),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            assert!(!k.starts_with("ip:"), "{k}");
+            assert!(keys[i + 1..].iter().all(|other| other != k), "{k}");
+        }
+        // The keys of one owner are one caller.
+        assert_eq!(
+            key("k1", "alice").caller_key(),
+            key("k2", "alice").caller_key()
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `RequireLayer`: every requirement kind on axum routes, a tonic service with a real client,
-//! role hierarchy and permissions, wildcards, the scope tricks of SECURITY-CASES.md row 28,
+//! role hierarchy and permissions, wildcards, the scope tricks of docs/security-cases.md row 28,
 //! dry-run, and the predicate with axum's `MatchedPath`.
 #![cfg(all(
     feature = "authz",
@@ -238,17 +238,26 @@ async fn row_28_scope_tricks_and_wildcards() {
             "{scope}"
         );
     }
-    // Scope claims of the wrong type are 401 at authentication.
-    let num = issuer
-        .token()
-        .audience("api")
-        .claim("scope", json!(42))
-        .mint();
-    assert_eq!(status(&admin, Some(&num)).await.0, StatusCode::UNAUTHORIZED);
+    // Scope claims of the wrong type are 401 at authentication: `scope` is a
+    // space-delimited string (RFC 8693 §4.2, RFC 9068 §2.2.3), never a number or an array.
+    for wrong in [json!(42), json!(["admin"]), json!(["admin", "b"])] {
+        let token = issuer
+            .token()
+            .audience("api")
+            .claim("scope", wrong.clone())
+            .mint();
+        let (code, challenge, kind) = status(&admin, Some(&token)).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "scope: {wrong}");
+        assert_eq!(kind, Some(AuthErrorKind::InvalidToken), "scope: {wrong}");
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{challenge}"
+        );
+    }
     let arr = issuer
         .token()
         .audience("api")
-        .claim("scp", json!(["admin"]))
+        .claim("scp", json!(["other", "admin"]))
         .mint();
     assert_eq!(
         status(&admin, Some(&arr)).await.0,

@@ -89,6 +89,48 @@ async fn per_identity_limits_headers_and_plans() {
 }
 
 #[tokio::test]
+async fn same_subject_of_two_issuers_has_two_budgets() {
+    use tower_api_guard::jwt::JwtIssuers;
+    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    let a = TestIssuer::new("https://a.example").clock(clock.clone());
+    let b = TestIssuer::new("https://b.example").clock(clock.clone());
+    let issuers = JwtIssuers::new([a.clone(), b.clone()].map(|issuer| {
+        JwtAuthenticator::builder(issuer.issuer(), "api")
+            .keys(issuer.static_keys())
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    }))
+    .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(issuers))
+        .layer(RateLimiterLayer::new([Quota::parse("1/min").unwrap()]).clock(clock.clone()))
+        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    let call = |token: &str| {
+        let req = Request::get("/").header("authorization", format!("Bearer {token}"));
+        svc.clone().oneshot(req.body(()).unwrap())
+    };
+    let alice_of_a = a.token().audience("api").subject("alice").mint();
+    let alice_of_b = b.token().audience("api").subject("alice").mint();
+
+    assert_eq!(call(&alice_of_a).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        call(&alice_of_a).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another issuer's alice is another caller, with her own budget.
+    assert_eq!(
+        call(&alice_of_b).await.unwrap().status(),
+        StatusCode::OK,
+        "alice of issuer B must not share alice of issuer A's bucket"
+    );
+    assert_eq!(
+        call(&alice_of_b).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
 async fn brute_force_guard_trips_before_authentication_and_resets() {
     use std::net::SocketAddr;
     use tower_api_guard::auth::BruteForceGuardLayer;

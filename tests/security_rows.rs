@@ -1,4 +1,4 @@
-//! The token rows of SECURITY-CASES.md, each through the full tower stack:
+//! The token rows of docs/security-cases.md, each through the full tower stack:
 //! `AuthLayer<JwtAuthenticator>` in front of a counting inner service.
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
@@ -771,6 +771,84 @@ mod properties {
             } else {
                 prop_assert!(out.status == StatusCode::OK || out.status == StatusCode::UNAUTHORIZED);
             }
+        }
+    }
+}
+
+/// The catalogue these tests cite ships in the repository: every citation of it under
+/// `tests/` and `src/` names `docs/security-cases.md`, which holds rows 1 to 30, and every
+/// row cited in this file (`Row N`, `row_N`, `rows_N_to_M`) is one of them.
+#[test]
+fn cited_rows_are_in_the_shipped_catalogue() {
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The numbers that start a citation (`Row 12`, `row_28`, `rows_18_to_21`).
+    fn cited(text: &str) -> Vec<u32> {
+        let lower = text.to_lowercase();
+        let mut rows = Vec::new();
+        for (i, _) in lower.match_indices("row") {
+            if lower[..i].ends_with(|c: char| c.is_alphanumeric()) {
+                continue; // "arrow", "throw"
+            }
+            let rest = lower[i + 3..].trim_start_matches('s');
+            let Some(rest) = rest.strip_prefix([' ', '_']) else {
+                continue;
+            };
+            for part in rest.split("_to_").take(2) {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(n) = digits.parse() {
+                    rows.push(n);
+                }
+            }
+        }
+        rows
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue = std::fs::read_to_string(root.join("docs/security-cases.md"))
+        .expect("docs/security-cases.md ships with the tests that cite it");
+    // Rows are the numbered items of the catalogue: `12. alg outside allowlist …`.
+    let rows: Vec<u32> = catalogue
+        .lines()
+        .filter_map(|line| line.split_once(". ")?.0.parse().ok())
+        .collect();
+    assert_eq!(rows, (1..=30).collect::<Vec<_>>(), "rows 1 to 30, in order");
+
+    let this = std::fs::read_to_string(root.join("tests/security_rows.rs")).unwrap();
+    let cited = cited(&this);
+    assert!(cited.len() > 20, "{cited:?}");
+    for n in cited {
+        assert!(
+            rows.contains(&n),
+            "row {n} is cited but not in the catalogue"
+        );
+    }
+
+    let mut files = Vec::new();
+    rust_files(&root.join("tests"), &mut files);
+    rust_files(&root.join("src"), &mut files);
+    // Spelled in two pieces so that this file's own search is not a citation.
+    let name = concat!("security", "-cases");
+    let file_name = format!("{name}.md");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap().to_lowercase();
+        for (i, _) in text.match_indices(name) {
+            assert!(
+                text[..i].ends_with("docs/") && text[i..].starts_with(&file_name),
+                "{}: cites a catalogue other than docs/security-cases.md",
+                file.display()
+            );
         }
     }
 }

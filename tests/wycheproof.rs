@@ -114,7 +114,7 @@ fn assert_no_mismatch(file: &str, mismatches: &[String]) {
 // json_web_signature_test.json
 // ---------------------------------------------------------------------------------------
 
-/// Labelled invalid, but byte-identical to the valid tc357 (SECURITY-CASES.md errata).
+/// Labelled invalid, but byte-identical to the valid tc357 (docs/security-cases.md errata).
 const JWS_RELABELLED_VALID: &[(u64, &str)] = &[
     (
         367,
@@ -308,7 +308,7 @@ fn json_web_signature() {
 // json_web_key_test.json
 // ---------------------------------------------------------------------------------------
 
-/// Not run (SECURITY-CASES.md errata).
+/// Not run (docs/security-cases.md errata).
 const JWK_SKIPPED: &[(u64, &str)] = &[(
     7,
     "ROCA-weak 2056-bit modulus: no ROCA fingerprint check by design",
@@ -566,7 +566,7 @@ fn run_raw(file: &str, alg: Algorithm, expect: impl Fn(&Value) -> bool) -> Tally
 
 /// ECDSA P1363 and Ed25519 files have no "acceptable" vectors: valid ↔ verifies, exactly.
 /// High-S ECDSA signatures are "valid" in Wycheproof and must verify (JWS has no low-S
-/// rule; SECURITY-CASES.md row 20).
+/// rule; docs/security-cases.md row 20).
 fn exactly_valid(t: &Value) -> bool {
     match t["result"].as_str() {
         Some("valid") => true,
@@ -617,7 +617,7 @@ fn ecdsa_secp384r1_sha384_p1363() {
 }
 
 /// JWS ECDSA signatures are fixed-length `R || S`; a DER-encoded signature never verifies,
-/// whatever its label (a negative corpus, SECURITY-CASES.md row 19).
+/// whatever its label (a negative corpus, docs/security-cases.md row 19).
 #[test]
 fn ecdsa_secp256r1_sha256_der_never_verifies() {
     let t = run_raw("ecdsa_secp256r1_sha256_test.json", Algorithm::ES256, |_| {

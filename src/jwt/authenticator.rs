@@ -508,8 +508,12 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
-    /// Claims holding scopes, as a space-delimited string or an array of strings
-    /// (default `["scope", "scp"]`; Auth0 uses `permissions`).
+    /// Claims holding scopes (default `["scope", "scp"]`; Auth0 uses `permissions`).
+    ///
+    /// `scope` must be a space-delimited string (RFC 8693 §4.2, RFC 9068 §2.2.3); any other
+    /// scope claim may be such a string or an array of strings. A named claim of another
+    /// type (a `scope` array, a number, an array holding a non-string) is a 401
+    /// `invalid_token`, never "no scopes".
     pub fn scope_claims<I, S>(mut self, claims: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -141,6 +141,11 @@ pub(crate) fn validate(
             Some(Value::String(s)) => {
                 scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
             }
+            // The registered `scope` claim is one space-delimited string (RFC 8693 §4.2,
+            // RFC 9068 §2.2.3); only other scope claims (`scp`, `permissions`) may be arrays.
+            Some(Value::Array(_)) if name == "scope" => {
+                return Err(invalid("scope is not a space-delimited string"));
+            }
             Some(Value::Array(items)) => {
                 for item in items {
                     let Value::String(s) = item else {
@@ -345,11 +350,34 @@ mod tests {
             assert!(check(with(name, json!(1))).is_err(), "{name}");
             assert!(check(with(name, json!(null))).is_err(), "{name}");
         }
-        assert!(check(with("scope", json!(["a", "b"]))).is_ok());
-        assert!(check(with("scope", json!(1))).is_err());
-        assert!(check(with("scope", json!(["a", 1]))).is_err());
         assert!(check(with("roles", json!({"a": 1}))).is_err());
         assert!(check(with("tid", json!(7))).is_err());
+    }
+
+    #[test]
+    fn scope_is_a_string_and_scp_a_string_or_array() {
+        // RFC 8693 §4.2 / RFC 9068 §2.2.3: `scope` is one space-delimited string.
+        for bad in [
+            json!(["a", "b"]),
+            json!([]),
+            json!(["a b"]),
+            json!(5),
+            json!(null),
+            json!({"a": true}),
+        ] {
+            let err = check(with("scope", bad.clone())).unwrap_err();
+            assert_eq!(err.kind(), crate::AuthErrorKind::InvalidToken, "{bad}");
+        }
+        let id = check(with("scope", json!("a b"))).unwrap();
+        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["a", "b"]);
+        // `scp` (Entra ID, Okta) may be either form, but only of strings.
+        let id = check(with("scp", json!(["a", "b"]))).unwrap();
+        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["a", "b"]);
+        let id = check(with("scp", json!("a b"))).unwrap();
+        assert_eq!(id.scopes().iter().collect::<Vec<_>>(), ["a", "b"]);
+        for bad in [json!(["a", 1]), json!(5), json!(null)] {
+            assert!(check(with("scp", bad.clone())).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Rate limiting per identity: [`RateLimiterLayer`], GCRA, quotas per plan, standard headers.
 //!
-//! Each verified identity (source + subject) gets its plan's quotas, or the default ones.
+//! Each verified identity (its source, its issuer or key owner, and its subject: `alice` of
+//! two issuers is two identities) gets its plan's quotas, or the default ones.
 //! Several quotas (e.g. `20/s` and `10000/day`) are checked together: a request rejected by
 //! one consumes nothing from the others. The decision is made in `call`, never in
 //! `poll_ready`. Allowed responses carry the IETF draft fields `RateLimit-Policy` and
