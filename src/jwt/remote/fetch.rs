@@ -80,6 +80,8 @@ pub type FetchFuture = Pin<Box<dyn Future<Output = Result<FetchResponse, FetchEr
 /// [`FetchRequest::max_body`], answer only HTTP 200 (as [`FetchResponse::Modified`]) or 304,
 /// accept only a JSON content type, and never follow a redirect to another origin.
 /// [`RemoteJwks`] also enforces the timeout around every call.
+///
+/// [`RemoteJwks`]: super::RemoteJwks
 pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
     /// Fetch `request.url`.
     fn fetch(&self, request: FetchRequest) -> FetchFuture;
