@@ -1,0 +1,286 @@
+//! Fetching: the [`JwksFetcher`] trait and its request and response types, the default
+//! `ReqwestFetcher` (feature `reqwest`: timeouts, body cap, JSON content type only,
+//! same-origin redirects only), and the timeout [`RemoteJwks`](super::RemoteJwks) puts
+//! around every call.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Inner;
+use crate::error::ConfigError;
+
+/// What a [`JwksFetcher`] is asked to get.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FetchRequest {
+    /// The URL.
+    pub url: String,
+    /// The `ETag` of the set held now, for `If-None-Match`.
+    pub etag: Option<String>,
+    /// The largest body accepted, in bytes.
+    pub max_body: usize,
+    /// The time allowed for the whole fetch, body included.
+    pub timeout: Duration,
+}
+
+/// What a [`JwksFetcher`] got.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum FetchResponse {
+    /// HTTP 200 with a JSON body.
+    Modified {
+        /// The body (at most `max_body` bytes).
+        body: Bytes,
+        /// The response's `ETag`.
+        etag: Option<String>,
+        /// `Cache-Control: max-age`, if any.
+        max_age: Option<Duration>,
+    },
+    /// HTTP 304: the set held is still current.
+    NotModified {
+        /// `Cache-Control: max-age`, if any.
+        max_age: Option<Duration>,
+    },
+}
+
+/// A failed fetch. The reason is for logs (it never contains response bodies).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("key set fetch failed: {reason}")]
+pub struct FetchError {
+    pub(super) reason: Cow<'static, str>,
+}
+
+impl FetchError {
+    /// A failure with a reason.
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// The fetch's future.
+pub type FetchFuture = Pin<Box<dyn Future<Output = Result<FetchResponse, FetchError>> + Send>>;
+
+/// Gets key sets and discovery documents over HTTP. Implement it to bring your own client
+/// (a proxy, mTLS); the default is `ReqwestFetcher` (feature `reqwest`).
+///
+/// An implementation must honour [`FetchRequest::timeout`] and
+/// [`FetchRequest::max_body`], answer only HTTP 200 (as [`FetchResponse::Modified`]) or 304,
+/// accept only a JSON content type, and never follow a redirect to another origin.
+/// [`RemoteJwks`] also enforces the timeout around every call.
+///
+/// [`RemoteJwks`]: super::RemoteJwks
+pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
+    /// Fetch `request.url`.
+    fn fetch(&self, request: FetchRequest) -> FetchFuture;
+}
+
+/// Parse `Cache-Control` for `max-age`; `no-store` / `no-cache` count as 0.
+pub fn parse_max_age(cache_control: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in cache_control.split(',') {
+        let directive = directive.trim();
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            max_age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+#[cfg(feature = "reqwest")]
+pub use reqwest_fetcher::ReqwestFetcher;
+
+#[cfg(feature = "reqwest")]
+mod reqwest_fetcher {
+    use super::*;
+    use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+
+    /// The default [`JwksFetcher`]: reqwest with rustls, no cross-origin redirects, at most
+    /// 3 redirects.
+    #[derive(Debug, Clone)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub struct ReqwestFetcher {
+        client: reqwest::Client,
+    }
+
+    impl ReqwestFetcher {
+        /// A fetcher with its own client.
+        ///
+        /// # Errors
+        /// When the TLS backend cannot be initialised.
+        pub fn new() -> Result<Self, ConfigError> {
+            let policy = reqwest::redirect::Policy::custom(|attempt| {
+                let same_origin = attempt.previous().first().is_some_and(|first| {
+                    first.scheme() == attempt.url().scheme()
+                        && first.host_str() == attempt.url().host_str()
+                        && first.port_or_known_default() == attempt.url().port_or_known_default()
+                });
+                if attempt.previous().len() > 3 {
+                    attempt.error("too many redirects")
+                } else if same_origin {
+                    attempt.follow()
+                } else {
+                    attempt.error("redirect to another origin")
+                }
+            });
+            let client = reqwest::Client::builder()
+                .redirect(policy)
+                .user_agent(concat!("tower-api-guard/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| ConfigError::unavailable("cannot build the HTTP client", e))?;
+            Ok(Self { client })
+        }
+
+        /// A fetcher over your client (proxy, mTLS). Configure its redirect policy to stay
+        /// on the same origin.
+        pub fn with_client(client: reqwest::Client) -> Self {
+            Self { client }
+        }
+    }
+
+    impl JwksFetcher for ReqwestFetcher {
+        fn fetch(&self, request: FetchRequest) -> FetchFuture {
+            let client = self.client.clone();
+            Box::pin(async move {
+                let mut builder = client
+                    .get(&request.url)
+                    .timeout(request.timeout)
+                    .header(ACCEPT, "application/jwk-set+json, application/json");
+                if let Some(etag) = &request.etag {
+                    builder = builder.header(IF_NONE_MATCH, etag);
+                }
+                let mut response = builder.send().await.map_err(|e| {
+                    if e.is_timeout() {
+                        FetchError::new("timeout")
+                    } else if e.is_redirect() {
+                        FetchError::new("redirect refused")
+                    } else {
+                        FetchError::new("connection failed")
+                    }
+                })?;
+                let headers = response.headers();
+                let max_age = headers
+                    .get(CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_max_age);
+                match response.status().as_u16() {
+                    304 => return Ok(FetchResponse::NotModified { max_age }),
+                    200 => {}
+                    status => return Err(FetchError::new(format!("HTTP status {status}"))),
+                }
+                let is_json = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| {
+                        let essence = ct
+                            .split(';')
+                            .next()
+                            .unwrap_or("")
+                            .trim()
+                            .to_ascii_lowercase();
+                        essence == "application/json" || essence.ends_with("+json")
+                    });
+                if !is_json {
+                    return Err(FetchError::new("content type is not JSON"));
+                }
+                let declared = headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|len| len > request.max_body as u64) {
+                    return Err(FetchError::new("body larger than the cap"));
+                }
+                let etag = headers
+                    .get(ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let mut body = Vec::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if body.len() + chunk.len() > request.max_body {
+                                return Err(FetchError::new("body larger than the cap"));
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.is_timeout() => return Err(FetchError::new("timeout")),
+                        Err(_) => return Err(FetchError::new("body read failed")),
+                    }
+                }
+                Ok(FetchResponse::Modified {
+                    body: Bytes::from(body),
+                    etag,
+                    max_age,
+                })
+            })
+        }
+    }
+}
+
+#[cfg(feature = "reqwest")]
+pub(super) fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {
+    Ok(Arc::new(ReqwestFetcher::new()?))
+}
+
+#[cfg(not(feature = "reqwest"))]
+pub(super) fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {
+    Err(ConfigError::setting(
+        "no JwksFetcher: enable the `reqwest` feature or call .fetcher(..)",
+    ))
+}
+
+/// Fetch with the configured timeout around the fetcher.
+pub(super) async fn fetch(
+    inner: &Inner,
+    url: String,
+    etag: Option<String>,
+) -> Result<FetchResponse, FetchError> {
+    let request = FetchRequest {
+        url,
+        etag,
+        max_body: inner.settings.max_body,
+        timeout: inner.settings.fetch_timeout,
+    };
+    match tokio::time::timeout(inner.settings.fetch_timeout, inner.fetcher.fetch(request)).await {
+        Ok(result) => result,
+        Err(_) => Err(FetchError::new("timeout")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(parse_max_age("max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse_max_age("public, Max-Age=60, must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+}
