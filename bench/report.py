@@ -177,7 +177,11 @@ def quickstart_targets(by, med, cpu_us, specs, clk_tck):
     """The release quickstart (qs-*) against its baselines on the same load."""
     if not any(v.startswith("qs-") for v in by):
         return
-    print("\nThe release quickstart (`examples/quickstart.rs`, run as users run it):\n")
+    settings = [f"{k}={os.environ[k]}" for k in ("QS_RUST_LOG", "QS_AUTH_FAILURE_LIMIT")
+                if os.environ.get(k)]
+    how = ("run as users run it" if not settings else
+           "NOT as users run it: " + ", ".join(settings))
+    print(f"\nThe release quickstart (`examples/quickstart.rs`, {how}):\n")
 
     def verdict(ok):
         return "met" if ok else "MISSED"
