@@ -7,19 +7,23 @@
 //!
 //! `issuer` mints 1,000 identities (RS256 and ES256 alternately, scope `items:read`, valid
 //! for two hours), creates 1,000 API keys in `<dir>/keys.db` (SQLite), writes
-//! `<dir>/jwks_url`, `<dir>/issuer`, `<dir>/audience`, `<dir>/tokens.txt` and
-//! `<dir>/apikeys.txt`, then serves the JWKS until it is killed.
+//! `<dir>/jwks_url`, `<dir>/issuer`, `<dir>/audience`, `<dir>/tokens.txt`,
+//! `<dir>/tokens-rs256.txt` (the first 200 RS256 identities of the pool: the quickstart's
+//! load) and `<dir>/apikeys.txt`, then serves the JWKS until it is killed.
 //!
 //! `server` serves `GET /items` behind one variant: `bare`, `ours-jwt`, `ours-jwt-nocache`,
-//! `ours-apikey`, `ours-redis` or `ours-redis-lease` (both need `REDIS_URL`).
+//! `ours-apikey`, `ours-redis` or `ours-redis-lease` (both need `REDIS_URL`); or `bare-qs`,
+//! no middleware in front of the quickstart's own `GET /items` handler
+//! (`examples/quickstart.rs`, `list_items`), the baseline of the `qs-*` variants.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::header;
 use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
 use tower::ServiceBuilder;
 use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
@@ -36,6 +40,8 @@ const ISSUER: &str = "https://bench-issuer.tower-api-guard.local";
 const AUDIENCE: &str = "bench-api";
 const SCOPE: &str = "items:read";
 const IDENTITIES: usize = 1_000;
+/// The quickstart's load (`tokens-rs256.txt`): this many identities, RS256 only.
+const QS_IDENTITIES: usize = 200;
 /// The same body as the peer's.
 const ITEMS: &str = r#"[{"id":1,"name":"widget"},{"id":2,"name":"gadget"}]"#;
 /// High enough never to trip: the benchmark measures overhead, not limiting.
@@ -46,6 +52,11 @@ const LEASE: u32 = 10;
 
 async fn items() -> ([(header::HeaderName, &'static str); 1], &'static str) {
     ([(header::CONTENT_TYPE, "application/json")], ITEMS)
+}
+
+/// `bare-qs`: a copy of `list_items` in `examples/quickstart.rs`; keep the two the same.
+async fn list_items() -> Json<Value> {
+    Json(json!({ "items": [{ "id": 1, "name": "first" }] }))
 }
 
 #[tokio::main]
@@ -99,6 +110,14 @@ async fn issuer(dir: &Path) -> Result<(), Error> {
     }
 
     write(dir, "tokens.txt", &(tokens.join("\n") + "\n"))?;
+    // Even indices are the RS256 identities.
+    let rs256: Vec<&str> = tokens
+        .iter()
+        .step_by(2)
+        .take(QS_IDENTITIES)
+        .map(String::as_str)
+        .collect();
+    write(dir, "tokens-rs256.txt", &(rs256.join("\n") + "\n"))?;
     write(dir, "apikeys.txt", &(keys.join("\n") + "\n"))?;
     write(dir, "issuer", ISSUER)?;
     write(dir, "audience", AUDIENCE)?;
@@ -132,6 +151,14 @@ async fn jwt(dir: &Path, cache: bool) -> Result<JwtAuthenticator, Error> {
 
 async fn server(variant: &str, dir: &Path, addr: SocketAddr) -> Result<(), Error> {
     let dir: PathBuf = dir.to_owned();
+    if variant == "bare-qs" {
+        return serve(
+            variant,
+            Router::new().route("/items", get(list_items)),
+            addr,
+        )
+        .await;
+    }
     let routes = Router::new().route("/items", get(items));
     let guard = RequireLayer::all_scopes([SCOPE]);
     let rate = RateLimiterLayer::new([Quota::parse(QUOTA)?]);
@@ -174,6 +201,10 @@ async fn server(variant: &str, dir: &Path, addr: SocketAddr) -> Result<(), Error
         }
         other => return Err(format!("unknown variant {other}").into()),
     };
+    serve(variant, app, addr).await
+}
+
+async fn serve(variant: &str, app: Router, addr: SocketAddr) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "guard-bench {variant} listening on {}",
