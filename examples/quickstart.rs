@@ -22,7 +22,14 @@
 //! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Authenticated
 //! routes are limited per identity to `GUARD_RATE` (default `50/s`), and each client address
 //! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`);
-//! `REDIS_URL` shares the per-identity limits between replicas through Redis.
+//! `REDIS_URL` shares the per-identity limits between replicas through Redis. Every setting
+//! is read once at start; a bad value stops the server with a message naming the variable.
+//! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
+//! also logs each authenticated request).
+//!
+//! The layers are stacked the fast way, as the README advises: one [`GuardLayer`] (the
+//! brute-force guard, authentication, the rate limit) on one `route_layer`, and the route's
+//! own `RequireLayer` on each handler.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -529,3 +529,201 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Answers from the request's `x-answer` header: `allow`, `deny`, `wait-allow`,
+    /// `wait-deny`; its ticket adds `x-ticket` to the response.
+    #[derive(Clone, Debug)]
+    struct Toy;
+
+    impl Check for Toy {
+        type Ticket = &'static str;
+        type Wait = Ready<bool>;
+        const LAYER: LayerKind = LayerKind::Authz;
+
+        fn check<B>(&self, request: &mut Request<B>) -> Step<&'static str, Ready<bool>> {
+            match request.headers().get("x-answer").map(|v| v.as_bytes()) {
+                Some(b"allow") => Step::Allow("now"),
+                Some(b"wait-allow") => Step::Wait(ready(true)),
+                Some(b"wait-deny") => Step::Wait(ready(false)),
+                _ => Step::Deny(AuthError::insufficient_scope("toy").into()),
+            }
+        }
+
+        fn resume<B>(&self, allowed: bool, _: &mut Request<B>) -> Verdict<&'static str> {
+            if allowed {
+                Verdict::Allow("later")
+            } else {
+                Verdict::Deny(AuthError::insufficient_scope("toy").into())
+            }
+        }
+
+        fn finish<R>(ticket: &'static str, response: &mut Response<R>) {
+            response
+                .headers_mut()
+                .insert("x-ticket", HeaderValue::from_static(ticket));
+        }
+    }
+
+    /// Counts its calls and its clones.
+    struct Inner {
+        calls: Arc<AtomicUsize>,
+        clones: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Inner {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                calls: self.calls.clone(),
+                clones: self.clones.clone(),
+            }
+        }
+    }
+
+    impl Service<Request<()>> for Inner {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<String>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            ready(Ok(Response::new(String::from("inner"))))
+        }
+    }
+
+    fn gate(layer: GateLayer<Toy>) -> (Gate<Toy, Inner>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let clones = Arc::new(AtomicUsize::new(0));
+        let inner = Inner {
+            calls: calls.clone(),
+            clones: clones.clone(),
+        };
+        (layer.layer(inner), calls, clones)
+    }
+
+    fn request(answer: &str) -> Request<()> {
+        Request::get("/")
+            .header("x-answer", answer)
+            .body(())
+            .unwrap()
+    }
+
+    fn run<F: Future>(future: F) -> F::Output {
+        futures_util::FutureExt::now_or_never(future).expect("ready")
+    }
+
+    #[test]
+    fn an_answer_known_at_once_calls_the_inner_service_without_a_clone() {
+        let (mut svc, calls, clones) = gate(GateLayer::from_check(Toy));
+        let response = run(svc.call(request("allow"))).unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-ticket"], "now");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(clones.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_waiting_check_clones_the_inner_service_once() {
+        let (mut svc, calls, clones) = gate(GateLayer::from_check(Toy));
+        let response = run(svc.call(request("wait-allow"))).unwrap();
+        assert_eq!(response.headers()["x-ticket"], "later");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(clones.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_rejection_never_calls_the_inner_service_and_carries_the_error() {
+        let (mut svc, calls, _) = gate(GateLayer::from_check(Toy));
+        for answer in ["deny", "wait-deny"] {
+            let response = run(svc.call(request(answer))).unwrap();
+            assert_eq!(response.status(), 403, "{answer}");
+            assert!(response.headers().get("x-ticket").is_none());
+            assert_eq!(
+                response.extensions().get::<AuthError>().unwrap().kind(),
+                AuthErrorKind::InsufficientScope
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_own_renderer_beats_the_stack_renderer_which_beats_the_default() {
+        let teapot = |_: &AuthError, _: &RequestHead<'_>| {
+            let mut r = Response::new(Bytes::new());
+            *r.status_mut() = http::StatusCode::IM_A_TEAPOT;
+            r
+        };
+        // The stack's renderer, left by an outer layer.
+        let (mut svc, _, _) = gate(GateLayer::from_check(Toy));
+        let mut req = request("deny");
+        req.extensions_mut()
+            .insert(StackRenderer(Arc::new(DefaultRenderer::new("outer"))));
+        let response = run(svc.call(req)).unwrap();
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with(r#"Bearer realm="outer""#)
+        );
+        // Its own wins, and is handed on to the layers behind it.
+        let (mut svc, _, _) = gate(GateLayer::from_check(Toy).with_renderer(teapot));
+        let mut req = request("deny");
+        req.extensions_mut()
+            .insert(StackRenderer(Arc::new(DefaultRenderer::new("outer"))));
+        assert_eq!(run(svc.call(req)).unwrap().status(), 418);
+    }
+
+    #[test]
+    fn a_disabled_gate_lets_everything_through_and_hands_its_renderer_on() {
+        #[derive(Clone)]
+        struct Sees(Arc<AtomicUsize>);
+        impl Service<Request<()>> for Sees {
+            type Response = Response<String>;
+            type Error = Infallible;
+            type Future = Ready<Result<Response<String>, Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, req: Request<()>) -> Self::Future {
+                if req.extensions().get::<StackRenderer>().is_some() {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+                ready(Ok(Response::new(String::new())))
+            }
+        }
+        let seen = Arc::new(AtomicUsize::new(0));
+        let layer = GateLayer::from_check(Toy).realm("x").disabled();
+        assert!(!layer.is_enabled());
+        let mut svc = layer.layer(Sees(seen.clone()));
+        let response = run(svc.call(request("deny"))).unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("x-ticket").is_none());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_settings_change_leaves_earlier_clones_alone() {
+        let layer = GateLayer::from_check(Toy);
+        let before = layer.clone();
+        let after = layer.realm("changed");
+        assert!(before.own_renderer().is_none());
+        assert!(after.own_renderer().is_some());
+        // inherit_renderer keeps a layer's own renderer.
+        let kept = after.clone().inherit_renderer(before.own_renderer());
+        assert!(kept.own_renderer().is_some());
+        let given = before.inherit_renderer(after.own_renderer());
+        assert!(given.own_renderer().is_some());
+    }
+}

@@ -360,11 +360,11 @@ async fn a_caller_past_its_budget_consumes_nothing_later() {
     // behind it (one call in flight at most). All six callers give up at their budget.
     assert_eq!(
         store.check("k", &quota, 1).await.unwrap_err(),
-        "Redis over its time budget"
+        "Redis over its time limit"
     );
     let queued: Vec<_> = (0..5).map(|_| store.check("k", &quota, 1)).collect();
     for result in futures_util::future::join_all(queued).await {
-        assert_eq!(result.unwrap_err(), "Redis over its time budget");
+        assert_eq!(result.unwrap_err(), "Redis over its time limit");
     }
     signal("-CONT");
     // The first decision reached Redis and consumed one request; the five others did not.

@@ -729,7 +729,32 @@ async fn hs256_only_with_an_explicit_secret() {
         &jsonwebtoken::EncodingKey::from_secret(&[43; 32]),
     )
     .unwrap();
-    assert_invalid(&h, jwt, &wrong, "HS256 with another secret").await;
+    assert_invalid(&h, jwt.clone(), &wrong, "HS256 with another secret").await;
+
+    // What a hand-rolled `/login` usually mints: no `iss`, no `aud`. Refused on purpose
+    // (README, "What the crate leaves to others"), even with the right secret.
+    for (claims, what) in [
+        (
+            json!({"sub": "x", "exp": NOW + 300}),
+            "HS256 without iss and aud",
+        ),
+        (
+            json!({"iss": ISS, "sub": "x", "exp": NOW + 300}),
+            "HS256 without aud",
+        ),
+        (
+            json!({"aud": "api", "sub": "x", "exp": NOW + 300}),
+            "HS256 without iss",
+        ),
+    ] {
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        assert_invalid(&h, jwt.clone(), &t, what).await;
+    }
 }
 
 mod properties {

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::gate::{Check, Gate, GateLayer, LayerKind, NeverWaits, Step, Verdict};
+use crate::rate_limit::client::KeyBuf;
 use crate::rate_limit::{ClientAddr, MemoryStore, Quota};
 
 /// A brute-force guard, placed **before** authentication (feature `rate-limit`): it counts
@@ -104,9 +105,9 @@ impl<S> BruteForceGuard<S> {
     }
 }
 
-/// A counted request: its client key, to record a failure against when it fails.
+/// A counted request: its client address, to record a failure against when it fails.
 pub struct Counted {
-    key: String,
+    client: std::net::IpAddr,
     settings: Arc<Settings>,
 }
 
@@ -120,15 +121,21 @@ impl Check for CountFailures {
         let Some(peer) = s.client.peer(request.extensions()) else {
             return Step::Allow(None);
         };
-        let key = s.client.key(s.client.resolve(peer, request.headers()));
-        let decision = s.store.peek(&key, &s.quota, 1, s.clock.now());
+        let client = s.client.resolve(peer, request.headers());
+        let mut key = KeyBuf::default();
+        let decision = s.store.peek(
+            s.client.key_in(client, &mut key),
+            &s.quota,
+            1,
+            s.clock.now(),
+        );
         if let Some(retry) = decision.retry_after() {
             let error = AuthError::rate_limited(retry)
                 .with_reason("too many failed authentications from this client");
             return Step::Deny(error.into());
         }
         Step::Allow(Some(Counted {
-            key,
+            client,
             settings: self.settings.clone(),
         }))
     }
@@ -148,10 +155,12 @@ impl Check for CountFailures {
                 AuthErrorKind::InvalidToken | AuthErrorKind::InvalidRequest
             )
         });
-        if failed && let Some(Counted { key, settings }) = ticket {
+        if failed && let Some(Counted { client, settings }) = ticket {
+            let mut key = KeyBuf::default();
+            let key = settings.client.key_in(client, &mut key);
             settings
                 .store
-                .check(&key, &settings.quota, 1, settings.clock.now());
+                .check(key, &settings.quota, 1, settings.clock.now());
         }
     }
 }

@@ -129,21 +129,61 @@ impl ClientAddr {
 
     /// The rate-limit key for a client address (IPv6 grouped by prefix).
     pub fn key(&self, ip: IpAddr) -> String {
-        match ip {
-            IpAddr::V4(v4) => format!("ip:{v4}"),
-            IpAddr::V6(v6) => {
-                if let Some(v4) = v6.to_ipv4_mapped() {
-                    return format!("ip:{v4}");
+        self.key_in(ip, &mut KeyBuf::default()).to_owned()
+    }
+
+    /// The key, written into `buf` (no allocation: the brute-force guard asks for every
+    /// request).
+    pub(crate) fn key_in<'b>(&self, ip: IpAddr, buf: &'b mut KeyBuf) -> &'b str {
+        use std::fmt::Write;
+        // At most "ip:" + 39 (IPv6) + "/128": the buffer always holds it.
+        let _ = match ip {
+            IpAddr::V4(v4) => write!(buf, "ip:{v4}"),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => write!(buf, "ip:{v4}"),
+                None => {
+                    let bits = u128::from(v6);
+                    let mask = if self.v6_prefix == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - u32::from(self.v6_prefix))
+                    };
+                    write!(buf, "ip:{}/{}", Ipv6Addr::from(bits & mask), self.v6_prefix)
                 }
-                let bits = u128::from(v6);
-                let mask = if self.v6_prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.v6_prefix))
-                };
-                format!("ip:{}/{}", Ipv6Addr::from(bits & mask), self.v6_prefix)
-            }
+            },
+        };
+        buf.as_str()
+    }
+}
+
+/// A client key on the stack.
+pub(crate) struct KeyBuf {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for KeyBuf {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 64],
+            len: 0,
         }
+    }
+}
+
+impl KeyBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for KeyBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -57,7 +57,7 @@
 //! # });
 //! ```
 
-mod client;
+pub(crate) mod client;
 mod concurrency;
 mod gcra;
 #[cfg(feature = "redis")]
