@@ -21,7 +21,9 @@
 //! * `rate_limit` (feature `rate-limit`): per-identity GCRA limits with standard headers.
 //! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
-//! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server.
+//! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server;
+//!   `caller`, `with_identity` and `IdentityLayer`, to test guards and limiters without a
+//!   credential.
 //!
 //! # Example
 //!

@@ -8,6 +8,10 @@
 //!
 //! Never use it in production: its keys live in memory and are regenerated every run.
 //!
+//! For tests of guards and limiters, where the credential is beside the point, put an
+//! [`Identity`] on the request directly: [`caller`] starts one, [`with_identity`] puts it on
+//! a request, [`IdentityLayer`] puts a fixed one on every request of a stack.
+//!
 //! # Example
 //!
 //! ```
@@ -45,6 +49,7 @@
 //! # });
 //! ```
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,9 +65,12 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::{Request, Response};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, SystemClock};
+use crate::gate::{Check, Gate, GateLayer, LayerKind, NeverWaits, Step, Verdict};
+use crate::identity::{Identity, IdentityBuilder, Source};
 use crate::jwt::{Algorithm, StaticKeys};
 
 /// How long minted tokens live by default, in seconds.
@@ -612,6 +620,117 @@ where
     S: Into<String>,
 {
     Value::Array(items.into_iter().map(|s| Value::String(s.into())).collect())
+}
+
+/// Start an [`Identity`] for `subject` from [`Source::Custom`] with mechanism `"test"`: the
+/// caller of a guard or limiter test that is not about credentials.
+///
+/// ```
+/// use tower_api_guard::Source;
+/// use tower_api_guard::testing::caller;
+///
+/// let alice = caller("alice").scopes(["items:read"]).build();
+/// assert_eq!(alice.subject(), "alice");
+/// assert_eq!(alice.source(), &Source::Custom { mechanism: "test".into() });
+/// assert!(alice.has_scope("items:read"));
+/// ```
+pub fn caller(subject: impl Into<String>) -> IdentityBuilder {
+    Identity::builder(
+        subject,
+        Source::Custom {
+            mechanism: "test".into(),
+        },
+    )
+}
+
+/// `request` with `identity` in its extensions, as an authentication layer would have left
+/// it: guards, limiters and handlers behind see this caller, and no credential is needed.
+///
+/// ```
+/// # #[cfg(feature = "authz")]
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_api_guard::authz::RequireLayer;
+/// use tower_api_guard::testing::{caller, with_identity};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(RequireLayer::all_scopes(["items:write"]))
+///     .service_fn(|_req: Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+///     });
+///
+/// let writer = caller("alice").scopes(["items:write"]).build();
+/// let reader = caller("bob").scopes(["items:read"]).build();
+/// let call = |identity| svc.clone().oneshot(with_identity(Request::new(()), identity));
+/// assert_eq!(call(writer).await.unwrap().status(), StatusCode::OK);
+/// assert_eq!(call(reader).await.unwrap().status(), StatusCode::FORBIDDEN);
+/// # });
+/// ```
+pub fn with_identity<B>(mut request: Request<B>, identity: Identity) -> Request<B> {
+    request.extensions_mut().insert(identity);
+    request
+}
+
+/// A layer that puts one fixed [`Identity`] on every request, in place of an authentication
+/// layer: for a stack whose requests are built elsewhere (a tonic client, a router under
+/// test), where [`with_identity`] cannot reach the request.
+///
+/// It never rejects. Like every layer of this crate it is a [`GateLayer`], so a renderer
+/// set on it with [`with_renderer`](GateLayer::with_renderer) reaches the layers behind it.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use http::{Request, Response};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_api_guard::Identity;
+/// use tower_api_guard::testing::{IdentityLayer, caller};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(IdentityLayer::new(caller("alice").build()))
+///     .service_fn(|req: Request<()>| async move {
+///         let who = req.extensions().get::<Identity>().unwrap().subject().to_owned();
+///         let res = Response::builder().header("x-caller", who).body(()).unwrap();
+///         Ok::<_, std::convert::Infallible>(res)
+///     });
+/// let res = svc.oneshot(Request::new(())).await.unwrap();
+/// assert_eq!(res.headers()["x-caller"], "alice");
+/// # });
+/// ```
+pub type IdentityLayer = GateLayer<InsertIdentity>;
+
+/// The service made by [`IdentityLayer`].
+pub type WithIdentity<S> = Gate<InsertIdentity, S>;
+
+/// The check of [`IdentityLayer`]: insert the identity, allow.
+#[derive(Clone, Debug)]
+pub struct InsertIdentity {
+    identity: Identity,
+}
+
+impl IdentityLayer {
+    /// Put `identity` on every request.
+    pub fn new(identity: Identity) -> Self {
+        GateLayer::from_check(InsertIdentity { identity })
+    }
+}
+
+impl Check for InsertIdentity {
+    type Ticket = ();
+    type Wait = NeverWaits;
+    // It stands where authentication stands, and never rejects.
+    const LAYER: LayerKind = LayerKind::Auth;
+
+    fn check<B>(&self, request: &mut Request<B>) -> Step<(), NeverWaits> {
+        request.extensions_mut().insert(self.identity.clone());
+        Step::Allow(())
+    }
+
+    fn resume<B>(&self, never: Infallible, _request: &mut Request<B>) -> Verdict<()> {
+        match never {}
+    }
+
+    fn finish<R>((): (), _response: &mut Response<R>) {}
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
     feature = "axum"
 ))]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +23,6 @@ use tower_api_guard::api_key::{
 };
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
 use tower_api_guard::clock::{Clock, ManualClock};
-use tower_api_guard::jwt::JwtAuthenticator;
-use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthErrorKind, Identity, Source};
 
 /// Why `auth` refuses `key` (it must).
@@ -260,11 +260,7 @@ async fn jwt_or_key_on_one_route() {
         .generate_at(NewKey::new("machine", "ci"), SystemTime::now())
         .unwrap();
     store.insert(record);
-    let issuer = TestIssuer::new("https://issuer.example");
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .build()
-        .unwrap();
+    let (issuer, jwt) = common::jwt::issuer_and_jwt("api");
     let keys = ApiKeyAuthenticator::new(format.clone(), store.clone());
     let app = Router::new()
         .route(

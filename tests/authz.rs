@@ -1,6 +1,10 @@
 //! `RequireLayer`: every requirement kind on axum routes, a tonic service with a real client,
 //! role hierarchy and permissions, wildcards, the scope tricks of docs/security-cases.md row 28,
 //! dry-run, and the predicate with axum's `MatchedPath`.
+//!
+//! The guard reads the [`Identity`] on the request, whoever put it there: most tests put it
+//! there directly (`testing::with_identity`); the tests of identities made from a token's
+//! claims go through `AuthLayer` and a JWT.
 #![cfg(all(
     feature = "authz",
     feature = "jwt",
@@ -8,7 +12,7 @@
     feature = "axum"
 ))]
 
-use std::sync::{Arc, Mutex};
+mod common;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,54 +20,89 @@ use axum::extract::MatchedPath;
 use axum::routing::get;
 use http::{Request, StatusCode};
 use serde_json::json;
-use tower::ServiceExt;
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::authz::{PredicateFuture, RequireLayer, Requirement};
 use tower_api_guard::jwt::JwtAuthenticator;
-use tower_api_guard::testing::TestIssuer;
-use tower_api_guard::{AuthError, AuthErrorKind, RoleModel};
+use tower_api_guard::testing::{TestIssuer, caller, with_identity};
+use tower_api_guard::{AuthErrorKind, Identity, RoleModel};
 
-const ISS: &str = "https://issuer.example";
+use common::calls::{self, Bearer};
+use common::jwt::{ISS, trusting};
 
+fn role_model() -> RoleModel {
+    RoleModel::new()
+        .inherit("admin", ["editor"])
+        .inherit("editor", ["viewer"])
+        .grant("editor", ["posts:write"])
+        .grant("viewer", ["posts:read"])
+}
+
+/// `GET /` behind `guard`, with nothing in front: the test puts the identity on the request.
+fn guarded(guard: RequireLayer) -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route_layer(guard)
+}
+
+/// Status, challenge and error kind of `GET /` made as `identity` (`None`: no identity).
+async fn status_as(
+    app: &Router,
+    identity: Option<Identity>,
+) -> (StatusCode, String, Option<AuthErrorKind>) {
+    let mut request = Request::get("/").body(Body::empty()).unwrap();
+    if let Some(identity) = identity {
+        request = with_identity(request, identity);
+    }
+    let res = calls::call(app, request).await;
+    (
+        res.status(),
+        calls::challenge(&res),
+        calls::error_kind(&res),
+    )
+}
+
+/// A caller granted these space-delimited scopes.
+fn scoped(scope: &str) -> Option<Identity> {
+    Some(caller("caller").scopes(scope.split_whitespace()).build())
+}
+
+/// A caller holding these roles, expanded through [`role_model`].
+fn holding(roles: &[&str]) -> Option<Identity> {
+    Some(
+        caller("caller")
+            .roles(roles.iter().copied())
+            .role_model(&role_model())
+            .build(),
+    )
+}
+
+/// An authenticator for [`ISS`] that reads roles from `roles` and Keycloak's
+/// `realm_access.roles`, expanded through [`role_model`].
 fn jwt(issuer: &TestIssuer) -> JwtAuthenticator {
-    JwtAuthenticator::builder(ISS, "api")
-        .keys(issuer.static_keys())
+    trusting(issuer, "api")
         .role_claims(["roles", "realm_access.roles"])
-        .role_model(
-            RoleModel::new()
-                .inherit("admin", ["editor"])
-                .inherit("editor", ["viewer"])
-                .grant("editor", ["posts:write"])
-                .grant("viewer", ["posts:read"]),
-        )
+        .role_model(role_model())
         .build()
         .unwrap()
 }
 
+/// `GET /` behind `AuthLayer` (with [`jwt`]) and `guard`.
 fn app(issuer: &TestIssuer, guard: RequireLayer) -> Router {
-    Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route_layer(guard)
-        .route_layer(AuthLayer::new(jwt(issuer)))
+    guarded(guard).route_layer(AuthLayer::new(jwt(issuer)))
 }
 
+/// Status, challenge and error kind of `GET /` with the token, if any.
 async fn status(app: &Router, token: Option<&str>) -> (StatusCode, String, Option<AuthErrorKind>) {
-    let mut req = Request::get("/");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
+    let request = Request::get("/")
+        .maybe_bearer(token)
+        .body(Body::empty())
         .unwrap();
-    let challenge = res
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let kind = res.extensions().get::<AuthError>().map(AuthError::kind);
-    (res.status(), challenge, kind)
+    let res = calls::call(app, request).await;
+    (
+        res.status(),
+        calls::challenge(&res),
+        calls::error_kind(&res),
+    )
 }
 
 struct Tokens<'a>(&'a TestIssuer);
@@ -83,19 +122,12 @@ impl Tokens<'_> {
 
 #[tokio::test]
 async fn scopes_all_and_any() {
-    let issuer = TestIssuer::new(ISS);
-    let t = Tokens(&issuer);
-    let all = app(
-        &issuer,
-        RequireLayer::all_scopes(["items:read", "items:write"]),
-    );
+    let all = guarded(RequireLayer::all_scopes(["items:read", "items:write"]));
     assert_eq!(
-        status(&all, Some(&t.scopes("items:read items:write")))
-            .await
-            .0,
+        status_as(&all, scoped("items:read items:write")).await.0,
         StatusCode::OK
     );
-    let (code, challenge, kind) = status(&all, Some(&t.scopes("items:read"))).await;
+    let (code, challenge, kind) = status_as(&all, scoped("items:read")).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     assert_eq!(kind, Some(AuthErrorKind::InsufficientScope));
     assert!(
@@ -106,22 +138,53 @@ async fn scopes_all_and_any() {
         challenge.contains(r#"scope="items:read items:write""#),
         "{challenge}"
     );
-    // No identity at all: 401 from the auth layer, before the guard.
-    assert_eq!(status(&all, None).await.0, StatusCode::UNAUTHORIZED);
+    // No identity at all: the guard answers 401, not 403.
+    let (code, _, kind) = status_as(&all, None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(kind, Some(AuthErrorKind::MissingCredentials));
 
-    let any = app(
-        &issuer,
-        RequireLayer::new(Requirement::any_scope(["a", "b"])),
-    );
-    assert_eq!(status(&any, Some(&t.scopes("b"))).await.0, StatusCode::OK);
+    let any = guarded(RequireLayer::new(Requirement::any_scope(["a", "b"])));
+    assert_eq!(status_as(&any, scoped("b")).await.0, StatusCode::OK);
+    assert_eq!(status_as(&any, scoped("c")).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn roles_with_hierarchy_and_permissions() {
+    let viewer_role = guarded(RequireLayer::any_role(["viewer"]));
     assert_eq!(
-        status(&any, Some(&t.scopes("c"))).await.0,
+        status_as(&viewer_role, holding(&["admin"])).await.0,
+        StatusCode::OK,
+        "admin ⊇ viewer"
+    );
+    assert_eq!(
+        status_as(&viewer_role, holding(&["guest"])).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let all_roles = guarded(RequireLayer::new(Requirement::all_roles([
+        "editor", "viewer",
+    ])));
+    assert_eq!(
+        status_as(&all_roles, holding(&["editor"])).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_as(&all_roles, holding(&["viewer"])).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // A permission granted through a role satisfies a scope requirement.
+    let write = guarded(RequireLayer::all_scopes(["posts:write"]));
+    assert_eq!(
+        status_as(&write, holding(&["admin"])).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_as(&write, holding(&["viewer"])).await.0,
         StatusCode::FORBIDDEN
     );
 }
 
 #[tokio::test]
-async fn roles_with_hierarchy_and_permissions() {
+async fn roles_from_token_claims_through_the_role_model() {
     let issuer = TestIssuer::new(ISS);
     let t = Tokens(&issuer);
     let viewer_role = app(&issuer, RequireLayer::any_role(["viewer"]));
@@ -132,18 +195,6 @@ async fn roles_with_hierarchy_and_permissions() {
     );
     assert_eq!(
         status(&viewer_role, Some(&t.roles(&["guest"]))).await.0,
-        StatusCode::FORBIDDEN
-    );
-    let all_roles = app(
-        &issuer,
-        RequireLayer::new(Requirement::all_roles(["editor", "viewer"])),
-    );
-    assert_eq!(
-        status(&all_roles, Some(&t.roles(&["editor"]))).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        status(&all_roles, Some(&t.roles(&["viewer"]))).await.0,
         StatusCode::FORBIDDEN
     );
     // A permission granted through a role satisfies a scope requirement.
@@ -167,48 +218,38 @@ async fn roles_with_hierarchy_and_permissions() {
 
 #[tokio::test]
 async fn expressions() {
-    let issuer = TestIssuer::new(ISS);
-    let t = Tokens(&issuer);
     let guard = RequireLayer::expr("items:write and (admin or support) and not suspended").unwrap();
-    let app = app(&issuer, guard);
-    let token = |scope: &str, roles: &[&str]| {
-        issuer
-            .token()
-            .audience("api")
-            .scope(scope)
-            .roles(roles.iter().copied())
-            .mint()
+    let app = guarded(guard);
+    let who = |scope: &str, roles: &[&str]| {
+        Some(
+            caller("caller")
+                .scopes([scope])
+                .roles(roles.iter().copied())
+                .build(),
+        )
     };
     assert_eq!(
-        status(&app, Some(&token("items:write", &["support"])))
-            .await
-            .0,
+        status_as(&app, who("items:write", &["support"])).await.0,
         StatusCode::OK
     );
     assert_eq!(
-        status(&app, Some(&token("items:write", &["admin"])))
-            .await
-            .0,
+        status_as(&app, who("items:write", &["admin"])).await.0,
         StatusCode::OK
     );
     assert_eq!(
-        status(&app, Some(&token("items:write", &["guest"])))
-            .await
-            .0,
+        status_as(&app, who("items:write", &["guest"])).await.0,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        status(&app, Some(&token("items:read", &["admin"]))).await.0,
+        status_as(&app, who("items:read", &["admin"])).await.0,
         StatusCode::FORBIDDEN
     );
-    let (code, challenge, _) =
-        status(&app, Some(&token("items:write", &["admin", "suspended"]))).await;
+    let (code, challenge, _) = status_as(&app, who("items:write", &["admin", "suspended"])).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     assert!(
         challenge.contains(r#"scope="items:write admin support suspended""#),
         "{challenge}"
     );
-    let _ = t;
     // A bad expression is a configuration error naming the position.
     let err = RequireLayer::expr("items:write and (admin or").unwrap_err();
     assert!(
@@ -223,6 +264,8 @@ async fn row_28_scope_tricks_and_wildcards() {
     let issuer = TestIssuer::new(ISS);
     let t = Tokens(&issuer);
     let admin = app(&issuer, RequireLayer::all_scopes(["admin"]));
+    // No token: 401 from the auth layer, before the guard.
+    assert_eq!(status(&admin, None).await.0, StatusCode::UNAUTHORIZED);
     for scope in [
         "admin:read",
         "notadmin",
@@ -290,41 +333,13 @@ async fn row_28_scope_tricks_and_wildcards() {
     );
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn dry_run_lets_requests_through_and_records_the_denial() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let issuer = TestIssuer::new(ISS);
-    let app = app(
-        &issuer,
-        RequireLayer::all_scopes(["items:write"]).dry_run(true),
-    );
-    let token = issuer
-        .token()
-        .audience("api")
-        .subject("dora")
-        .scope("items:read")
-        .mint();
-    assert_eq!(status(&app, Some(&token)).await.0, StatusCode::OK);
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let (captured, _guard) = common::events::Captured::install(tracing::Level::INFO);
+    let app = guarded(RequireLayer::all_scopes(["items:write"]).dry_run(true));
+    let dora = caller("dora").scopes(["items:read"]).build();
+    assert_eq!(status_as(&app, Some(dora)).await.0, StatusCode::OK);
+    let log = captured.take();
     assert!(
         log.contains("would be denied") && log.contains("dora") && log.contains("items:write"),
         "{log}"
@@ -334,7 +349,6 @@ async fn dry_run_lets_requests_through_and_records_the_denial() {
 #[tokio::test]
 async fn predicate_with_matched_path() {
     // "GET /users/{id}/orders": only the user themself.
-    let issuer = TestIssuer::new(ISS);
     let own = Requirement::predicate("own user", |identity, head| -> PredicateFuture {
         let id = head
             .extensions
@@ -345,23 +359,14 @@ async fn predicate_with_matched_path() {
     });
     let app = Router::new()
         .route("/users/{id}/orders", get(|| async { "orders" }))
-        .route_layer(RequireLayer::new(own))
-        .route_layer(AuthLayer::new(jwt(&issuer)));
-    let alice = issuer.token().audience("api").subject("alice").mint();
+        .route_layer(RequireLayer::new(own));
     let get = |uri: &str| {
-        app.clone().oneshot(
-            Request::get(uri)
-                .header("authorization", format!("Bearer {alice}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        calls::call(&app, with_identity(request, caller("alice").build()))
     };
+    assert_eq!(get("/users/alice/orders").await.status(), StatusCode::OK);
     assert_eq!(
-        get("/users/alice/orders").await.unwrap().status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        get("/users/bob/orders").await.unwrap().status(),
+        get("/users/bob/orders").await.status(),
         StatusCode::FORBIDDEN
     );
 }
@@ -377,66 +382,38 @@ fn path_param(template: &str, path: &str, name: &str) -> Option<String> {
 
 mod grpc {
     use super::*;
-    use tokio::net::TcpListener;
+    use common::grpc::{GrpcServer, bearer, check};
     use tonic::Code;
-    use tonic::transport::server::TcpIncoming;
-    use tonic::transport::{Channel, Server};
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
+    use tower::ServiceBuilder;
 
     #[tokio::test]
     async fn permission_denied_with_a_real_client() {
         let issuer = TestIssuer::new(ISS);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
-        let server = tokio::spawn(
-            Server::builder()
+        let server = GrpcServer::start(
+            ServiceBuilder::new()
                 .layer(AuthLayer::new(jwt(&issuer)))
                 .layer(RequireLayer::all_scopes(["health:read"]))
-                .add_service(health)
-                .serve_with_incoming(TcpIncoming::from(listener)),
-        );
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = HealthClient::new(channel);
-        let call = |token: String| {
-            let mut req = tonic::Request::new(HealthCheckRequest {
-                service: String::new(),
-            });
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            req
-        };
-        let denied = client
-            .check(call(issuer.token().audience("api").scope("other").mint()))
-            .await
-            .unwrap_err();
+                .into_inner(),
+        )
+        .await;
+        let mut client = server.client().await;
+        let other = issuer.token().audience("api").scope("other").mint();
+        let denied = check(&mut client, &[bearer(&other)]).await.unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
-        let ok = client
-            .check(call(
-                issuer.token().audience("api").scope("health:read").mint(),
-            ))
-            .await;
+        let health_read = issuer.token().audience("api").scope("health:read").mint();
+        let ok = check(&mut client, &[bearer(&health_read)]).await;
         assert!(ok.is_ok(), "{ok:?}");
-        let unauthenticated = client
-            .check(tonic::Request::new(HealthCheckRequest {
-                service: String::new(),
-            }))
-            .await
-            .unwrap_err();
+        let unauthenticated = check(&mut client, &[]).await.unwrap_err();
         assert_eq!(unauthenticated.code(), Code::Unauthenticated);
-        server.abort();
+        drop(client);
+        server.stop().await;
     }
 }
 
 #[tokio::test]
 async fn claim_presets() {
     let issuer = TestIssuer::new(ISS);
-    let base = || JwtAuthenticator::builder(ISS, "api").keys(issuer.static_keys());
+    let base = || trusting(&issuer, "api");
     let kc = base().keycloak(Some("shop")).build().unwrap();
     let t = issuer
         .token()

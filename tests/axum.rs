@@ -1,17 +1,18 @@
 //! `AuthLayer` and the extractors under a real axum 0.8 `Router`, driven with `oneshot`.
 
+mod common;
+
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::routing::get;
 use axum::{Json, Router};
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use tower_api_guard::RequestHead;
 use tower_api_guard::auth::{AuthLayer, Authenticator, AuthenticatorExt};
 use tower_api_guard::axum::Claims;
@@ -19,7 +20,9 @@ use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthError, AuthErrorKind, Identity, Source};
 
-const ISSUER: &str = "https://issuer.example";
+use common::calls::{Bearer, body_text};
+use common::jwt::{ISS as ISSUER, issuer_and_jwt};
+
 const AUDIENCE: &str = "orders-api";
 const INVALID_TOKEN_CHALLENGE: &str = r#"Bearer realm="api", error="invalid_token", error_description="The access token is invalid.""#;
 const INVALID_REQUEST_CHALLENGE: &str =
@@ -32,11 +35,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
-        let issuer = TestIssuer::new(ISSUER);
-        let jwt = JwtAuthenticator::builder(ISSUER, AUDIENCE)
-            .keys(issuer.static_keys())
-            .build()
-            .expect("valid configuration");
+        let (issuer, jwt) = issuer_and_jwt(AUDIENCE);
         Self { issuer, jwt }
     }
 
@@ -110,20 +109,14 @@ fn app(setup: &Setup) -> Router {
 }
 
 fn get_req(uri: &str, token: Option<&str>) -> Request<Body> {
-    let mut request = Request::get(uri);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    request.body(Body::empty()).unwrap()
+    Request::get(uri)
+        .maybe_bearer(token)
+        .body(Body::empty())
+        .unwrap()
 }
 
 async fn send(app: &Router, request: Request<Body>) -> Response<Body> {
-    app.clone().oneshot(request).await.unwrap()
-}
-
-async fn body_text(response: Response<Body>) -> String {
-    let bytes = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
-    String::from_utf8(bytes.to_vec()).unwrap()
+    common::calls::call(app, request).await
 }
 
 fn auth_error(response: &Response<Body>) -> AuthError {
@@ -242,8 +235,8 @@ async fn two_authorization_headers_are_400() {
     let app = app(&setup);
     let token = setup.token();
     let request = Request::get("/me")
-        .header("authorization", format!("Bearer {token}"))
-        .header("authorization", format!("Bearer {token}"))
+        .bearer(&token)
+        .bearer(&token)
         .body(Body::empty())
         .unwrap();
     let response = send(&app, request).await;
@@ -271,7 +264,7 @@ async fn route_layer_keeps_unknown_routes_404() {
     let response = send(&app, request).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let request = Request::delete("/me")
-        .header("authorization", format!("Bearer {}", setup.token()))
+        .bearer(&setup.token())
         .body(Body::empty())
         .unwrap();
     let response = send(&app, request).await;
@@ -433,7 +426,7 @@ async fn or_never_falls_through_and_rejects_two_credentials() {
 
     // Both credentials at once: ambiguous, 400, and neither is checked.
     let request = Request::get("/me")
-        .header("authorization", format!("Bearer {}", setup.token()))
+        .bearer(&setup.token())
         .header("x-api-key", "good-key")
         .body(Body::empty())
         .unwrap();
@@ -473,10 +466,7 @@ async fn inner_service_is_never_called_on_rejection() {
     for (request, status) in [
         (Request::new(()), StatusCode::UNAUTHORIZED),
         (
-            Request::get("/")
-                .header("authorization", format!("Bearer {forged}"))
-                .body(())
-                .unwrap(),
+            Request::get("/").bearer(&forged).body(()).unwrap(),
             StatusCode::UNAUTHORIZED,
         ),
         (
@@ -500,10 +490,7 @@ async fn inner_service_is_never_called_on_rejection() {
 
     // The same mock does see an authenticated request, with the identity attached.
     assert!(matches!(service.poll_ready(), Poll::Ready(Ok(()))));
-    let request = Request::get("/")
-        .header("authorization", format!("Bearer {}", setup.token()))
-        .body(())
-        .unwrap();
+    let request = Request::get("/").bearer(&setup.token()).body(()).unwrap();
     let call = tokio::spawn(service.call(request));
     let (seen, respond) = handle
         .next_request()

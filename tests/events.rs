@@ -1,66 +1,27 @@
 //! Every success and rejection emits a `tracing` event with its reason, never the token.
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
-use std::convert::Infallible;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use http::{Request, Response, StatusCode};
-use tower::{ServiceBuilder, ServiceExt};
+use http::{Request, StatusCode};
+use tower::ServiceBuilder;
 use tower_api_guard::auth::AuthLayer;
-use tower_api_guard::jwt::JwtAuthenticator;
-use tower_api_guard::testing::TestIssuer;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
-    }
-}
+use common::calls::{self, Bearer};
+use common::events::Captured;
 
 #[tokio::test]
 async fn events_carry_reasons_but_never_tokens() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install(tracing::Level::DEBUG);
 
-    let issuer = TestIssuer::new("https://issuer.example");
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .build()
-        .unwrap();
-    let svc =
-        ServiceBuilder::new()
-            .layer(AuthLayer::new(jwt))
-            .service_fn(|_req: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(String::new()))
-            });
+    let (issuer, jwt) = common::jwt::issuer_and_jwt("api");
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt))
+        .service_fn(calls::ok::<()>);
     let call = |token: Option<String>| {
+        let req = Request::builder().maybe_bearer(token.as_deref());
         let svc = svc.clone();
-        async move {
-            let mut req = Request::builder();
-            if let Some(t) = token {
-                req = req.header("authorization", format!("Bearer {t}"));
-            }
-            svc.oneshot(req.body(()).unwrap()).await.unwrap().status()
-        }
+        async move { calls::call(&svc, req.body(()).unwrap()).await.status() }
     };
 
     let good = issuer.token().subject("alice").audience("api").mint();

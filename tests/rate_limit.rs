@@ -1,32 +1,32 @@
 //! `RateLimiterLayer` through the full stack: per-identity limits, plans, standard headers,
 //! 429 with Retry-After, gRPC RESOURCE_EXHAUSTED. Time through the injectable clock.
+//!
+//! The limiters key on the [`Identity`](tower_api_guard::Identity) on the request, whoever
+//! put it there: most tests put it there directly (`testing::with_identity`,
+//! `testing::IdentityLayer`); the tests of what a token decides (its issuer, its plan claim,
+//! failed authentications) go through `AuthLayer` and a JWT.
 #![cfg(all(feature = "rate-limit", feature = "jwt", feature = "testing"))]
 
-use std::convert::Infallible;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::clock::ManualClock;
-use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
-use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::testing::{caller, with_identity};
 use tower_api_guard::{AuthError, AuthErrorKind};
+
+use common::calls::{self, Bearer};
+use common::jwt::{NOW, clocked_issuer, clocked_issuer_and_jwt, trusting};
 
 #[tokio::test]
 async fn per_identity_limits_headers_and_plans() {
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .clock(clock.clone())
-        .plan_claim("plan")
-        .build()
-        .unwrap();
+    let clock = Arc::new(ManualClock::at_unix(NOW));
     let svc = ServiceBuilder::new()
-        .layer(AuthLayer::new(jwt))
         .layer(
             RateLimiterLayer::new([
                 Quota::parse("2/s").unwrap(),
@@ -35,32 +35,27 @@ async fn per_identity_limits_headers_and_plans() {
             .plan("gold", [Quota::parse("5/s").unwrap()])
             .clock(clock.clone()),
         )
-        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
-    let call = |token: &str, grpc: bool| {
-        let mut req = Request::post("/").header("authorization", format!("Bearer {token}"));
+        .service_fn(calls::ok::<()>);
+    let alice = caller("alice").build();
+    let bob = caller("bob").build();
+    let gold = caller("carol").plan("gold").build();
+    let call = |who: &tower_api_guard::Identity, grpc: bool| {
+        let mut req = Request::post("/");
         if grpc {
             req = req.header("content-type", "application/grpc");
         }
-        svc.clone().oneshot(req.body(()).unwrap())
+        calls::call(&svc, with_identity(req.body(()).unwrap(), who.clone()))
     };
-    let alice = issuer.token().audience("api").subject("alice").mint();
-    let bob = issuer.token().audience("api").subject("bob").mint();
-    let gold = issuer
-        .token()
-        .audience("api")
-        .subject("carol")
-        .claim("plan", "gold".into())
-        .mint();
 
-    let res = call(&alice, false).await.unwrap();
+    let res = call(&alice, false).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.headers()["ratelimit-policy"],
         r#""q0";q=2;w=1, "q1";q=100;w=86400"#
     );
     assert_eq!(res.headers()["ratelimit"], r#""q0";r=1;t=1"#);
-    assert_eq!(call(&alice, false).await.unwrap().status(), StatusCode::OK);
-    let res = call(&alice, false).await.unwrap();
+    assert_eq!(call(&alice, false).await.status(), StatusCode::OK);
+    let res = call(&alice, false).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(
@@ -68,35 +63,70 @@ async fn per_identity_limits_headers_and_plans() {
         AuthErrorKind::RateLimited
     );
     // gRPC: RESOURCE_EXHAUSTED.
-    let res = call(&alice, true).await.unwrap();
+    let res = call(&alice, true).await;
     assert_eq!(res.headers()["grpc-status"], "8");
     // Bob has his own budget; Carol's plan gives her five.
-    assert_eq!(call(&bob, false).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call(&bob, false).await.status(), StatusCode::OK);
     for _ in 0..5 {
-        assert_eq!(call(&gold, false).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(call(&gold, false).await.status(), StatusCode::OK);
     }
     assert_eq!(
-        call(&gold, false).await.unwrap().status(),
+        call(&gold, false).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
     // Half a second later, Alice has one request again.
     clock.advance(Duration::from_millis(500));
-    assert_eq!(call(&alice, false).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call(&alice, false).await.status(), StatusCode::OK);
     assert_eq!(
-        call(&alice, false).await.unwrap().status(),
+        call(&alice, false).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
 }
 
 #[tokio::test]
+async fn the_plan_claim_of_a_token_picks_the_plan() {
+    let (clock, issuer) = clocked_issuer();
+    let jwt = trusting(&issuer, "api")
+        .clock(clock.clone())
+        .plan_claim("plan")
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt))
+        .layer(
+            RateLimiterLayer::new([Quota::parse("2/s").unwrap()])
+                .plan("gold", [Quota::parse("5/s").unwrap()])
+                .clock(clock.clone()),
+        )
+        .service_fn(calls::ok::<()>);
+    let call = |token: &str| calls::call(&svc, calls::get(Some(token)));
+    let gold = issuer
+        .token()
+        .audience("api")
+        .subject("carol")
+        .claim("plan", "gold".into())
+        .mint();
+    for _ in 0..5 {
+        assert_eq!(call(&gold).await.status(), StatusCode::OK);
+    }
+    assert_eq!(call(&gold).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Without the claim: the default quota.
+    let plain = issuer.token().audience("api").subject("dave").mint();
+    for _ in 0..2 {
+        assert_eq!(call(&plain).await.status(), StatusCode::OK);
+    }
+    assert_eq!(call(&plain).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
 async fn same_subject_of_two_issuers_has_two_budgets() {
     use tower_api_guard::jwt::JwtIssuers;
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    use tower_api_guard::testing::TestIssuer;
+    let clock = Arc::new(ManualClock::at_unix(NOW));
     let a = TestIssuer::new("https://a.example").clock(clock.clone());
     let b = TestIssuer::new("https://b.example").clock(clock.clone());
     let issuers = JwtIssuers::new([a.clone(), b.clone()].map(|issuer| {
-        JwtAuthenticator::builder(issuer.issuer(), "api")
-            .keys(issuer.static_keys())
+        trusting(&issuer, "api")
             .clock(clock.clone())
             .build()
             .unwrap()
@@ -105,27 +135,24 @@ async fn same_subject_of_two_issuers_has_two_budgets() {
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(issuers))
         .layer(RateLimiterLayer::new([Quota::parse("1/min").unwrap()]).clock(clock.clone()))
-        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
-    let call = |token: &str| {
-        let req = Request::get("/").header("authorization", format!("Bearer {token}"));
-        svc.clone().oneshot(req.body(()).unwrap())
-    };
+        .service_fn(calls::ok::<()>);
+    let call = |token: &str| calls::call(&svc, calls::get(Some(token)));
     let alice_of_a = a.token().audience("api").subject("alice").mint();
     let alice_of_b = b.token().audience("api").subject("alice").mint();
 
-    assert_eq!(call(&alice_of_a).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call(&alice_of_a).await.status(), StatusCode::OK);
     assert_eq!(
-        call(&alice_of_a).await.unwrap().status(),
+        call(&alice_of_a).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
     // Another issuer's alice is another caller, with her own budget.
     assert_eq!(
-        call(&alice_of_b).await.unwrap().status(),
+        call(&alice_of_b).await.status(),
         StatusCode::OK,
         "alice of issuer B must not share alice of issuer A's bucket"
     );
     assert_eq!(
-        call(&alice_of_b).await.unwrap().status(),
+        call(&alice_of_b).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
 }
@@ -135,13 +162,7 @@ async fn brute_force_guard_trips_before_authentication_and_resets() {
     use std::net::SocketAddr;
     use tower_api_guard::auth::BruteForceGuardLayer;
     use tower_api_guard::rate_limit::ClientAddr;
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let (clock, issuer, jwt) = clocked_issuer_and_jwt();
     let svc = ServiceBuilder::new()
         .layer(
             BruteForceGuardLayer::new(Quota::parse("3/min").unwrap())
@@ -149,10 +170,10 @@ async fn brute_force_guard_trips_before_authentication_and_resets() {
                 .clock(clock.clone()),
         )
         .layer(AuthLayer::new(jwt))
-        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+        .service_fn(calls::ok::<()>);
     let good = issuer.token().audience("api").mint();
     let call = |peer: &str, token: &str, xff: Option<&str>| {
-        let mut req = Request::get("/").header("authorization", format!("Bearer {token}"));
+        let mut req = Request::get("/").bearer(token);
         if let Some(x) = xff {
             req = req.header("x-forwarded-for", x);
         }
@@ -236,13 +257,7 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
     use std::net::SocketAddr;
     use tower_api_guard::auth::AuthenticatorExt;
     use tower_api_guard::rate_limit::ClientAddr;
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new("https://issuer.example").clock(clock.clone());
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let (clock, _, jwt) = clocked_issuer_and_jwt();
     let svc = ServiceBuilder::new()
         .layer(AuthLayer::new(jwt.optional()))
         .layer(
@@ -251,7 +266,7 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
                 .legacy_headers(true)
                 .clock(clock.clone()),
         )
-        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+        .service_fn(calls::ok::<()>);
     let anon = |peer: &str| {
         let mut req = Request::get("/").body(()).unwrap();
         req.extensions_mut()
@@ -294,7 +309,6 @@ async fn anonymous_requests_by_address_and_legacy_headers() {
 async fn concurrency_limit_per_identity() {
     use tower::Service;
     use tower_api_guard::rate_limit::InFlightLimitLayer;
-    use tower_api_guard::{Identity, Source};
     let (open, gate) = tokio::sync::watch::channel(false);
     let mut svc = ServiceBuilder::new()
         .layer(InFlightLimitLayer::per_identity(
@@ -304,22 +318,10 @@ async fn concurrency_limit_per_identity() {
             let mut gate = gate.clone();
             async move {
                 let _ = gate.wait_for(|open| *open).await;
-                Ok::<_, Infallible>(Response::new(String::new()))
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
             }
         });
-    let req = |who: &str| {
-        let mut r = Request::new(());
-        r.extensions_mut().insert(
-            Identity::builder(
-                who,
-                Source::Custom {
-                    mechanism: "t".into(),
-                },
-            )
-            .build(),
-        );
-        r
-    };
+    let req = |who: &str| with_identity(Request::new(()), caller(who).build());
     // The slot is taken in `call`: two calls of "a" hold both.
     let first = svc.ready().await.unwrap().call(req("a"));
     let second = svc.ready().await.unwrap().call(req("a"));
@@ -349,44 +351,20 @@ async fn concurrency_limit_per_identity() {
 
 #[tokio::test]
 async fn grpc_resource_exhausted_with_a_real_client() {
-    use tokio::net::TcpListener;
+    use common::grpc::{GrpcServer, check};
     use tonic::Code;
-    use tonic::transport::server::TcpIncoming;
-    use tonic::transport::{Channel, Server};
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let issuer = TestIssuer::new("https://issuer.example");
-    let jwt = JwtAuthenticator::builder("https://issuer.example", "api")
-        .keys(issuer.static_keys())
-        .build()
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let server = tokio::spawn(
-        Server::builder()
-            .layer(AuthLayer::new(jwt))
+    use tower_api_guard::testing::IdentityLayer;
+    let server = GrpcServer::start(
+        ServiceBuilder::new()
+            .layer(IdentityLayer::new(caller("alice").build()))
             .layer(RateLimiterLayer::new([Quota::parse("1/min").unwrap()]))
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
-    let token = issuer.token().audience("api").mint();
-    let call = || {
-        let mut req = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
-    };
-    assert!(client.check(call()).await.is_ok());
-    let err = client.check(call()).await.unwrap_err();
+            .into_inner(),
+    )
+    .await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, &[]).await.is_ok());
+    let err = check(&mut client, &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    server.abort();
+    drop(client);
+    server.stop().await;
 }

@@ -7,18 +7,19 @@
     feature = "testing"
 ))]
 
+mod common;
+
 use std::convert::Infallible;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
+use tower::ServiceBuilder;
 use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
 use tower_api_guard::FailurePolicy;
 use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::clock::ManualClock;
-use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 
@@ -29,26 +30,17 @@ type Svc = BoxCloneService<
 >;
 
 fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
-    let jwt = JwtAuthenticator::builder(issuer.issuer(), "api")
-        .keys(issuer.static_keys())
-        .build()
-        .unwrap();
+    let jwt = common::jwt::trusting(issuer, "api").build().unwrap();
     BoxCloneService::new(
         ServiceBuilder::new()
             .layer(AuthLayer::new(jwt))
             .layer(RateLimiterLayer::new([Quota::parse(quota).unwrap()]).redis(store))
-            .service_fn(|_r: Request<()>| async {
-                Ok::<_, Infallible>(Response::new(String::new()))
-            }),
+            .service_fn(common::calls::ok::<()>),
     )
 }
 
 async fn status(svc: &Svc, token: &str) -> (StatusCode, bool) {
-    let req = Request::get("/")
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .unwrap();
-    let res = svc.clone().oneshot(req).await.unwrap();
+    let res = common::calls::call(svc, common::calls::get(Some(token))).await;
     (res.status(), res.headers().contains_key("ratelimit"))
 }
 

@@ -1,6 +1,8 @@
 //! Custom rejection renderers, the realm, and gRPC rendering through the layer.
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
+mod common;
+
 use std::convert::Infallible;
 
 use bytes::Bytes;
@@ -12,16 +14,10 @@ use tower_api_guard::jwt::JwtAuthenticator;
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthError, AuthErrorKind};
 
-fn jwt(issuer: &TestIssuer) -> JwtAuthenticator {
-    JwtAuthenticator::builder(issuer.issuer(), "api")
-        .keys(issuer.static_keys())
-        .build()
-        .unwrap()
-}
+use common::calls::{Bearer, body_text as body};
 
-async fn body(res: Response<impl http_body::Body<Data = Bytes, Error = Infallible>>) -> String {
-    use http_body_util::BodyExt;
-    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+fn jwt(issuer: &TestIssuer) -> JwtAuthenticator {
+    common::jwt::trusting(issuer, "api").build().unwrap()
 }
 
 #[tokio::test]
@@ -76,7 +72,7 @@ async fn realm_and_grpc_rendering() {
     let bad = issuer.token().audience("other").mint();
     let req = Request::post("/pkg.Svc/Method")
         .header("content-type", "application/grpc")
-        .header("authorization", format!("Bearer {bad}"))
+        .bearer(&bad)
         .body(())
         .unwrap();
     let res = svc.oneshot(req).await.unwrap();

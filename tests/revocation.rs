@@ -2,6 +2,8 @@
 //! shared between two authenticators (with `REDIS_URL`).
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,26 +15,18 @@ use tower_api_guard::jwt::{
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthErrorKind, FailurePolicy};
 
-const ISS: &str = "https://issuer.example";
-const START: u64 = 1_800_000_000;
+use common::jwt::{ISS, clocked_issuer as setup, trusting};
 
 fn jwt(
     issuer: &TestIssuer,
     clock: &Arc<ManualClock>,
     store: impl RevocationStore,
 ) -> JwtAuthenticator {
-    JwtAuthenticator::builder(ISS, "api")
-        .keys(issuer.static_keys())
+    trusting(issuer, "api")
         .clock(clock.clone())
         .revocation(store)
         .build()
         .unwrap()
-}
-
-fn setup() -> (Arc<ManualClock>, TestIssuer) {
-    let clock = Arc::new(ManualClock::at_unix(START));
-    let issuer = TestIssuer::new(ISS).clock(clock.clone());
-    (clock, issuer)
 }
 
 #[tokio::test]
@@ -90,8 +84,7 @@ async fn revoking_a_subject_rejects_its_older_tokens_only() {
     assert!(jwt.verify(&bob).await.is_ok());
     // A token issued after the revocation instant is fine.
     let fresh = TestIssuer::new(ISS).clock(clock.clone());
-    let jwt2 = JwtAuthenticator::builder(ISS, "api")
-        .keys(fresh.static_keys())
+    let jwt2 = trusting(&fresh, "api")
         .clock(clock.clone())
         .revocation(store.clone())
         .build()
@@ -145,8 +138,7 @@ async fn a_failing_store_follows_the_policy() {
     let closed = jwt(&issuer, &clock, Broken);
     let err = closed.verify(&t).await.unwrap_err();
     assert_eq!(err.kind(), AuthErrorKind::Unavailable);
-    let open = JwtAuthenticator::builder(ISS, "api")
-        .keys(issuer.static_keys())
+    let open = trusting(&issuer, "api")
         .clock(clock.clone())
         .revocation_failure_policy(FailurePolicy::Open)
         .revocation(Broken)
@@ -250,10 +242,8 @@ async fn through_the_layer_a_cached_token_is_still_checked_for_revocation() {
         .claim("jti", "t1".into())
         .mint();
     let call = || {
-        let request = Request::builder()
-            .header("authorization", format!("Bearer {token}"))
-            .body(())
-            .unwrap();
+        use common::calls::Bearer;
+        let request = Request::builder().bearer(&token).body(()).unwrap();
         svc.clone().oneshot(request)
     };
     assert_eq!(call().await.unwrap().status(), StatusCode::OK);

@@ -2,6 +2,8 @@
 //! `AuthLayer<JwtAuthenticator>` in front of a counting inner service.
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +12,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::json;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_api_guard::auth::AuthLayer;
@@ -20,8 +21,8 @@ use tower_api_guard::jwt::{
 };
 use tower_api_guard::testing::TestIssuer;
 
-const ISS: &str = "https://issuer.example";
-const NOW: u64 = 1_800_000_000;
+use common::calls::{Bearer, body_text, challenge, get};
+use common::jwt::{ISS, NOW, clocked_issuer, trusting};
 
 struct Harness {
     clock: Arc<ManualClock>,
@@ -31,8 +32,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let clock = Arc::new(ManualClock::at_unix(NOW));
-        let issuer = TestIssuer::new(ISS).clock(clock.clone());
+        let (clock, issuer) = clocked_issuer();
         Self {
             clock,
             issuer,
@@ -41,8 +41,7 @@ impl Harness {
     }
 
     fn builder(&self) -> JwtAuthenticatorBuilder {
-        JwtAuthenticator::builder(ISS, "api")
-            .keys(self.issuer.static_keys())
+        trusting(&self.issuer, "api")
             .clock(self.clock.clone())
             .token_cache(0)
     }
@@ -85,33 +84,18 @@ where
     B: http_body::Body<Data = bytes::Bytes, Error = Infallible>,
 {
     let res = svc.oneshot(req).await.unwrap();
-    let status = res.status();
-    let challenge = res
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Outcome {
-        status,
-        challenge,
-        body,
+        status: res.status(),
+        challenge: challenge(&res),
+        body: body_text(res).await,
     }
-}
-
-fn bearer(token: &str) -> Request<()> {
-    Request::get("/")
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .unwrap()
 }
 
 /// Assert a 401 `invalid_token` that never called the inner service and never echoed the
 /// token.
 async fn assert_invalid(h: &Harness, jwt: JwtAuthenticator, token: &str, case: &str) {
     let before = h.calls.load(Ordering::SeqCst);
-    let out = send(h.service(jwt), bearer(token)).await;
+    let out = send(h.service(jwt), get(Some(token))).await;
     assert_eq!(out.status, StatusCode::UNAUTHORIZED, "{case}");
     assert!(
         out.challenge.contains(r#"error="invalid_token""#),
@@ -132,7 +116,7 @@ async fn assert_invalid(h: &Harness, jwt: JwtAuthenticator, token: &str, case: &
 }
 
 async fn assert_ok(h: &Harness, jwt: JwtAuthenticator, token: &str, case: &str) {
-    let out = send(h.service(jwt), bearer(token)).await;
+    let out = send(h.service(jwt), get(Some(token))).await;
     assert_eq!(out.status, StatusCode::OK, "{case}");
 }
 
@@ -163,8 +147,8 @@ async fn rows_1_to_4_credentials() {
     }
     // Row 2: ambiguous or malformed: 400 invalid_request.
     let two = Request::get("/")
-        .header("authorization", format!("Bearer {good}"))
-        .header("authorization", format!("Bearer {good}"))
+        .bearer(&good)
+        .bearer(&good)
         .body(())
         .unwrap();
     let mut cases = vec![two];
@@ -300,7 +284,7 @@ async fn rows_5_to_9_form() {
     cases.push((bad_utf8, "invalid UTF-8 (wrong signature too)"));
     for (token, case) in cases {
         // Some cases carry characters outside the token alphabet: 400 is right for them.
-        let out = send(h.service(jwt.clone()), bearer(&token)).await;
+        let out = send(h.service(jwt.clone()), get(Some(&token))).await;
         assert!(
             out.status == StatusCode::UNAUTHORIZED || out.status == StatusCode::BAD_REQUEST,
             "{case}: {}",
@@ -773,7 +757,7 @@ mod properties {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let h = &*H;
             let jwt = h.builder().build().unwrap();
-            let out = rt.block_on(send(h.service(jwt), bearer(&value)));
+            let out = rt.block_on(send(h.service(jwt), get(Some(&value))));
             prop_assert!(out.status == StatusCode::UNAUTHORIZED || out.status == StatusCode::BAD_REQUEST);
         }
 
@@ -788,7 +772,7 @@ mod properties {
             }
             let claims = json!({"iss": ISS, "aud": "api", "sub": "s", "exp": NOW + 300});
             let t = h.issuer.sign_raw(Algorithm::RS256, &header.to_string(), &claims.to_string());
-            let out = rt.block_on(send(h.service(jwt), bearer(&t)));
+            let out = rt.block_on(send(h.service(jwt), get(Some(&t))));
             // Extra members are fine unless they are crit, b64, a bad kid/typ/cty, or change alg.
             let harmful = extra.keys().any(|k| ["crit", "b64", "kid", "typ", "cty", "alg"].contains(&k.as_str()));
             if !harmful {

@@ -2,6 +2,8 @@
 //! matches byte-identical tokens, and is bounded.
 #![cfg(all(feature = "jwt", feature = "testing"))]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +12,11 @@ use tower_api_guard::jwt::{Algorithm, JwtAuthenticator};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{AuthErrorKind, Identity};
 
-const ISS: &str = "https://issuer.example";
+use common::jwt::{clocked_issuer, trusting};
 
 fn setup(capacity: u64) -> (Arc<ManualClock>, TestIssuer, JwtAuthenticator) {
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new(ISS).clock(clock.clone());
-    let jwt = JwtAuthenticator::builder(ISS, "api")
-        .keys(issuer.static_keys())
+    let (clock, issuer) = clocked_issuer();
+    let jwt = trusting(&issuer, "api")
         .clock(clock.clone())
         .token_cache(capacity)
         .build()
@@ -114,10 +114,8 @@ async fn only_byte_identical_tokens_hit() {
 
 #[tokio::test]
 async fn max_age_is_rechecked_on_a_hit() {
-    let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
-    let issuer = TestIssuer::new(ISS).clock(clock.clone());
-    let jwt = JwtAuthenticator::builder(ISS, "api")
-        .keys(issuer.static_keys())
+    let (clock, issuer) = clocked_issuer();
+    let jwt = trusting(&issuer, "api")
         .clock(clock.clone())
         .max_age(Duration::from_secs(600))
         .build()
@@ -153,8 +151,9 @@ async fn the_cache_is_bounded() {
 /// the token: the same rules hold there.
 #[tokio::test]
 async fn the_layer_path_hits_and_stays_strict() {
+    use common::calls::Bearer;
     use http::{Request, Response, StatusCode};
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceBuilder;
     use tower_api_guard::auth::AuthLayer;
 
     let (clock, issuer, jwt) = setup(100);
@@ -170,11 +169,8 @@ async fn the_layer_path_hits_and_stays_strict() {
     let call = |token: String| {
         let svc = svc.clone();
         async move {
-            let req = Request::builder()
-                .header("authorization", format!("Bearer {token}"))
-                .body(())
-                .unwrap();
-            svc.oneshot(req).await.unwrap()
+            let req = Request::builder().bearer(&token).body(()).unwrap();
+            common::calls::call(&svc, req).await
         }
     };
     let token = issuer

@@ -1,0 +1,11 @@
+//! What the integration tests share, one copy of each: a trusted test issuer
+//! ([`jwt`]), requests with a bearer token and what their responses say ([`calls`]), a
+//! `tracing` capture ([`events`]) and a gRPC health server on loopback ([`grpc`]).
+//!
+//! Each test file takes it with `mod common;` and uses what it needs.
+#![allow(dead_code)]
+
+pub mod calls;
+pub mod events;
+pub mod grpc;
+pub mod jwt;
