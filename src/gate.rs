@@ -13,7 +13,7 @@
 //!   (`mem::replace` with a fresh clone, as tower advises) and boxes what it keeps;
 //! * every rejection is rendered in one place: with the layer's own renderer if it has
 //!   one, else the renderer of the stack (left in the request's extensions by the
-//!   outermost layer that has one), else [`DefaultRenderer`](crate::render::DefaultRenderer);
+//!   outermost layer that has one), else [`DefaultRenderer`];
 //!   the [`AuthError`] is attached to the response's extensions and one `tracing` event
 //!   is emitted with the layer's target, the kind and the reason (never the credential).
 //!
@@ -38,7 +38,7 @@
 //!    `pub type FooLayer = GateLayer<FooCheck>; pub type Foo<S> = Gate<FooCheck, S>;`
 //!    and `pub mod future { pub type ResponseFuture<S, B> = gate::ResponseFuture<FooCheck, S, B>; }`,
 //!    plus an inherent `impl GateLayer<FooCheck> { pub fn new(..) }` for its settings
-//!    (builder methods take `self` and go through [`GateLayer::check_mut`], which is
+//!    (builder methods take `self` and go through `GateLayer::check_mut`, which is
 //!    `Arc::make_mut`).
 //! 3. Test it through a real stack: the inner service is never called on a rejection
 //!    (`tower_test::mock`), the renderer set on an outer layer reaches its rejections.
@@ -114,7 +114,7 @@ pub enum Step<T, W> {
     Allow(T),
     /// Reject now.
     Deny(Rejection),
-    /// Wait on this future, then [`resume`](Check::resume).
+    /// Wait on this future, then `Check::resume`.
     Wait(W),
 }
 

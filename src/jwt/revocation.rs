@@ -252,7 +252,7 @@ return 1";
             self
         }
 
-        /// The time budget of one call (default 50 ms).
+        /// The time limit of one call (default 50 ms).
         #[must_use]
         pub fn timeout(mut self, timeout: Duration) -> Self {
             self.timeout = timeout;

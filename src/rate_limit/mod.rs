@@ -17,7 +17,7 @@
 //!
 //! With the `redis` feature, `RedisStore` shares the limits between replicas (a Lua script
 //! on Redis server time; a process's concurrent decisions share one script call; within a
-//! time budget, failing open or closed; optionally leasing a few requests per key at once,
+//! time limit, failing open or closed; optionally leasing a few requests per key at once,
 //! never allowing more than the limit).
 //!
 //! Requests without an identity pass [`RateLimiterLayer`] unless
