@@ -715,6 +715,18 @@ impl IdentityLayer {
     }
 }
 
+impl<S> WithIdentity<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S, identity: Identity) -> Self {
+        tower_layer::Layer::layer(&IdentityLayer::new(identity), inner)
+    }
+
+    /// A layer; same as [`IdentityLayer::new`].
+    pub fn layer(identity: Identity) -> IdentityLayer {
+        IdentityLayer::new(identity)
+    }
+}
+
 impl Check for InsertIdentity {
     type Ticket = ();
     type Wait = NeverWaits;

@@ -248,8 +248,39 @@ impl<S> RateLimiter<S> {
     }
 }
 
-/// Response header fields to add.
-type Fields = Vec<(HeaderName, HeaderValue)>;
+/// The response header fields of one decision (no heap list: an allowed request, the hot
+/// path, adds them from here).
+pub struct Fields {
+    policy: HeaderValue,
+    limit: HeaderValue,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`, when asked for.
+    legacy: Option<[HeaderValue; 3]>,
+}
+
+impl Fields {
+    fn insert_into(self, headers: &mut http::HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy);
+        headers.insert(RATELIMIT, self.limit);
+        if let Some([limit, remaining, reset]) = self.legacy {
+            headers.insert(X_RATELIMIT_LIMIT, limit);
+            headers.insert(X_RATELIMIT_REMAINING, remaining);
+            headers.insert(X_RATELIMIT_RESET, reset);
+        }
+    }
+
+    /// As a list, for a rejection's response.
+    fn into_vec(self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut list = vec![(RATELIMIT_POLICY, self.policy), (RATELIMIT, self.limit)];
+        if let Some([limit, remaining, reset]) = self.legacy {
+            list.extend([
+                (X_RATELIMIT_LIMIT, limit),
+                (X_RATELIMIT_REMAINING, remaining),
+                (X_RATELIMIT_RESET, reset),
+            ]);
+        }
+        list
+    }
+}
 
 // Built at compile time: `HeaderName::from_static` validates its text on every call.
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -264,27 +295,33 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
     let (i, remaining, reset) = decision.tightest();
     let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
     // `"q{i}";r={remaining};t={reset}`, with itoa: `write!` costs more than the decision.
+    // Built on the stack and copied once into the header value.
     let mut numbers = itoa::Buffer::new();
-    let mut limit = String::with_capacity(64);
-    limit.push_str("\"q");
-    limit.push_str(numbers.format(i));
-    limit.push_str("\";r=");
-    limit.push_str(numbers.format(remaining));
-    limit.push_str(";t=");
-    limit.push_str(numbers.format(reset));
-    let mut fields = Vec::with_capacity(if legacy { 5 } else { 2 });
-    fields.push((RATELIMIT_POLICY, plan.policy.clone()));
-    fields.push((
-        RATELIMIT,
-        HeaderValue::try_from(limit).unwrap_or(HeaderValue::from_static("")),
-    ));
-    if legacy {
-        let limit = plan.quotas.get(i).map_or(0, Quota::limit);
-        fields.push((X_RATELIMIT_LIMIT, HeaderValue::from(limit)));
-        fields.push((X_RATELIMIT_REMAINING, HeaderValue::from(remaining)));
-        fields.push((X_RATELIMIT_RESET, HeaderValue::from(reset)));
+    let mut text = [0u8; 80];
+    let mut len = 0;
+    for part in [
+        "\"q",
+        numbers.format(i),
+        "\";r=",
+        itoa::Buffer::new().format(remaining),
+        ";t=",
+        itoa::Buffer::new().format(reset),
+    ] {
+        text[len..len + part.len()].copy_from_slice(part.as_bytes());
+        len += part.len();
     }
-    fields
+    Fields {
+        policy: plan.policy.clone(),
+        limit: HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("")),
+        legacy: legacy.then(|| {
+            let limit = plan.quotas.get(i).map_or(0, Quota::limit);
+            [
+                HeaderValue::from(limit),
+                HeaderValue::from(remaining),
+                HeaderValue::from(reset),
+            ]
+        }),
+    }
 }
 
 /// A store's answer that had to wait (Redis).
@@ -333,7 +370,7 @@ impl LimitRate {
             None => Verdict::Allow(Some(fields)),
             Some(retry) => Verdict::Deny(
                 Rejection::from(AuthError::rate_limited(retry.max(Duration::from_millis(1))))
-                    .with_headers(fields),
+                    .with_headers(fields.into_vec()),
             ),
         }
     }
@@ -405,8 +442,8 @@ impl Check for LimitRate {
     }
 
     fn finish<R>(fields: Option<Fields>, response: &mut Response<R>) {
-        for (name, value) in fields.unwrap_or_default() {
-            response.headers_mut().insert(name, value);
+        if let Some(fields) = fields {
+            fields.insert_into(response.headers_mut());
         }
     }
 }
