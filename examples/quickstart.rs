@@ -242,13 +242,24 @@ fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr) {
     println!("curl -i -X POST -H \"Authorization: Bearer $READER\" http://{addr}/items\n");
 }
 
-async fn me(identity: Identity) -> Json<Value> {
-    Json(json!({
-        "subject": identity.subject(),
-        "source": identity.source().to_string(),
-        "scopes": identity.scopes(),
-        "roles": identity.roles(),
-    }))
+/// What `GET /me` answers: borrowed from the identity, serialized once (no JSON tree).
+#[derive(serde::Serialize)]
+struct Me<'a> {
+    subject: &'a str,
+    source: String,
+    scopes: &'a tower_api_guard::Scopes,
+    roles: &'a tower_api_guard::Roles,
+}
+
+async fn me(identity: Identity) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    Json(Me {
+        subject: identity.subject(),
+        source: identity.source().to_string(),
+        scopes: identity.scopes(),
+        roles: identity.roles(),
+    })
+    .into_response()
 }
 
 async fn list_items() -> Json<Value> {

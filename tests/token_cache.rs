@@ -192,3 +192,56 @@ async fn the_layer_path_hits_and_stays_strict() {
     clock.advance(Duration::from_secs(300 + 61));
     assert_eq!(call(token).await.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A cached token is matched before its header is scanned again: every malformed or
+/// ambiguous way of presenting the same bytes must still get the full checks.
+#[tokio::test]
+async fn a_cached_token_in_a_malformed_request_is_still_rejected() {
+    use http::{Request, Response, StatusCode};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_api_guard::auth::AuthLayer;
+
+    let (_clock, issuer, jwt) = setup(100);
+    let token = issuer.token().audience("api").mint();
+    let svc =
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(jwt))
+            .service_fn(|_req: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+            });
+    let send = |values: Vec<String>| {
+        let mut req = Request::get("/");
+        for value in values {
+            req = req.header("authorization", value);
+        }
+        svc.clone().oneshot(req.body(()).unwrap())
+    };
+    // Cached now.
+    let ok = send(vec![format!("Bearer {token}")]).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let ok = send(vec![format!("bearer {token}")]).await.unwrap();
+    assert_eq!(
+        ok.status(),
+        StatusCode::OK,
+        "the scheme is case-insensitive"
+    );
+    let ok = send(vec![format!("Bearer  {token}")]).await.unwrap();
+    assert_eq!(
+        ok.status(),
+        StatusCode::OK,
+        "RFC 6750: 1*SP after the scheme"
+    );
+
+    for (values, status) in [
+        (
+            vec![format!("Bearer {token}"), format!("Bearer {token}")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (vec![format!("Bearer {token} ")], StatusCode::BAD_REQUEST),
+        (vec![format!("Basic {token}")], StatusCode::UNAUTHORIZED),
+        (vec![format!("Bearer {token}=")], StatusCode::UNAUTHORIZED),
+    ] {
+        let res = send(values.clone()).await.unwrap();
+        assert_eq!(res.status(), status, "{:?}", &values[0][..12]);
+    }
+}

@@ -354,16 +354,22 @@ impl Check for Authorize {
                 }
             }
         };
-        match (allowed, self.deny(identity)) {
-            (false, Some(rejection)) => Step::Deny(rejection),
-            _ => Step::Allow(()),
+        if allowed {
+            return Step::Allow(());
+        }
+        match self.deny(identity) {
+            Some(rejection) => Step::Deny(rejection),
+            None => Step::Allow(()),
         }
     }
 
     fn resume<B>(&self, allowed: bool, request: &mut Request<B>) -> Verdict<()> {
-        match (allowed, self.deny(request.extensions().get::<Identity>())) {
-            (false, Some(rejection)) => Verdict::Deny(rejection),
-            _ => Verdict::Allow(()),
+        if allowed {
+            return Verdict::Allow(());
+        }
+        match self.deny(request.extensions().get::<Identity>()) {
+            Some(rejection) => Verdict::Deny(rejection),
+            None => Verdict::Allow(()),
         }
     }
 

@@ -59,8 +59,7 @@ const CACHE_KEY_LEN: usize = 32;
 /// the whole text.
 type CacheKey = [u8; CACHE_KEY_LEN];
 
-fn cache_key(token: &str) -> CacheKey {
-    let bytes = token.as_bytes();
+fn cache_key(bytes: &[u8]) -> CacheKey {
     let tail = &bytes[bytes.len().saturating_sub(CACHE_KEY_LEN)..];
     let mut key = [0; CACHE_KEY_LEN];
     key[CACHE_KEY_LEN - tail.len()..].copy_from_slice(tail);
@@ -228,9 +227,12 @@ impl JwtAuthenticator {
         let iat = claims.get("iat").and_then(serde_json::Value::as_f64);
         let exp = claims.get("exp").and_then(serde_json::Value::as_f64);
         let identity = claims::validate(claims, &self.rules(), c.clock.now_unix())?;
+        // Every token cached here is a compact JWS within the length cap, so inside the
+        // b64token alphabet: `extract` matches plain bearer headers against the cache before
+        // scanning them, and relies on that.
         if let (Some(cache), Some(exp)) = (&c.cache, exp) {
             cache.insert(
-                cache_key(token),
+                cache_key(token.as_bytes()),
                 Arc::new(CachedToken {
                     token: Box::from(token),
                     identity: identity.clone(),
@@ -245,12 +247,12 @@ impl JwtAuthenticator {
 
     /// A cache hit: the exact same token text was verified before, is still within its
     /// time limits, and the key that verified it is still in the set.
-    fn cached(&self, token: &str, set: &KeySet) -> Option<Identity> {
+    fn cached(&self, token: &[u8], set: &KeySet) -> Option<Identity> {
         let c = &*self.config;
         let cache = c.cache.as_ref()?;
         let key = cache_key(token);
         let entry = cache.get(&key)?;
-        if *entry.token != *token {
+        if entry.token.as_bytes() != token {
             // Another token with the same trailing text: verify it in full, and leave the
             // cached one alone.
             return None;
@@ -275,7 +277,7 @@ impl JwtAuthenticator {
     }
 
     /// A cache hit for `token` against the current key set, if there is one.
-    fn cached_now(&self, token: &str) -> Option<Identity> {
+    fn cached_now(&self, token: &[u8]) -> Option<Identity> {
         self.config.cache.as_ref()?;
         let set = self.config.keys.current().ok()?;
         self.cached(token, &set)
@@ -287,7 +289,7 @@ impl JwtAuthenticator {
             Ok(set) => set,
             Err(e) => return JwtFuture::ready(Err(e)),
         };
-        if !cache_checked && let Some(identity) = self.cached(&token, &set) {
+        if !cache_checked && let Some(identity) = self.cached(token.as_bytes(), &set) {
             return self.after_verification(identity);
         }
         match self.verify_now(&token, &set) {
@@ -694,13 +696,23 @@ impl Authenticator for JwtAuthenticator {
     type Future = JwtFuture;
 
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
+        // The hot path: a plain bearer token that matches, byte for byte, a token this
+        // authenticator verified before. That token passed every check of `extract` then,
+        // so its text needs no second scan.
+        if let Some(raw) = self.config.extractor.plain_bearer_unchecked(head.headers)
+            && let Some(identity) = self.cached_now(raw)
+        {
+            return Ok(Some(JwtCredential(Credential::Cached(identity))));
+        }
         let Some(token) = self.config.extractor.extract(head.headers)? else {
             return Ok(None);
         };
-        Ok(Some(JwtCredential(match self.cached_now(token) {
-            Some(identity) => Credential::Cached(identity),
-            None => Credential::Token(token.to_owned()),
-        })))
+        Ok(Some(JwtCredential(
+            match self.cached_now(token.as_bytes()) {
+                Some(identity) => Credential::Cached(identity),
+                None => Credential::Token(token.to_owned()),
+            },
+        )))
     }
 
     fn authenticate_now(&self, credential: JwtCredential) -> Result<Outcome, JwtCredential> {
