@@ -135,6 +135,7 @@ impl AuthError {
     }
 
     /// The same error with another reason (for logs only).
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     pub(crate) fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
         self.reason = reason.into();
         self
@@ -229,11 +230,25 @@ impl ConfigError {
     }
 
     /// An [`InvalidSetting`](ConfigErrorKind::InvalidSetting) error.
+    #[cfg_attr(
+        not(any(feature = "jwt", feature = "api-key", feature = "rate-limit")),
+        allow(dead_code)
+    )]
     pub(crate) fn setting(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ConfigErrorKind::InvalidSetting, message)
     }
 
     /// A [`Parse`](ConfigErrorKind::Parse) error.
+    #[cfg_attr(
+        not(any(
+            feature = "rate-limit",
+            feature = "authz",
+            feature = "redis",
+            feature = "sqlite",
+            feature = "postgres"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn parse(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ConfigErrorKind::Parse, message)
     }

@@ -130,6 +130,7 @@ impl TokenExtractor {
     /// `None` in every other case. Only for a caller that then matches the bytes exactly
     /// against a token that [`extract`](Self::extract) returned before, which is what makes
     /// skipping the alphabet check sound: the verified-token cache.
+    #[cfg(feature = "jwt")]
     pub(crate) fn plain_bearer_unchecked<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
         if !matches!(self.sources.as_slice(), [TokenSource::Bearer]) {
             return None;

@@ -201,6 +201,7 @@ impl<C: Check> GateLayer<C> {
 
     /// The check, to change a setting: copy-on-write, so clones of the layer made before
     /// keep theirs, while state shared behind the check's own `Arc`s stays shared.
+    #[cfg_attr(not(any(feature = "authz", feature = "rate-limit")), allow(dead_code))]
     pub(crate) fn check_mut(&mut self) -> &mut C {
         &mut Arc::make_mut(&mut self.shared).check
     }
@@ -527,6 +528,72 @@ where
                 }
             }
         }
+    }
+}
+
+/// For the layers' unit tests: run one request through a layer over an inner service that
+/// counts its calls and echoes the caller's subject.
+#[cfg(test)]
+pub(crate) mod support {
+    use std::convert::Infallible;
+    use std::future::ready;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// What came back: the response's status and headers, the `AuthError` if rejected, the
+    /// subject the inner service saw, and how often the inner service ran.
+    pub(crate) struct Outcome {
+        pub(crate) status: http::StatusCode,
+        pub(crate) headers: http::HeaderMap,
+        pub(crate) error: Option<AuthError>,
+        pub(crate) subject: Option<String>,
+        pub(crate) calls: usize,
+    }
+
+    pub(crate) async fn run<C: Check>(layer: &GateLayer<C>, request: Request<()>) -> Outcome {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let inner = tower::service_fn(move |req: Request<()>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut response = Response::new(String::new());
+            if let Some(identity) = req.extensions().get::<Identity>() {
+                response
+                    .extensions_mut()
+                    .insert(identity.subject().to_owned());
+            }
+            ready(Ok::<_, Infallible>(response))
+        });
+        let response = tower::ServiceExt::oneshot(layer.layer(inner), request)
+            .await
+            .unwrap();
+        Outcome {
+            status: response.status(),
+            headers: response.headers().clone(),
+            error: response.extensions().get::<AuthError>().cloned(),
+            subject: response.extensions().get::<String>().cloned(),
+            calls: calls.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A request carrying `identity`, as authentication leaves it.
+    pub(crate) fn with(identity: Option<Identity>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(identity) = identity {
+            request.extensions_mut().insert(identity);
+        }
+        request
+    }
+
+    /// A custom-source identity with `scopes` and `roles`.
+    pub(crate) fn caller(subject: &str, scopes: &[&str], roles: &[&str]) -> Identity {
+        let source = crate::identity::Source::Custom {
+            mechanism: "test".into(),
+        };
+        Identity::builder(subject, source)
+            .scopes(scopes.iter().copied())
+            .roles(roles.iter().copied())
+            .build()
     }
 }
 

@@ -164,3 +164,71 @@ impl Check for CountFailures {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::ready;
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+
+    use http::StatusCode;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// A guard over an inner service that fails authentication when asked (`x-fail`).
+    async fn send(layer: &BruteForceGuardLayer, from: Option<&str>, fail: bool) -> StatusCode {
+        let inner = service_fn(|req: Request<()>| {
+            let mut response = Response::new(String::new());
+            if req.headers().contains_key("x-fail") {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                response
+                    .extensions_mut()
+                    .insert(AuthError::invalid_token("bad"));
+            }
+            ready(Ok::<_, Infallible>(response))
+        });
+        let mut request = Request::get("/");
+        if fail {
+            request = request.header("x-fail", "1");
+        }
+        let mut request = request.body(()).unwrap();
+        if let Some(from) = from {
+            request
+                .extensions_mut()
+                .insert(from.parse::<SocketAddr>().unwrap());
+        }
+        let svc = tower_layer::Layer::layer(layer, inner);
+        svc.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_per_address_and_lock_it_out_until_the_window_passes() {
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let layer = BruteForceGuardLayer::new(Quota::parse("2/min").unwrap()).clock(clock.clone());
+        let attacker = Some("198.51.100.7:40000");
+        // Successes are never counted.
+        for _ in 0..5 {
+            assert_eq!(send(&layer, attacker, false).await, StatusCode::OK);
+        }
+        for _ in 0..2 {
+            assert_eq!(send(&layer, attacker, true).await, StatusCode::UNAUTHORIZED);
+        }
+        // Locked out, even with a good credential, before authentication runs.
+        assert_eq!(
+            send(&layer, attacker, false).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Another address, and a request without an address, are not affected.
+        assert_eq!(
+            send(&layer, Some("198.51.100.8:1"), false).await,
+            StatusCode::OK
+        );
+        assert_eq!(send(&layer, None, true).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(send(&layer, None, false).await, StatusCode::OK);
+        clock.advance(std::time::Duration::from_secs(60));
+        assert_eq!(send(&layer, attacker, false).await, StatusCode::OK);
+    }
+}

@@ -66,6 +66,7 @@
 #[cfg(feature = "rate-limit")]
 mod brute_force;
 pub mod future;
+#[cfg(any(feature = "jwt", feature = "api-key"))]
 mod ready;
 
 use std::fmt;
@@ -352,5 +353,161 @@ impl<A: Authenticator> Authenticator for OptionalAuth<A> {
             Some(c) => self.inner.authenticate_now(c).map_err(Some),
             None => Ok(Ok(None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::{Response, StatusCode};
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::identity::Source;
+
+    /// `x-user: <name>`; `x-user: bad` is a bad credential; `waits` makes it wait.
+    struct Header {
+        waits: bool,
+    }
+
+    impl Authenticator for Header {
+        type Credential = String;
+        type Future = Ready<Result<Option<Identity>, AuthError>>;
+
+        fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
+            Ok(head
+                .headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned))
+        }
+
+        fn authenticate(&self, user: String) -> Self::Future {
+            ready(self.outcome(user))
+        }
+
+        fn authenticate_now(
+            &self,
+            user: String,
+        ) -> Result<Result<Option<Identity>, AuthError>, String> {
+            if self.waits {
+                Err(user)
+            } else {
+                Ok(self.outcome(user))
+            }
+        }
+    }
+
+    impl Header {
+        fn outcome(&self, user: String) -> Result<Option<Identity>, AuthError> {
+            if user == "bad" {
+                return Err(AuthError::invalid_token("bad user"));
+            }
+            let source = Source::Custom {
+                mechanism: "header".into(),
+            };
+            Ok(Some(Identity::builder(user, source).build()))
+        }
+    }
+
+    /// Calls `layer` with `x-user` (and `x-key`), returning the status and the subject the
+    /// inner service saw, and how often the inner service ran.
+    async fn call<A: Authenticator>(
+        layer: &AuthLayer<A>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let svc = tower_layer::Layer::layer(
+            layer,
+            service_fn(move |req: Request<()>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let who = req
+                    .extensions()
+                    .get::<Identity>()
+                    .map(|i| i.subject().to_owned());
+                ready(Ok::<_, Infallible>(Response::new(who.unwrap_or_default())))
+            }),
+        );
+        let mut req = Request::get("/");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let res = svc.oneshot(req.body(()).unwrap()).await.unwrap();
+        let status = res.status();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let who = (status == StatusCode::OK && !body.is_empty())
+            .then(|| String::from_utf8(body.to_vec()).unwrap());
+        (status, who, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn an_identity_reaches_the_inner_service_whether_known_at_once_or_awaited() {
+        for waits in [false, true] {
+            let layer = AuthLayer::new(Header { waits });
+            let (status, who, calls) = call(&layer, &[("x-user", "alice")]).await;
+            assert_eq!(
+                (status, who.as_deref(), calls),
+                (StatusCode::OK, Some("alice"), 1)
+            );
+            let (status, _, calls) = call(&layer, &[("x-user", "bad")]).await;
+            assert_eq!(
+                (status, calls),
+                (StatusCode::UNAUTHORIZED, 0),
+                "waits: {waits}"
+            );
+            let (status, _, calls) = call(&layer, &[]).await;
+            assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
+        }
+    }
+
+    /// `x-key: <name>`, a second kind of credential.
+    struct Key;
+
+    impl Authenticator for Key {
+        type Credential = String;
+        type Future = Ready<Result<Option<Identity>, AuthError>>;
+
+        fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
+            Ok(head
+                .headers
+                .get("x-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned))
+        }
+
+        fn authenticate(&self, key: String) -> Self::Future {
+            let source = Source::Custom {
+                mechanism: "key".into(),
+            };
+            ready(Ok(Some(Identity::builder(key, source).build())))
+        }
+    }
+
+    #[tokio::test]
+    async fn or_uses_the_second_only_without_a_first_and_refuses_both() {
+        let layer = AuthLayer::new(Header { waits: false }.or(Key));
+        let (_, who, _) = call(&layer, &[("x-key", "svc")]).await;
+        assert_eq!(who.as_deref(), Some("svc"));
+        // A bad first credential never falls through to the second.
+        let (status, _, _) = call(&layer, &[("x-user", "bad"), ("x-key", "svc")]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, calls) = call(&layer, &[("x-user", "bad")]).await;
+        assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
+    }
+
+    #[tokio::test]
+    async fn optional_lets_a_request_without_credentials_through_but_not_a_bad_one() {
+        let layer = AuthLayer::new(Header { waits: true }.optional());
+        let (status, who, calls) = call(&layer, &[]).await;
+        assert_eq!((status, who, calls), (StatusCode::OK, None, 1));
+        let (status, _, calls) = call(&layer, &[("x-user", "bad")]).await;
+        assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
     }
 }

@@ -375,3 +375,62 @@ impl Check for Authorize {
 
     fn finish<R>((): (), _response: &mut Response<R>) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+    use crate::error::AuthErrorKind;
+    use crate::gate::support::{caller, run, with};
+
+    #[tokio::test]
+    async fn scopes_pass_a_missing_scope_is_403_and_no_identity_401() {
+        let layer = RequireLayer::all_scopes(["items:read"]);
+        let ok = run(&layer, with(Some(caller("a", &["items:read"], &[])))).await;
+        assert_eq!(
+            (ok.status, ok.subject.as_deref(), ok.calls),
+            (StatusCode::OK, Some("a"), 1)
+        );
+
+        let denied = run(&layer, with(Some(caller("b", &["items:write"], &[])))).await;
+        assert_eq!((denied.status, denied.calls), (StatusCode::FORBIDDEN, 0));
+        assert_eq!(denied.error.unwrap().required_scope(), Some("items:read"));
+
+        let anonymous = run(&layer, with(None)).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            anonymous.error.unwrap().kind(),
+            AuthErrorKind::MissingCredentials
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_lets_a_denial_through() {
+        let layer = RequireLayer::any_role(["admin"]).dry_run(true);
+        let out = run(&layer, with(Some(caller("a", &[], &["user"])))).await;
+        assert_eq!((out.status, out.calls), (StatusCode::OK, 1));
+    }
+
+    #[tokio::test]
+    async fn a_predicate_waits_then_decides() {
+        let layer = RequireLayer::new(Requirement::predicate("owner", |identity, _head| {
+            let allowed = identity.subject() == "owner";
+            Box::pin(async move { allowed })
+        }));
+        let ok = run(&layer, with(Some(caller("owner", &[], &[])))).await;
+        assert_eq!((ok.status, ok.calls), (StatusCode::OK, 1));
+        let denied = run(&layer, with(Some(caller("other", &[], &[])))).await;
+        assert_eq!((denied.status, denied.calls), (StatusCode::FORBIDDEN, 0));
+        assert_eq!(denied.error.unwrap().required_scope(), Some("owner"));
+    }
+
+    #[tokio::test]
+    async fn wildcards_count_only_when_enabled() {
+        let identity = || with(Some(caller("a", &["posts:*"], &[])));
+        let strict = RequireLayer::all_scopes(["posts:read"]);
+        assert_eq!(run(&strict, identity()).await.status, StatusCode::FORBIDDEN);
+        let wild = strict.wildcards(true);
+        assert_eq!(run(&wild, identity()).await.status, StatusCode::OK);
+    }
+}

@@ -72,10 +72,15 @@ impl ClientAddr {
     }
 
     /// Group IPv6 addresses by this prefix length (default 56; 128 to not group).
-    #[must_use]
-    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
-        self.v6_prefix = prefix.min(128);
-        self
+    ///
+    /// # Errors
+    /// A prefix longer than 128 bits.
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ConfigError> {
+        if prefix > 128 {
+            return Err(ConfigError::setting("an IPv6 prefix is at most 128 bits"));
+        }
+        self.v6_prefix = prefix;
+        Ok(self)
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
@@ -289,12 +294,18 @@ mod tests {
         assert_ne!(c.key(a), c.key(other));
         assert_eq!(c.key(a), "ip:2001:db8:aa:bb00::/56");
         assert_ne!(
-            ClientAddr::new().ipv6_prefix(128).key(a),
-            ClientAddr::new().ipv6_prefix(128).key(b)
+            ClientAddr::new().ipv6_prefix(128).unwrap().key(a),
+            ClientAddr::new().ipv6_prefix(128).unwrap().key(b)
         );
         assert_eq!(c.key("::ffff:192.0.2.5".parse().unwrap()), "ip:192.0.2.5");
         assert_eq!(c.key("192.0.2.5".parse().unwrap()), "ip:192.0.2.5");
         assert!(ClientAddr::new().trusted_proxies(["not-a-net"]).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_over_128_bits_is_refused() {
+        assert!(ClientAddr::new().ipv6_prefix(129).is_err());
+        assert!(ClientAddr::new().ipv6_prefix(0).is_ok());
     }
 
     #[test]

@@ -134,3 +134,42 @@ impl Check for LimitInFlight {
         drop(slot);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+    use crate::gate::support::{caller, run, with};
+
+    #[tokio::test]
+    async fn a_slot_is_given_back_when_the_response_is_done_and_anonymous_requests_pass() {
+        let layer = InFlightLimitLayer::per_identity(NonZeroUsize::MIN);
+        // One after the other: each gives its slot back.
+        for _ in 0..3 {
+            let out = run(&layer, with(Some(caller("a", &[], &[])))).await;
+            assert_eq!(out.status, StatusCode::OK);
+        }
+        assert!(layer.check_ref().in_flight.lock().unwrap().is_empty());
+        assert_eq!(run(&layer, with(None)).await.status, StatusCode::OK);
+        assert_eq!(layer.max(), NonZeroUsize::MIN);
+    }
+
+    #[tokio::test]
+    async fn a_held_slot_rejects_the_next_request_of_that_identity_only() {
+        let layer = InFlightLimitLayer::per_identity(NonZeroUsize::MIN);
+        let check = layer.check_ref();
+        let mut request = with(Some(caller("a", &[], &[])));
+        let Step::Allow(held) = check.check(&mut request) else {
+            panic!("the first request is admitted");
+        };
+        let out = run(&layer, with(Some(caller("a", &[], &[])))).await;
+        assert_eq!((out.status, out.calls), (StatusCode::TOO_MANY_REQUESTS, 0));
+        assert_eq!(out.error.unwrap().reason(), "too many requests in flight");
+        let other = run(&layer, with(Some(caller("b", &[], &[])))).await;
+        assert_eq!(other.status, StatusCode::OK);
+        drop(held);
+        let out = run(&layer, with(Some(caller("a", &[], &[])))).await;
+        assert_eq!(out.status, StatusCode::OK);
+    }
+}

@@ -447,3 +447,104 @@ impl Check for LimitRate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+
+    use http::StatusCode;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::gate::support::{caller, run, with};
+
+    fn quota(text: &str) -> Quota {
+        Quota::parse(text).unwrap()
+    }
+
+    fn at_epoch() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH))
+    }
+
+    #[tokio::test]
+    async fn each_identity_has_its_own_quota_and_the_429_carries_the_fields() {
+        let layer = RateLimiterLayer::new([quota("1/min")]).clock(at_epoch());
+        let ok = run(&layer, with(Some(caller("a", &[], &[])))).await;
+        assert_eq!(ok.status, StatusCode::OK);
+        assert_eq!(ok.headers[RATELIMIT], "\"q0\";r=0;t=60");
+        assert_eq!(ok.headers[RATELIMIT_POLICY], "\"q0\";q=1;w=60");
+        let limited = run(&layer, with(Some(caller("a", &[], &[])))).await;
+        assert_eq!(
+            (limited.status, limited.calls),
+            (StatusCode::TOO_MANY_REQUESTS, 0)
+        );
+        assert!(limited.headers.contains_key(RATELIMIT));
+        assert!(limited.headers.contains_key(http::header::RETRY_AFTER));
+        let other = run(&layer, with(Some(caller("b", &[], &[])))).await;
+        assert_eq!(other.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_plan_picks_its_quotas_and_legacy_fields_are_on_request() {
+        let layer = RateLimiterLayer::new([quota("1/min")])
+            .plan("gold", [quota("100/min")])
+            .legacy_headers(true)
+            .clock(at_epoch());
+        let source = crate::identity::Source::Custom {
+            mechanism: "test".into(),
+        };
+        let gold = || Identity::builder("g", source.clone()).plan("gold").build();
+        for _ in 0..3 {
+            let out = run(&layer, with(Some(gold()))).await;
+            assert_eq!(out.status, StatusCode::OK);
+            assert_eq!(out.headers[X_RATELIMIT_LIMIT], "100");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_an_identity_a_request_passes_unless_anonymous_quotas_apply() {
+        let layer = RateLimiterLayer::new([quota("1/min")]).clock(at_epoch());
+        for _ in 0..2 {
+            let out = run(&layer, with(None)).await;
+            assert_eq!(out.status, StatusCode::OK);
+            assert!(!out.headers.contains_key(RATELIMIT));
+        }
+        let layer = layer.anonymous([quota("1/min")], ClientAddr::new());
+        let from = |addr: &str| {
+            let mut request = with(None);
+            request
+                .extensions_mut()
+                .insert(addr.parse::<SocketAddr>().unwrap());
+            request
+        };
+        assert_eq!(
+            run(&layer, from("192.0.2.1:1")).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            run(&layer, from("192.0.2.1:2")).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            run(&layer, from("192.0.2.2:1")).await.status,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cost_of_zero_consumes_nothing_and_a_cost_over_the_burst_never_passes() {
+        let free = RateLimiterLayer::new([quota("1/min")])
+            .cost(|_| 0)
+            .clock(at_epoch());
+        for _ in 0..3 {
+            let out = run(&free, with(Some(caller("a", &[], &[])))).await;
+            assert_eq!(out.status, StatusCode::OK);
+        }
+        let heavy = RateLimiterLayer::new([quota("5/min")])
+            .cost(|_| 6)
+            .clock(at_epoch());
+        let out = run(&heavy, with(Some(caller("a", &[], &[])))).await;
+        assert_eq!((out.status, out.calls), (StatusCode::TOO_MANY_REQUESTS, 0));
+    }
+}
