@@ -1,85 +1,10 @@
-//! GCRA (the generic cell rate algorithm) over a sharded, bounded in-process store.
+//! GCRA (the generic cell rate algorithm) over several quotas at once, and its
+//! [`Decision`]. The stores ([`MemoryStore`](super::MemoryStore), `RedisStore`) keep the
+//! theoretical arrival times it reads and writes.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::error::ConfigError;
-
-/// A quota: at most `limit` requests per `window`, with bursts of up to `burst` (default
-/// `limit`) at once. GCRA spaces the rest evenly: one request every `window / limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    limit: u32,
-    window: Duration,
-    burst: u32,
-}
-
-impl Quota {
-    /// `limit` requests per `window`.
-    ///
-    /// # Errors
-    /// A zero limit or window, or a window under a microsecond per request.
-    pub fn per(limit: u32, window: Duration) -> Result<Self, ConfigError> {
-        if limit == 0 || window.is_zero() || window.as_nanos() / u128::from(limit) < 1_000 {
-            return Err(ConfigError::parse(
-                "a quota needs a limit and a window of at least 1 µs per request",
-            ));
-        }
-        Ok(Self {
-            limit,
-            window,
-            burst: limit,
-        })
-    }
-
-    /// Parse `20/s`, `1000/min`, `5/h`, `10000/day` (also `sec`, `second`, `minute`,
-    /// `hour`, `d`).
-    ///
-    /// # Errors
-    /// Anything else.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::parse("a quota looks like 20/s, 1000/min, 5/h or 10000/day");
-        let (limit, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let limit: u32 = limit.trim().parse().map_err(|_| bad())?;
-        let window = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        Self::per(limit, window)
-    }
-
-    /// Allow bursts of `burst` requests at once (at least 1).
-    #[must_use]
-    pub fn with_burst(mut self, burst: u32) -> Self {
-        self.burst = burst.max(1);
-        self
-    }
-
-    /// Requests per window.
-    pub fn limit(&self) -> u32 {
-        self.limit
-    }
-
-    /// The window.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
-    /// The burst.
-    pub fn burst(&self) -> u32 {
-        self.burst
-    }
-
-    /// Nanoseconds between requests at the steady rate.
-    fn emission_ns(&self) -> u64 {
-        u64::try_from(self.window.as_nanos() / u128::from(self.limit)).unwrap_or(u64::MAX)
-    }
-}
+use super::Quota;
 
 /// The outcome of one check over several quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +14,7 @@ pub struct Decision {
     inline: [(u64, Duration); 4],
     len: usize,
     spill: Vec<(u64, Duration)>,
-    retry_after: Option<Duration>,
+    pub(super) retry_after: Option<Duration>,
 }
 
 impl Decision {
@@ -106,7 +31,7 @@ impl Decision {
         d
     }
 
-    fn empty(len: usize) -> Self {
+    pub(super) fn empty(len: usize) -> Self {
         Self {
             inline: [(0, Duration::ZERO); 4],
             len,
@@ -156,67 +81,8 @@ impl Decision {
     }
 }
 
-/// A shard's map. foldhash with a random seed per map: a fifth of the cost of std's SipHash
-/// for short keys, and without seed-independent collisions, so colliding keys cannot be
-/// precomputed. (Bounded shards cap the damage even then.)
-type Map = HashMap<Box<str>, Tats, foldhash::fast::RandomState>;
-
-/// A key's theoretical arrival times, one per quota: inline for one or two quotas (no
-/// second allocation, no pointer to chase), boxed beyond. 24 bytes.
-#[derive(Debug)]
-enum Tats {
-    One([u64; 1]),
-    Two([u64; 2]),
-    Many(Box<[u64]>),
-}
-
-impl Tats {
-    fn new(tats: &[u64]) -> Self {
-        match *tats {
-            [a] => Self::One([a]),
-            [a, b] => Self::Two([a, b]),
-            _ => Self::Many(tats.into()),
-        }
-    }
-
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            Self::One(t) => t,
-            Self::Two(t) => t,
-            Self::Many(t) => t,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u64] {
-        match self {
-            Self::One(t) => t,
-            Self::Two(t) => t,
-            Self::Many(t) => t,
-        }
-    }
-}
-type Shard = Mutex<Map>;
-
-/// The in-process store: sharded (16 shards), bounded. Cheap to clone (shared).
-#[derive(Clone)]
-pub struct MemoryStore {
-    shards: Arc<[Shard]>,
-    per_shard: usize,
-    spread: foldhash::fast::RandomState,
-}
-
-impl std::fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("keys", &self.len())
-            .field("max_keys", &(self.per_shard * self.shards.len()))
-            .finish()
-    }
-}
-
-const SHARDS: usize = 16;
-
-fn nanos(t: SystemTime) -> u64 {
+/// Nanoseconds since the Unix epoch.
+pub(super) fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| {
         d.as_secs()
             .saturating_mul(1_000_000_000)
@@ -224,107 +90,9 @@ fn nanos(t: SystemTime) -> u64 {
     })
 }
 
-impl MemoryStore {
-    /// A store holding at most `max_keys` keys (at least 16).
-    pub fn new(max_keys: usize) -> Self {
-        let per_shard = max_keys.div_ceil(SHARDS).max(1);
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
-            per_shard,
-            spread: foldhash::fast::RandomState::default(),
-        }
-    }
-
-    /// How many keys are held.
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
-            .sum()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The most keys held.
-    pub fn max_keys(&self) -> usize {
-        self.per_shard * SHARDS
-    }
-
-    /// Check (and, when allowed, consume) `cost` against every quota for `key` at `now`.
-    /// A rejection by one quota consumes nothing from the others.
-    #[inline]
-    pub fn check(&self, key: &str, quotas: &[Quota], cost: u32, now: SystemTime) -> Decision {
-        self.decide(key, quotas, cost, now, true)
-    }
-
-    /// What [`check`](Self::check) would decide, without consuming anything.
-    #[inline]
-    pub fn peek(&self, key: &str, quotas: &[Quota], cost: u32, now: SystemTime) -> Decision {
-        self.decide(key, quotas, cost, now, false)
-    }
-
-    fn decide(
-        &self,
-        key: &str,
-        quotas: &[Quota],
-        cost: u32,
-        now: SystemTime,
-        consume: bool,
-    ) -> Decision {
-        let now = nanos(now);
-        let shard = &self.shards[(self.spread.hash_one(key) as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-
-        // New TATs on the stack for up to 8 quotas: the hot path allocates only the
-        // decision.
-        let mut stack = [0u64; 8];
-        let mut heap = Vec::new();
-        let new_tats: &mut [u64] = if quotas.len() <= stack.len() {
-            &mut stack[..quotas.len()]
-        } else {
-            heap.resize(quotas.len(), 0);
-            &mut heap
-        };
-        let mut decision = Decision::empty(quotas.len());
-        // One hash lookup for a known key; a second only to insert a new one.
-        let retry = match map.get_mut(key) {
-            Some(tats) if tats.as_slice().len() == quotas.len() => {
-                let retry = gcra(
-                    quotas,
-                    cost,
-                    now,
-                    Some(tats.as_slice()),
-                    new_tats,
-                    &mut decision,
-                );
-                if consume && retry.is_none() {
-                    // Update in place: no allocation for a known key.
-                    tats.as_mut_slice().copy_from_slice(new_tats);
-                }
-                retry
-            }
-            _ => {
-                let retry = gcra(quotas, cost, now, None, new_tats, &mut decision);
-                if consume && retry.is_none() {
-                    if !map.contains_key(key) && map.len() >= self.per_shard {
-                        evict(&mut map, self.per_shard, now);
-                    }
-                    map.insert(key.into(), Tats::new(new_tats));
-                }
-                retry
-            }
-        };
-        decision.retry_after = retry.map(Duration::from_nanos);
-        decision
-    }
-}
-
 /// GCRA over every quota: fills `new_tats` and the per-quota results, and returns the
 /// longest wait when any quota rejects (then nothing may be consumed).
-fn gcra(
+pub(super) fn gcra(
     quotas: &[Quota],
     cost: u32,
     now: u64,
@@ -335,7 +103,7 @@ fn gcra(
     let mut retry: Option<u64> = None;
     for (i, quota) in quotas.iter().enumerate() {
         let t = quota.emission_ns();
-        let capacity = t.saturating_mul(u64::from(quota.burst));
+        let capacity = t.saturating_mul(u64::from(quota.burst()));
         let tat = stored.map_or(now, |s| s[i].max(now));
         let new_tat = tat.saturating_add(t.saturating_mul(u64::from(cost)));
         if new_tat - now > capacity {
@@ -364,7 +132,7 @@ fn gcra(
         // Rejected: nothing is consumed, so report every quota as it stands.
         for (i, quota) in quotas.iter().enumerate() {
             let t = quota.emission_ns();
-            let capacity = t.saturating_mul(u64::from(quota.burst));
+            let capacity = t.saturating_mul(u64::from(quota.burst()));
             let tat = stored.map_or(now, |s| s[i].max(now));
             decision.set(
                 i,
@@ -377,173 +145,4 @@ fn gcra(
         }
     }
     retry
-}
-
-/// Make room: drop idle keys (their state equals a fresh key's); if none are idle, drop
-/// the eighth of the shard closest to idle, so that the next inserts are cheap.
-fn evict(map: &mut Map, cap: usize, now: u64) {
-    map.retain(|_, tats| tats.as_slice().iter().any(|&t| t > now));
-    if map.len() < cap {
-        return;
-    }
-    let mut latest: Vec<u64> = map
-        .values()
-        .map(|t| t.as_slice().iter().copied().max().unwrap_or(0))
-        .collect();
-    let cut = (map.len() / 8).max(1);
-    let (_, threshold, _) = latest.select_nth_unstable(cut - 1);
-    let threshold = *threshold;
-    let mut removed = 0;
-    map.retain(|_, tats| {
-        let idle_at = tats.as_slice().iter().copied().max().unwrap_or(0);
-        if removed < cut && idle_at <= threshold {
-            removed += 1;
-            false
-        } else {
-            true
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: u64 = 1_800_000_000;
-
-    fn at(ms: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn parse_quotas() {
-        assert_eq!(
-            Quota::parse("20/s").unwrap(),
-            Quota::per(20, Duration::from_secs(1)).unwrap()
-        );
-        assert_eq!(
-            Quota::parse(" 1000/min ").unwrap().window(),
-            Duration::from_secs(60)
-        );
-        assert_eq!(Quota::parse("5/h").unwrap().limit(), 5);
-        assert_eq!(
-            Quota::parse("10000/day").unwrap().window(),
-            Duration::from_secs(86_400)
-        );
-        for bad in [
-            "",
-            "20",
-            "0/s",
-            "x/s",
-            "20/fortnight",
-            "-1/s",
-            "20/",
-            "/s",
-            "2000000000/s",
-        ] {
-            assert!(Quota::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn burst_then_steady_rate_exactly() {
-        let store = MemoryStore::new(100);
-        let q = [Quota::parse("10/s").unwrap()]; // one every 100 ms, burst 10
-        for i in 0..10 {
-            let d = store.check("k", &q, 1, at(0));
-            assert!(d.allowed(), "{i}");
-            assert_eq!(d.quotas()[0].0, 9 - i);
-        }
-        let d = store.check("k", &q, 1, at(0));
-        assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
-        assert!(!store.check("k", &q, 1, at(99)).allowed());
-        assert!(store.check("k", &q, 1, at(100)).allowed());
-        assert!(!store.check("k", &q, 1, at(150)).allowed());
-        assert!(store.check("k", &q, 1, at(200)).allowed());
-        // Peeking consumes nothing.
-        assert!(store.peek("k", &q, 1, at(300)).allowed());
-        assert!(store.peek("k", &q, 1, at(300)).allowed());
-        assert!(store.check("k", &q, 1, at(300)).allowed());
-        assert!(!store.peek("k", &q, 1, at(300)).allowed());
-        // Another key is independent.
-        assert!(store.check("other", &q, 1, at(200)).allowed());
-    }
-
-    #[test]
-    fn cost_and_reset() {
-        let store = MemoryStore::new(100);
-        let q = [Quota::parse("10/s").unwrap()];
-        let d = store.check("k", &q, 4, at(0));
-        assert_eq!(d.quotas()[0], (6, Duration::from_millis(400)));
-        assert!(!store.check("k", &q, 7, at(0)).allowed());
-        assert!(store.check("k", &q, 6, at(0)).allowed());
-        assert_eq!(
-            store.check("k", &q, 1, at(0)).retry_after(),
-            Some(Duration::from_millis(100))
-        );
-    }
-
-    #[test]
-    fn several_quotas_reject_without_consuming() {
-        let store = MemoryStore::new(100);
-        let q = [Quota::parse("5/s").unwrap(), Quota::parse("7/min").unwrap()];
-        for _ in 0..5 {
-            assert!(store.check("k", &q, 1, at(0)).allowed());
-        }
-        // The per-second quota rejects: the per-minute one must not be consumed.
-        for _ in 0..10 {
-            assert!(!store.check("k", &q, 1, at(0)).allowed());
-        }
-        assert!(store.check("k", &q, 1, at(1000)).allowed());
-        assert!(store.check("k", &q, 1, at(1200)).allowed());
-        // 7 used of the minute now.
-        let d = store.check("k", &q, 1, at(2000));
-        assert!(!d.allowed());
-        assert_eq!(d.tightest().0, 1);
-    }
-
-    #[test]
-    fn three_quotas_are_stored_out_of_line_and_a_changed_quota_set_starts_fresh() {
-        let store = MemoryStore::new(100);
-        let three = [
-            Quota::parse("2/s").unwrap(),
-            Quota::parse("3/min").unwrap(),
-            Quota::parse("100/day").unwrap(),
-        ];
-        assert!(store.check("k", &three, 1, at(0)).allowed());
-        assert!(store.check("k", &three, 1, at(0)).allowed());
-        let d = store.check("k", &three, 1, at(0));
-        assert!(!d.allowed());
-        assert_eq!(d.quotas().len(), 3);
-        assert_eq!(d.quotas()[2].0, 98);
-        assert!(store.check("k", &three, 1, at(1000)).allowed());
-        // The minute quota is spent now (3 of 3).
-        let d = store.check("k", &three, 1, at(2000));
-        assert_eq!(d.tightest().0, 1);
-        assert!(!d.allowed());
-        // The same key checked against a different set of quotas starts from scratch.
-        let one = [Quota::parse("1/s").unwrap()];
-        assert!(store.check("k", &one, 1, at(2000)).allowed());
-        assert!(!store.check("k", &one, 1, at(2000)).allowed());
-        assert_eq!(store.len(), 1);
-    }
-
-    #[test]
-    fn memory_is_bounded_under_a_flood_of_keys() {
-        let store = MemoryStore::new(10_000);
-        let q = [Quota::parse("10/s").unwrap()];
-        for i in 0..1_000_000u32 {
-            store.check(&i.to_string(), &q, 1, at(u64::from(i) / 1000));
-            if i % 50_000 == 0 {
-                assert!(
-                    store.len() <= store.max_keys(),
-                    "{} > {}",
-                    store.len(),
-                    store.max_keys()
-                );
-            }
-        }
-        assert!(store.len() <= store.max_keys());
-        assert!(store.len() > 1_000, "the store still holds recent keys");
-    }
 }

@@ -60,6 +60,8 @@
 pub(crate) mod client;
 mod concurrency;
 mod gcra;
+mod memory_store;
+mod quota;
 #[cfg(feature = "redis")]
 mod redis_store;
 
@@ -75,7 +77,9 @@ use http::{HeaderName, HeaderValue, Request, Response};
 
 pub use client::ClientAddr;
 pub use concurrency::{InFlightLimit, InFlightLimitLayer, LimitInFlight};
-pub use gcra::{Decision, MemoryStore, Quota};
+pub use gcra::Decision;
+pub use memory_store::MemoryStore;
+pub use quota::Quota;
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 
