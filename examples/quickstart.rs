@@ -54,6 +54,8 @@ const DEV_AUDIENCE: &str = "quickstart-api";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        // Colours only on a terminal, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // Rejections are logged at `info`; `RUST_LOG=info,tower_api_guard=debug`

@@ -167,3 +167,23 @@ async fn bad_urls_are_configuration_errors() {
             .is_err()
     );
 }
+
+/// A store failure keeps its cause (`Error::source`) for diagnosis, and shows no key.
+#[tokio::test]
+async fn a_store_failure_keeps_its_cause() {
+    use std::error::Error as _;
+    use tower_api_guard::api_key::ApiKeyStore as _;
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    // No migration: the table is missing, so every lookup fails in the database.
+    let store = SqliteKeyStore::from_pool(pool);
+    let format = KeyFormat::new("sk_test").unwrap();
+    let (key, _) = format.generate(NewKey::new("owner", "ci")).unwrap();
+    let error = store.find(&format.digest(&key)).await.unwrap_err();
+    assert_eq!(error.reason(), "database error");
+    let cause = error.source().expect("the sqlx error is kept");
+    assert!(cause.to_string().contains("no such table"), "{cause}");
+    assert!(!format!("{error:?}").contains(key.expose()));
+}

@@ -17,8 +17,8 @@ fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn db_error(_: sqlx::Error) -> StoreError {
-    StoreError::new("database error")
+fn db_error(error: sqlx::Error) -> StoreError {
+    StoreError::new("database error").with_source(error)
 }
 
 fn split(s: &str) -> Vec<String> {

@@ -18,6 +18,8 @@ use crate::identity::Identity;
 #[error("API key store failed: {reason}")]
 pub struct StoreError {
     reason: Cow<'static, str>,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
@@ -25,7 +27,17 @@ impl StoreError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
+            source: None,
         }
+    }
+
+    /// The same failure, caused by `source` (returned by
+    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
+    /// carry a key or a secret.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// The reason.
@@ -409,5 +421,22 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
             }
             Ok(found)
         })
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_only_when_given() {
+        let plain = StoreError::new("down");
+        assert!(plain.source().is_none());
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let caused = StoreError::new("down").with_source(io);
+        assert_eq!(caused.source().unwrap().to_string(), "refused");
+        assert!(caused.to_string().contains("down"));
     }
 }

@@ -49,6 +49,8 @@ pub struct TokenFacts<'a> {
 #[error("revocation store failed: {reason}")]
 pub struct RevocationError {
     reason: Cow<'static, str>,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl RevocationError {
@@ -56,7 +58,17 @@ impl RevocationError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
+            source: None,
         }
+    }
+
+    /// The same failure, caused by `source` (returned by
+    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
+    /// carry a token or a secret.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// The reason.
@@ -287,7 +299,7 @@ return 1";
         ) -> Result<T, RevocationError> {
             match tokio::time::timeout(timeout, f).await {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(_)) => Err(RevocationError::new("Redis error")),
+                Ok(Err(e)) => Err(RevocationError::new("Redis error").with_source(e)),
                 Err(_) => Err(RevocationError::new("Redis timed out")),
             }
         }
@@ -361,5 +373,22 @@ return 1";
                 Ok(())
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cause_is_kept_only_when_given() {
+        let plain = RevocationError::new("down");
+        assert!(plain.source().is_none());
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let caused = RevocationError::new("down").with_source(io);
+        assert_eq!(caused.source().unwrap().to_string(), "refused");
+        assert!(caused.to_string().contains("down"));
     }
 }

@@ -54,6 +54,8 @@ pub enum FetchResponse {
 #[error("key set fetch failed: {reason}")]
 pub struct FetchError {
     pub(super) reason: Cow<'static, str>,
+    #[source]
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl FetchError {
@@ -61,7 +63,17 @@ impl FetchError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
+            source: None,
         }
+    }
+
+    /// The same failure, caused by `source` (returned by
+    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
+    /// carry a secret (a reqwest error goes in `without_url()`).
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// The reason.
@@ -170,13 +182,14 @@ mod reqwest_fetcher {
                     builder = builder.header(IF_NONE_MATCH, etag);
                 }
                 let mut response = builder.send().await.map_err(|e| {
-                    if e.is_timeout() {
-                        FetchError::new("timeout")
+                    let reason = if e.is_timeout() {
+                        "timeout"
                     } else if e.is_redirect() {
-                        FetchError::new("redirect refused")
+                        "redirect refused"
                     } else {
-                        FetchError::new("connection failed")
-                    }
+                        "connection failed"
+                    };
+                    FetchError::new(reason).with_source(e.without_url())
                 })?;
                 let headers = response.headers();
                 let max_age = headers
@@ -224,8 +237,14 @@ mod reqwest_fetcher {
                             body.extend_from_slice(&chunk);
                         }
                         Ok(None) => break,
-                        Err(e) if e.is_timeout() => return Err(FetchError::new("timeout")),
-                        Err(_) => return Err(FetchError::new("body read failed")),
+                        Err(e) => {
+                            let reason = if e.is_timeout() {
+                                "timeout"
+                            } else {
+                                "body read failed"
+                            };
+                            return Err(FetchError::new(reason).with_source(e.without_url()));
+                        }
                     }
                 }
                 Ok(FetchResponse::Modified {
@@ -282,5 +301,37 @@ mod tests {
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("public"), None);
         assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+
+    /// A failed connection keeps reqwest's error as its cause, without the URL (which
+    /// may carry credentials in its user part).
+    #[cfg(feature = "reqwest")]
+    #[tokio::test]
+    async fn a_failed_fetch_keeps_its_cause_without_the_url() {
+        use std::error::Error as _;
+        // A port nothing listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://user:secret@127.0.0.1:{port}/jwks.json");
+        let error = ReqwestFetcher::new()
+            .unwrap()
+            .fetch(FetchRequest {
+                url,
+                etag: None,
+                max_body: 1024,
+                timeout: Duration::from_secs(2),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason, "connection failed");
+        let cause = error.source().expect("reqwest's error is kept");
+        let shown = format!("{cause} {cause:?} {error:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("jwks.json"),
+            "{shown}"
+        );
     }
 }
