@@ -245,7 +245,7 @@ impl KeyFormat {
         }
         let (plaintext, record) = self
             .generate_at(new, now)
-            .map_err(|_| StoreError::new("the OS RNG failed"))?;
+            .map_err(|e| StoreError::new("the OS RNG failed").with_source(e))?;
         store.create(&record).await?;
         store.revoke(id, now + grace).await?;
         Ok((plaintext, record))

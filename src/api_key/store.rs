@@ -13,11 +13,13 @@ use super::{ApiKeyRecord, KeyDigest};
 use crate::clock::{Clock, MonotonicClock};
 use crate::identity::Identity;
 
-/// A store failed (unreachable, timed out). The reason is for logs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("API key store failed: {reason}")]
+/// A store failed (unreachable, timed out). The reason is for logs; the
+/// [`source`](std::error::Error::source), when there is one, is the underlying error (a
+/// database error), kept for diagnosis and never carrying a key or a connection URL.
+#[derive(Clone)]
 pub struct StoreError {
     reason: Cow<'static, str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
@@ -25,12 +27,48 @@ impl StoreError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
+            source: None,
         }
+    }
+
+    /// Attach the underlying error, for diagnosis; it must not carry a secret (no key, no
+    /// URL with credentials). [`source`](std::error::Error::source) returns it.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// The reason.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "API key store failed: {}", self.reason)
+    }
+}
+
+// By hand rather than with thiserror: the source is the attached error itself (not the
+// `Arc` around it), so that callers can `downcast_ref` it.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("StoreError");
+        d.field("reason", &self.reason);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
     }
 }
 
@@ -409,5 +447,31 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
             }
             Ok(found)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn source_is_none_by_default_and_kept_when_attached() {
+        let plain = StoreError::new("no key with that id");
+        assert!(plain.source().is_none());
+        assert_eq!(
+            format!("{plain:?}"),
+            r#"StoreError { reason: "no key with that id" }"#
+        );
+        let err =
+            StoreError::new("database error").with_source(std::io::Error::other("disk I/O error"));
+        assert_eq!(err.to_string(), "API key store failed: database error");
+        assert_eq!(err.reason(), "database error");
+        assert_eq!(err.source().unwrap().to_string(), "disk I/O error");
+        assert_eq!(err.clone().source().unwrap().to_string(), "disk I/O error");
+        assert_eq!(
+            format!("{err:?}"),
+            r#"StoreError { reason: "database error", source: disk I/O error }"#
+        );
     }
 }
