@@ -210,13 +210,26 @@ pub enum ConfigErrorKind {
 /// The message names the setting and never holds a secret (no URL with credentials, no
 /// key material); the [`source`](std::error::Error::source), when there is one, is the
 /// underlying error of a connection or set-up step, kept for diagnosis.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid configuration: {message}")]
+#[derive(Debug, Clone)]
 pub struct ConfigError {
     kind: ConfigErrorKind,
     message: Cow<'static, str>,
-    #[source]
     source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {
+    /// The error inside (not its `Arc`), so that `downcast_ref` finds it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl ConfigError {
@@ -302,4 +315,26 @@ pub enum FailurePolicy {
     Closed,
     /// Let the request through, logged at `warn`.
     Open,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_config_error_keeps_its_kind_and_the_cause_itself() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = ConfigError::unavailable("cannot connect to Redis", io);
+        assert_eq!(error.kind(), ConfigErrorKind::Unavailable);
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: cannot connect to Redis"
+        );
+        let cause = error.source().unwrap();
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        assert!(ConfigError::setting("x").source().is_none());
+        assert_eq!(ConfigError::parse("x").kind(), ConfigErrorKind::Parse);
+    }
 }

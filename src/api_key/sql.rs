@@ -17,8 +17,11 @@ fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn db_error(error: sqlx::Error) -> StoreError {
-    StoreError::new("database error").with_source(error)
+/// A database error, kept as the source: sqlx's errors at query time are I/O, protocol and
+/// database errors, never the connection URL (its parse errors are not attached; see
+/// `connect`).
+fn db_error(e: sqlx::Error) -> StoreError {
+    StoreError::new("database error").with_source(e)
 }
 
 fn split(s: &str) -> Vec<String> {
@@ -63,7 +66,7 @@ fn record(
         revoked_at: revoked_at.map(time),
         plan,
         metadata: serde_json::from_str(&metadata)
-            .map_err(|_| StoreError::new("stored metadata is not JSON"))?,
+            .map_err(|e| StoreError::new("stored metadata is not JSON").with_source(e))?,
     })
 }
 
@@ -316,4 +319,72 @@ sql_store! {
     insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2",
     touch: "UPDATE tag_api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2"
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::api_key::{ApiKeyManager, ApiKeyStore, KeyFormat, NewKey};
+
+    fn assert_sqlx_source(err: &StoreError) {
+        assert_eq!(err.reason(), "database error");
+        let source = err.source().expect("the sqlx error is kept");
+        assert!(source.downcast_ref::<sqlx::Error>().is_some(), "{source:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_is_a_store_error_with_its_cause() {
+        let store = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        sqlx::query("DROP TABLE tag_api_keys")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let format = KeyFormat::new("sk_test").unwrap();
+        let err = store.find(&format.digest("sk_test_x")).await.unwrap_err();
+        assert_sqlx_source(&err);
+        assert!(err.source().unwrap().to_string().contains("no such table"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_is_a_store_error_with_its_cause() {
+        let store = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        store.pool.close().await;
+        let (_, record) = KeyFormat::new("sk_test")
+            .unwrap()
+            .generate(NewKey::new("owner", "ci"))
+            .unwrap();
+        let err = store.create(&record).await.unwrap_err();
+        assert_sqlx_source(&err);
+        assert!(matches!(
+            err.source().unwrap().downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolClosed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unparsable_metadata_keeps_the_json_error() {
+        let store = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let (_, record) = KeyFormat::new("sk_test")
+            .unwrap()
+            .generate(NewKey::new("owner", "ci"))
+            .unwrap();
+        store.create(&record).await.unwrap();
+        sqlx::query("UPDATE tag_api_keys SET metadata = '{'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let err = store.find_by_id(&record.id).await.unwrap_err();
+        assert_eq!(err.reason(), "stored metadata is not JSON");
+        assert!(
+            err.source()
+                .unwrap()
+                .downcast_ref::<serde_json::Error>()
+                .is_some()
+        );
+    }
 }

@@ -13,13 +13,13 @@ use super::{ApiKeyRecord, KeyDigest};
 use crate::clock::{Clock, MonotonicClock};
 use crate::identity::Identity;
 
-/// A store failed (unreachable, timed out). The reason is for logs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("API key store failed: {reason}")]
+/// A store failed (unreachable, timed out). The reason is for logs; the
+/// [`source`](std::error::Error::source), when there is one, is the underlying error (a
+/// database error), kept for diagnosis and never carrying a key or a connection URL.
+#[derive(Clone)]
 pub struct StoreError {
     reason: Cow<'static, str>,
-    #[source]
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
@@ -31,18 +31,44 @@ impl StoreError {
         }
     }
 
-    /// The same failure, caused by `source` (returned by
-    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
-    /// carry a key or a secret.
+    /// Attach the underlying error, for diagnosis; it must not carry a secret (no key, no
+    /// URL with credentials). [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(std::sync::Arc::new(source));
+        self.source = Some(Arc::new(source));
         self
     }
 
     /// The reason.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "API key store failed: {}", self.reason)
+    }
+}
+
+// By hand rather than with thiserror: the source is the attached error itself (not the
+// `Arc` around it), so that callers can `downcast_ref` it.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("StoreError");
+        d.field("reason", &self.reason);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
     }
 }
 
@@ -425,18 +451,27 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
 }
 
 #[cfg(test)]
-mod source_tests {
+mod tests {
+    use super::*;
     use std::error::Error as _;
 
-    use super::*;
-
     #[test]
-    fn the_cause_is_kept_only_when_given() {
-        let plain = StoreError::new("down");
+    fn source_is_none_by_default_and_kept_when_attached() {
+        let plain = StoreError::new("no key with that id");
         assert!(plain.source().is_none());
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let caused = StoreError::new("down").with_source(io);
-        assert_eq!(caused.source().unwrap().to_string(), "refused");
-        assert!(caused.to_string().contains("down"));
+        assert_eq!(
+            format!("{plain:?}"),
+            r#"StoreError { reason: "no key with that id" }"#
+        );
+        let err =
+            StoreError::new("database error").with_source(std::io::Error::other("disk I/O error"));
+        assert_eq!(err.to_string(), "API key store failed: database error");
+        assert_eq!(err.reason(), "database error");
+        assert_eq!(err.source().unwrap().to_string(), "disk I/O error");
+        assert_eq!(err.clone().source().unwrap().to_string(), "disk I/O error");
+        assert_eq!(
+            format!("{err:?}"),
+            r#"StoreError { reason: "database error", source: disk I/O error }"#
+        );
     }
 }

@@ -44,13 +44,13 @@ pub struct TokenFacts<'a> {
     pub issued_at: Option<SystemTime>,
 }
 
-/// A revocation store failed (unreachable, timed out). The reason is for logs.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("revocation store failed: {reason}")]
+/// A revocation store failed (unreachable, timed out). The reason is for logs; the
+/// [`source`](std::error::Error::source), when there is one, is the underlying error (a
+/// Redis error), kept for diagnosis and never carrying a token or a connection URL.
+#[derive(Clone)]
 pub struct RevocationError {
     reason: Cow<'static, str>,
-    #[source]
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl RevocationError {
@@ -62,18 +62,44 @@ impl RevocationError {
         }
     }
 
-    /// The same failure, caused by `source` (returned by
-    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
-    /// carry a token or a secret.
+    /// Attach the underlying error, for diagnosis; it must not carry a secret (no token,
+    /// no URL with credentials). [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(std::sync::Arc::new(source));
+        self.source = Some(Arc::new(source));
         self
     }
 
     /// The reason.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+impl fmt::Display for RevocationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "revocation store failed: {}", self.reason)
+    }
+}
+
+// By hand rather than with thiserror: the source is the attached error itself (not the
+// `Arc` around it), so that callers can `downcast_ref` it.
+impl std::error::Error for RevocationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl fmt::Debug for RevocationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RevocationError");
+        d.field("reason", &self.reason);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
     }
 }
 
@@ -374,21 +400,58 @@ return 1";
             })
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::error::Error as _;
+
+        #[tokio::test]
+        async fn a_redis_error_is_kept_as_the_source() {
+            let failing = async {
+                Err::<(), _>(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                )))
+            };
+            let err = RedisRevocations::bounded(Duration::from_secs(1), failing)
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason(), "Redis error");
+            let source = err.source().expect("the Redis error is kept");
+            assert!(source.downcast_ref::<redis::RedisError>().is_some());
+            assert!(source.to_string().contains("connection reset"));
+
+            let slow = std::future::pending::<redis::RedisResult<()>>();
+            let err = RedisRevocations::bounded(Duration::from_millis(1), slow)
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason(), "Redis timed out");
+        }
+    }
 }
 
 #[cfg(test)]
-mod source_tests {
+mod tests {
+    use super::*;
     use std::error::Error as _;
 
-    use super::*;
-
     #[test]
-    fn the_cause_is_kept_only_when_given() {
+    fn source_is_none_by_default_and_kept_when_attached() {
         let plain = RevocationError::new("down");
         assert!(plain.source().is_none());
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let caused = RevocationError::new("down").with_source(io);
-        assert_eq!(caused.source().unwrap().to_string(), "refused");
-        assert!(caused.to_string().contains("down"));
+        assert_eq!(
+            format!("{plain:?}"),
+            r#"RevocationError { reason: "down" }"#
+        );
+        let err =
+            RevocationError::new("Redis error").with_source(std::io::Error::other("broken pipe"));
+        assert_eq!(err.to_string(), "revocation store failed: Redis error");
+        assert_eq!(err.source().unwrap().to_string(), "broken pipe");
+        assert_eq!(err.clone().source().unwrap().to_string(), "broken pipe");
+        assert_eq!(
+            format!("{err:?}"),
+            r#"RevocationError { reason: "Redis error", source: broken pipe }"#
+        );
     }
 }

@@ -49,13 +49,13 @@ pub enum FetchResponse {
     },
 }
 
-/// A failed fetch. The reason is for logs (it never contains response bodies).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("key set fetch failed: {reason}")]
+/// A failed fetch. The reason is for logs (it never contains response bodies); the
+/// [`source`](std::error::Error::source), when there is one, is the underlying HTTP error
+/// (without its URL), kept for diagnosis.
+#[derive(Clone)]
 pub struct FetchError {
     pub(super) reason: Cow<'static, str>,
-    #[source]
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl FetchError {
@@ -67,18 +67,45 @@ impl FetchError {
         }
     }
 
-    /// The same failure, caused by `source` (returned by
-    /// [`Error::source`](std::error::Error::source)), for diagnosis. The cause must not
-    /// carry a secret (a reqwest error goes in `without_url()`).
+    /// Attach the underlying error, for diagnosis; it must not carry a secret (no token,
+    /// no URL: strip it first, e.g. with `reqwest::Error::without_url`).
+    /// [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(std::sync::Arc::new(source));
+        self.source = Some(Arc::new(source));
         self
     }
 
     /// The reason.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key set fetch failed: {}", self.reason)
+    }
+}
+
+// By hand rather than with thiserror: the source is the attached error itself (not the
+// `Arc` around it), so that callers can `downcast_ref` it.
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl fmt::Debug for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("FetchError");
+        d.field("reason", &self.reason);
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
     }
 }
 
@@ -181,6 +208,8 @@ mod reqwest_fetcher {
                 if let Some(etag) = &request.etag {
                     builder = builder.header(IF_NONE_MATCH, etag);
                 }
+                // Errors are kept as the source without their URL (a JWKS URL may carry a
+                // token in its query or credentials in its authority).
                 let mut response = builder.send().await.map_err(|e| {
                     let reason = if e.is_timeout() {
                         "timeout"
@@ -303,35 +332,52 @@ mod tests {
         assert_eq!(parse_max_age("max-age=abc"), None);
     }
 
-    /// A failed connection keeps reqwest's error as its cause, without the URL (which
-    /// may carry credentials in its user part).
+    #[test]
+    fn source_is_none_by_default_and_kept_when_attached() {
+        use std::error::Error as _;
+        let plain = FetchError::new("timeout");
+        assert!(plain.source().is_none());
+        let err = FetchError::new("connection failed")
+            .with_source(std::io::Error::other("connection refused"));
+        assert_eq!(err.to_string(), "key set fetch failed: connection failed");
+        assert_eq!(err.source().unwrap().to_string(), "connection refused");
+        assert_eq!(
+            err.clone().source().unwrap().to_string(),
+            "connection refused"
+        );
+        assert!(format!("{err:?}").contains("connection refused"));
+    }
+
+    /// A refused connection keeps reqwest's error as the source, with neither the URL's
+    /// credentials nor its query anywhere in the chain or the `Debug` output.
     #[cfg(feature = "reqwest")]
     #[tokio::test]
-    async fn a_failed_fetch_keeps_its_cause_without_the_url() {
+    async fn reqwest_failure_keeps_its_cause_without_the_url() {
         use std::error::Error as _;
-        // A port nothing listens on: bind one, then free it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let request = FetchRequest {
+            url: "http://user:hunter2@127.0.0.1:1/jwks?access_token=s3cr3t".to_owned(),
+            etag: None,
+            max_body: 1024,
+            timeout: Duration::from_secs(5),
+        };
+        let err = ReqwestFetcher::new()
             .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://user:secret@127.0.0.1:{port}/jwks.json");
-        let error = ReqwestFetcher::new()
-            .unwrap()
-            .fetch(FetchRequest {
-                url,
-                etag: None,
-                max_body: 1024,
-                timeout: Duration::from_secs(2),
-            })
+            .fetch(request)
             .await
             .unwrap_err();
-        assert_eq!(error.reason, "connection failed");
-        let cause = error.source().expect("reqwest's error is kept");
-        let shown = format!("{cause} {cause:?} {error:?}");
-        assert!(
-            !shown.contains("secret") && !shown.contains("jwks.json"),
-            "{shown}"
-        );
+        assert_eq!(err.reason(), "connection failed");
+        let source = err.source().expect("the reqwest error is kept");
+        let mut chain = String::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = next {
+            chain.push_str(&format!("{e} / {e:?}\n"));
+            next = e.source();
+        }
+        let debug = format!("{err:?}");
+        for secret in ["hunter2", "s3cr3t", "127.0.0.1:1/jwks", "user:"] {
+            assert!(!chain.contains(secret), "{secret} in the chain: {chain}");
+            assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+        }
     }
 }
