@@ -3,6 +3,8 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
 
@@ -47,6 +49,30 @@ struct Settings {
     store: MemoryStore,
     client: ClientAddr,
     clock: Arc<dyn Clock>,
+    /// When the last failure was recorded (nanoseconds since the Unix epoch on `clock`;
+    /// 0: never), shared by every clone: once a quota's horizon has passed since then,
+    /// every address is back to a fresh state, and the store need not be asked.
+    last_failure: Arc<AtomicU64>,
+}
+
+impl Settings {
+    /// How long a failure can keep an address from a fresh state: the burst, spaced at
+    /// the quota's rate, and a window more.
+    fn horizon_ns(&self) -> u128 {
+        let quota = &self.quota[0];
+        let per_request = quota.window().as_nanos() / u128::from(quota.limit().max(1));
+        per_request * u128::from(quota.burst()) + quota.window().as_nanos()
+    }
+
+    /// Whether no failure was recorded within the horizon (then no address can be over).
+    fn quiet(&self, now: SystemTime) -> bool {
+        let last = self.last_failure.load(Ordering::Relaxed);
+        last == 0 || nanos(now).saturating_sub(u128::from(last)) > self.horizon_ns()
+    }
+}
+
+fn nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 impl fmt::Debug for CountFailures {
@@ -66,6 +92,7 @@ impl BruteForceGuardLayer {
                 store: MemoryStore::new(100_000),
                 client: ClientAddr::new(),
                 clock: Arc::new(MonotonicClock::new()),
+                last_failure: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -122,13 +149,18 @@ impl Check for CountFailures {
             return Step::Allow(None);
         };
         let client = s.client.resolve(peer, request.headers());
+        let now = s.clock.now();
+        // No failure anywhere lately (the usual case): nobody can be over the quota.
+        if s.quiet(now) {
+            return Step::Allow(Some(Counted {
+                client,
+                settings: self.settings.clone(),
+            }));
+        }
         let mut key = KeyBuf::default();
-        let decision = s.store.peek(
-            s.client.key_in(client, &mut key),
-            &s.quota,
-            1,
-            s.clock.now(),
-        );
+        let decision = s
+            .store
+            .peek(s.client.key_in(client, &mut key), &s.quota, 1, now);
         if let Some(retry) = decision.retry_after() {
             let error = AuthError::rate_limited(retry)
                 .with_reason("too many failed authentications from this client");
@@ -158,9 +190,10 @@ impl Check for CountFailures {
         if failed && let Some(Counted { client, settings }) = ticket {
             let mut key = KeyBuf::default();
             let key = settings.client.key_in(client, &mut key);
-            settings
-                .store
-                .check(key, &settings.quota, 1, settings.clock.now());
+            let now = settings.clock.now();
+            settings.store.check(key, &settings.quota, 1, now);
+            let at = u64::try_from(nanos(now)).unwrap_or(u64::MAX).max(1);
+            settings.last_failure.fetch_max(at, Ordering::Relaxed);
         }
     }
 }
@@ -170,7 +203,7 @@ mod tests {
     use std::convert::Infallible;
     use std::future::ready;
     use std::net::SocketAddr;
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use http::StatusCode;
     use tower::{ServiceExt, service_fn};
@@ -230,5 +263,25 @@ mod tests {
         assert_eq!(send(&layer, None, false).await, StatusCode::OK);
         clock.advance(std::time::Duration::from_secs(60));
         assert_eq!(send(&layer, attacker, false).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_store_is_not_asked_but_a_failure_anywhere_makes_it_count_again() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let clock = Arc::new(ManualClock::new(start));
+        let layer = BruteForceGuardLayer::new(Quota::parse("1/min").unwrap()).clock(clock.clone());
+        let settings = layer.check_ref().settings.clone();
+        let from = Some("198.51.100.7:1");
+        assert!(settings.quiet(clock.now()));
+        assert_eq!(send(&layer, from, true).await, StatusCode::UNAUTHORIZED);
+        assert!(!settings.quiet(clock.now()));
+        assert_eq!(
+            send(&layer, from, false).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Past the horizon (the burst at the quota's rate, plus a window) it is quiet again.
+        clock.advance(Duration::from_secs(121));
+        assert!(settings.quiet(clock.now()));
+        assert_eq!(send(&layer, from, false).await, StatusCode::OK);
     }
 }
