@@ -18,7 +18,11 @@
 //! * [`gate`]: the one mechanism every layer is built on (for the curious and for
 //!   contributors: users meet it only through the layers).
 //! * `api_key` (feature `api-key`): checksummed API keys looked up by digest.
-//! * `rate_limit` (feature `rate-limit`): per-identity GCRA limits with standard headers.
+//! * `rate_limit` (feature `rate-limit`): per-identity GCRA limits with standard headers,
+//!   and the in-flight limit.
+//! * `GuardLayer` (feature `rate-limit`): the usual stack in one layer — the brute-force
+//!   guard (`auth::BruteForceGuardLayer`), authentication, the rate limit — for one axum
+//!   `route_layer`.
 //! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
 //! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server;

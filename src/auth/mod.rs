@@ -19,8 +19,11 @@
 //! service. Every success and every rejection emits a `tracing` event (target
 //! `tower_api_guard::auth`) with the outcome and reason, never the credential.
 //!
+//! `BruteForceGuardLayer` (feature `rate-limit`), placed **before** authentication, answers
+//! `429` to client addresses that keep failing it, before any signature check.
+//!
 //! With axum, put the layer on `route_layer` so that unknown routes stay `404` instead of
-//! turning into `401`:
+//! turning into `401` (and the whole stack on one `route_layer`: see `GuardLayer`):
 //!
 //! ```text
 //! let app = Router::new()
