@@ -214,7 +214,7 @@ pub enum ConfigErrorKind {
 pub struct ConfigError {
     kind: ConfigErrorKind,
     message: Cow<'static, str>,
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Cause,
 }
 
 impl fmt::Display for ConfigError {
@@ -226,9 +226,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {
     /// The error inside (not its `Arc`), so that `downcast_ref` finds it.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.get()
     }
 }
 
@@ -238,7 +236,7 @@ impl ConfigError {
         Self {
             kind,
             message: message.into(),
-            source: None,
+            source: Cause::default(),
         }
     }
 
@@ -291,7 +289,7 @@ impl ConfigError {
         Self {
             kind: ConfigErrorKind::Unavailable,
             message: message.into(),
-            source: Some(std::sync::Arc::new(source)),
+            source: Cause::new(source),
         }
     }
 
@@ -303,6 +301,49 @@ impl ConfigError {
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// The cause of a failure (an underlying error), shared by the error types that keep one:
+/// `source()` gives the error itself (not the `Arc` around it, so `downcast_ref` finds it),
+/// and `Debug` shows its `Display` only.
+#[derive(Clone, Default)]
+pub(crate) struct Cause(Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>);
+
+impl Cause {
+    pub(crate) fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(error)))
+    }
+
+    pub(crate) fn get(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+
+    /// `Name { reason: "…", source: … }`, the source left out when there is none.
+    #[cfg_attr(not(any(feature = "jwt", feature = "api-key")), allow(dead_code))]
+    pub(crate) fn debug(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        name: &str,
+        reason: &str,
+    ) -> fmt::Result {
+        let mut d = f.debug_struct(name);
+        d.field("reason", &reason);
+        if let Some(source) = &self.0 {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(source) => write!(f, "Some({source})"),
+            None => f.write_str("None"),
+        }
     }
 }
 

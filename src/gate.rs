@@ -585,6 +585,54 @@ pub(crate) mod support {
         request
     }
 
+    /// `x-user: <name>`; `x-user: bad` is a bad credential; `waits` makes it wait.
+    pub(crate) struct HeaderAuth {
+        pub(crate) waits: bool,
+    }
+
+    impl crate::auth::Authenticator for HeaderAuth {
+        type Credential = String;
+        type Future = std::future::Ready<Result<Option<Identity>, AuthError>>;
+
+        fn extract(
+            &self,
+            head: &crate::head::RequestHead<'_>,
+        ) -> Result<Option<String>, AuthError> {
+            Ok(head
+                .headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned))
+        }
+
+        fn authenticate(&self, user: String) -> Self::Future {
+            std::future::ready(self.outcome(user))
+        }
+
+        fn authenticate_now(
+            &self,
+            user: String,
+        ) -> Result<Result<Option<Identity>, AuthError>, String> {
+            if self.waits {
+                Err(user)
+            } else {
+                Ok(self.outcome(user))
+            }
+        }
+    }
+
+    impl HeaderAuth {
+        fn outcome(&self, user: String) -> Result<Option<Identity>, AuthError> {
+            if user == "bad" {
+                return Err(AuthError::invalid_token("bad user"));
+            }
+            let source = crate::identity::Source::Custom {
+                mechanism: "header".into(),
+            };
+            Ok(Some(Identity::builder(user, source).build()))
+        }
+    }
+
     /// A custom-source identity with `scopes` and `roles`.
     pub(crate) fn caller(subject: &str, scopes: &[&str], roles: &[&str]) -> Identity {
         let source = crate::identity::Source::Custom {

@@ -151,38 +151,10 @@ impl<A, S> Layer<S> for GuardLayer<A> {
 
 #[cfg(test)]
 mod tests {
-    use std::future::{Ready, ready};
-
     use http::{Request, StatusCode};
 
     use super::*;
-    use crate::error::AuthError;
-    use crate::gate::support::run;
-    use crate::head::RequestHead;
-    use crate::identity::{Identity, Source};
-
-    /// Everyone with an `x-user` header is that user.
-    struct Header;
-
-    impl Authenticator for Header {
-        type Credential = String;
-        type Future = Ready<Result<Option<Identity>, AuthError>>;
-
-        fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
-            Ok(head
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned))
-        }
-
-        fn authenticate(&self, user: String) -> Self::Future {
-            let source = Source::Custom {
-                mechanism: "header".into(),
-            };
-            ready(Ok(Some(Identity::builder(user, source).build())))
-        }
-    }
+    use crate::gate::support::{HeaderAuth, run};
 
     fn request(user: Option<&str>) -> Request<()> {
         let mut request = Request::get("/");
@@ -194,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn layers_not_asked_for_let_everything_through() {
-        let guard = GuardLayer::new(Header);
+        let guard = GuardLayer::new(HeaderAuth { waits: false });
         let outer = guard.brute_force.clone();
         // The outer gate of the stack is a disabled brute-force guard; run it alone with
         // the authentication behind it by hand.
@@ -204,7 +176,7 @@ mod tests {
         assert_eq!(out.subject.as_deref(), Some("alice"));
         let out = run(&auth, request(None)).await;
         assert_eq!(out.status, StatusCode::UNAUTHORIZED);
-        let limited = GuardLayer::new(Header)
+        let limited = GuardLayer::new(HeaderAuth { waits: false })
             .rate_limit(RateLimiterLayer::new([Quota::parse("1/min").unwrap()]));
         assert!(limited.rate_limit.is_enabled());
         assert!(format!("{limited:?}").contains("rate_limit: true"));
@@ -212,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_renderer_given_to_the_stack_survives_a_brute_force_layer_set_later() {
-        let guard = GuardLayer::new(Header)
+        let guard = GuardLayer::new(HeaderAuth { waits: false })
             .realm("shop")
             .brute_force_layer(BruteForceGuardLayer::new(Quota::parse("5/min").unwrap()));
         assert!(guard.brute_force.is_enabled());
@@ -220,7 +192,9 @@ mod tests {
         // A brute-force layer with its own renderer keeps it.
         let own = BruteForceGuardLayer::new(Quota::parse("5/min").unwrap()).realm("own");
         let kept = own.own_renderer();
-        let guard = GuardLayer::new(Header).realm("shop").brute_force_layer(own);
+        let guard = GuardLayer::new(HeaderAuth { waits: false })
+            .realm("shop")
+            .brute_force_layer(own);
         assert!(Arc::ptr_eq(
             &guard.brute_force.own_renderer().unwrap(),
             &kept.unwrap()

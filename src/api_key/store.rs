@@ -1,5 +1,6 @@
 //! [`ApiKeyStore`], [`MemoryKeyStore`] and [`CachedKeyStore`].
 
+use crate::error::Cause;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +20,7 @@ use crate::identity::Identity;
 #[derive(Clone)]
 pub struct StoreError {
     reason: Cow<'static, str>,
-    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Cause,
 }
 
 impl StoreError {
@@ -27,7 +28,7 @@ impl StoreError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
-            source: None,
+            source: Cause::default(),
         }
     }
 
@@ -35,7 +36,7 @@ impl StoreError {
     /// URL with credentials). [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.source = Cause::new(source);
         self
     }
 
@@ -51,24 +52,15 @@ impl fmt::Display for StoreError {
     }
 }
 
-// By hand rather than with thiserror: the source is the attached error itself (not the
-// `Arc` around it), so that callers can `downcast_ref` it.
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.get()
     }
 }
 
 impl fmt::Debug for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("StoreError");
-        d.field("reason", &self.reason);
-        if let Some(source) = &self.source {
-            d.field("source", &format_args!("{source}"));
-        }
-        d.finish()
+        self.source.debug(f, "StoreError", &self.reason)
     }
 }
 

@@ -369,52 +369,8 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
+    use crate::gate::support::HeaderAuth as Header;
     use crate::identity::Source;
-
-    /// `x-user: <name>`; `x-user: bad` is a bad credential; `waits` makes it wait.
-    struct Header {
-        waits: bool,
-    }
-
-    impl Authenticator for Header {
-        type Credential = String;
-        type Future = Ready<Result<Option<Identity>, AuthError>>;
-
-        fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
-            Ok(head
-                .headers
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned))
-        }
-
-        fn authenticate(&self, user: String) -> Self::Future {
-            ready(self.outcome(user))
-        }
-
-        fn authenticate_now(
-            &self,
-            user: String,
-        ) -> Result<Result<Option<Identity>, AuthError>, String> {
-            if self.waits {
-                Err(user)
-            } else {
-                Ok(self.outcome(user))
-            }
-        }
-    }
-
-    impl Header {
-        fn outcome(&self, user: String) -> Result<Option<Identity>, AuthError> {
-            if user == "bad" {
-                return Err(AuthError::invalid_token("bad user"));
-            }
-            let source = Source::Custom {
-                mechanism: "header".into(),
-            };
-            Ok(Some(Identity::builder(user, source).build()))
-        }
-    }
 
     /// Calls `layer` with `x-user` (and `x-key`), returning the status and the subject the
     /// inner service saw, and how often the inner service ran.

@@ -24,6 +24,7 @@
 //! # });
 //! ```
 
+use crate::error::Cause;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -50,7 +51,7 @@ pub struct TokenFacts<'a> {
 #[derive(Clone)]
 pub struct RevocationError {
     reason: Cow<'static, str>,
-    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Cause,
 }
 
 impl RevocationError {
@@ -58,7 +59,7 @@ impl RevocationError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
-            source: None,
+            source: Cause::default(),
         }
     }
 
@@ -66,7 +67,7 @@ impl RevocationError {
     /// no URL with credentials). [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.source = Cause::new(source);
         self
     }
 
@@ -82,24 +83,15 @@ impl fmt::Display for RevocationError {
     }
 }
 
-// By hand rather than with thiserror: the source is the attached error itself (not the
-// `Arc` around it), so that callers can `downcast_ref` it.
 impl std::error::Error for RevocationError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.get()
     }
 }
 
 impl fmt::Debug for RevocationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("RevocationError");
-        d.field("reason", &self.reason);
-        if let Some(source) = &self.source {
-            d.field("source", &format_args!("{source}"));
-        }
-        d.finish()
+        self.source.debug(f, "RevocationError", &self.reason)
     }
 }
 

@@ -3,6 +3,7 @@
 //! same-origin redirects only), and the timeout [`RemoteJwks`](super::RemoteJwks) puts
 //! around every call.
 
+use crate::error::Cause;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -55,7 +56,7 @@ pub enum FetchResponse {
 #[derive(Clone)]
 pub struct FetchError {
     pub(super) reason: Cow<'static, str>,
-    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Cause,
 }
 
 impl FetchError {
@@ -63,7 +64,7 @@ impl FetchError {
     pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             reason: reason.into(),
-            source: None,
+            source: Cause::default(),
         }
     }
 
@@ -72,7 +73,7 @@ impl FetchError {
     /// [`source`](std::error::Error::source) returns it.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.source = Cause::new(source);
         self
     }
 
@@ -88,24 +89,15 @@ impl fmt::Display for FetchError {
     }
 }
 
-// By hand rather than with thiserror: the source is the attached error itself (not the
-// `Arc` around it), so that callers can `downcast_ref` it.
 impl std::error::Error for FetchError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.get()
     }
 }
 
 impl fmt::Debug for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("FetchError");
-        d.field("reason", &self.reason);
-        if let Some(source) = &self.source {
-            d.field("source", &format_args!("{source}"));
-        }
-        d.finish()
+        self.source.debug(f, "FetchError", &self.reason)
     }
 }
 
