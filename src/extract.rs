@@ -135,13 +135,7 @@ impl TokenExtractor {
         if !matches!(self.sources.as_slice(), [TokenSource::Bearer]) {
             return None;
         }
-        let value = one_value(headers, &AUTHORIZATION).ok()??;
-        let bytes = value.as_bytes();
-        let (scheme, token) = (bytes.get(..7)?, bytes.get(7..)?);
-        (scheme.eq_ignore_ascii_case(b"bearer ")
-            && !token.is_empty()
-            && token.len() <= self.max_len)
-            .then_some(token)
+        bearer_bytes(headers, self.max_len).filter(|token| !token.is_empty())
     }
 }
 
@@ -181,18 +175,22 @@ fn visible_ascii(value: &http::HeaderValue) -> Result<&str, AuthError> {
 /// the checks after it then decide, with their exact errors. A b64token is visible ASCII,
 /// so the alphabet check stands in for [`visible_ascii`].
 fn bearer_fast(headers: &HeaderMap, max_len: usize) -> Option<&str> {
-    let value = one_value(headers, &AUTHORIZATION).ok()??;
-    let bytes = value.as_bytes();
-    let (scheme, token) = (bytes.get(..7)?, bytes.get(7..)?);
-    if !scheme.eq_ignore_ascii_case(b"bearer ") || token.len() > max_len {
-        return None;
-    }
+    let token = bearer_bytes(headers, max_len)?;
     let padding = token.iter().rev().take_while(|&&b| b == b'=').count();
     let body = &token[..token.len() - padding];
     if body.is_empty() || !all_b64token(body) {
         return None;
     }
     std::str::from_utf8(token).ok()
+}
+
+/// The bytes after `Bearer ` (scheme in any case, one space) of the one `Authorization`
+/// header, within `max_len`, unchecked; `None` when the request is not that simple.
+fn bearer_bytes(headers: &HeaderMap, max_len: usize) -> Option<&[u8]> {
+    let value = one_value(headers, &AUTHORIZATION).ok()??;
+    let bytes = value.as_bytes();
+    let (scheme, token) = (bytes.get(..7)?, bytes.get(7..)?);
+    (scheme.eq_ignore_ascii_case(b"bearer ") && token.len() <= max_len).then_some(token)
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
