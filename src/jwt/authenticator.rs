@@ -699,7 +699,8 @@ impl Authenticator for JwtAuthenticator {
         // The hot path: a plain bearer token that matches, byte for byte, a token this
         // authenticator verified before. That token passed every check of `extract` then,
         // so its text needs no second scan.
-        if let Some(raw) = self.config.extractor.plain_bearer_unchecked(head.headers)
+        let raw = self.config.extractor.plain_bearer_unchecked(head.headers);
+        if let Some(raw) = raw
             && let Some(identity) = self.cached_now(raw)
         {
             return Ok(Some(JwtCredential(Credential::Cached(identity))));
@@ -707,12 +708,15 @@ impl Authenticator for JwtAuthenticator {
         let Some(token) = self.config.extractor.extract(head.headers)? else {
             return Ok(None);
         };
-        Ok(Some(JwtCredential(
-            match self.cached_now(token.as_bytes()) {
-                Some(identity) => Credential::Cached(identity),
-                None => Credential::Token(token.to_owned()),
-            },
-        )))
+        // The same bytes missed just above: do not ask the cache again.
+        let cached = match raw {
+            Some(raw) if raw == token.as_bytes() => None,
+            _ => self.cached_now(token.as_bytes()),
+        };
+        Ok(Some(JwtCredential(match cached {
+            Some(identity) => Credential::Cached(identity),
+            None => Credential::Token(token.to_owned()),
+        })))
     }
 
     fn authenticate_now(&self, credential: JwtCredential) -> Result<Outcome, JwtCredential> {
