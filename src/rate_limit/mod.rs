@@ -329,7 +329,14 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
 }
 
 /// A store's answer that had to wait (Redis).
-pub type StoreFuture = Pin<Box<dyn Future<Output = Result<Decision, StoreFailure>> + Send>>;
+pub type StoreFuture = Pin<Box<dyn Future<Output = StoreAnswer> + Send>>;
+
+/// A shared store's answer, with the plan it was asked about (so that nothing of the
+/// request has to be looked up again).
+pub struct StoreAnswer {
+    decision: Result<Decision, StoreFailure>,
+    plan: Plan,
+}
 
 /// Why a shared store could not decide, and what that does to the request.
 #[derive(Debug, Clone, Copy)]
@@ -403,31 +410,25 @@ impl Check for LimitRate {
             #[cfg(feature = "redis")]
             Store::Redis(store) => {
                 let store = store.clone();
-                let quotas = plan.quotas.clone();
+                let plan = plan.clone();
                 let key = key.into_owned();
                 Step::Wait(Box::pin(async move {
-                    store
-                        .check(&key, &quotas, cost)
-                        .await
-                        .map_err(|reason| StoreFailure {
+                    let decision = store.check(&key, &plan.quotas, cost).await;
+                    StoreAnswer {
+                        decision: decision.map_err(|reason| StoreFailure {
                             reason,
                             policy: store.policy(),
-                        })
+                        }),
+                        plan,
+                    }
                 }))
             }
         }
     }
 
-    fn resume<B>(
-        &self,
-        decision: Result<Decision, StoreFailure>,
-        request: &mut Request<B>,
-    ) -> Verdict<Option<Fields>> {
-        match decision {
-            Ok(decision) => match self.select(request) {
-                Some((_, plan)) => self.verdict(plan, &decision),
-                None => Verdict::Allow(None),
-            },
+    fn resume<B>(&self, answer: StoreAnswer, _: &mut Request<B>) -> Verdict<Option<Fields>> {
+        match answer.decision {
+            Ok(decision) => self.verdict(&answer.plan, &decision),
             Err(StoreFailure { reason, policy }) => {
                 tracing::warn!(
                     target: "tower_api_guard::rate_limit",
