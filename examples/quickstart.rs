@@ -76,18 +76,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let audience = std::env::var("GUARD_AUDIENCE")
                 .map_err(|_| "GUARD_ISSUER is set, so GUARD_AUDIENCE must be set too")?;
             let jwt = if let Ok(file) = std::env::var("GUARD_JWKS_FILE") {
-                let jwks = std::fs::read(&file).map_err(|e| format!("reading {file}: {e}"))?;
+                let jwks = std::fs::read(&file)
+                    .map_err(|e| format!("GUARD_JWKS_FILE: reading {file}: {e}"))?;
                 println!("Keys from {file}");
-                authenticator(&issuer, &audience, StaticKeys::from_jwks_json(&jwks)?)?
+                let keys = StaticKeys::from_jwks_json(&jwks)
+                    .map_err(|e| format!("GUARD_JWKS_FILE ({file}): {e}"))?;
+                authenticator(&issuer, &audience, keys)
+                    .map_err(|e| format!("GUARD_ISSUER / GUARD_AUDIENCE: {e}"))?
             } else {
                 let keys = match std::env::var("GUARD_JWKS_URL") {
                     Ok(url) => {
                         println!("Keys from {url}");
-                        RemoteJwks::builder(url).build()?
+                        RemoteJwks::builder(url)
+                            .build()
+                            .map_err(|e| format!("GUARD_JWKS_URL: {e}"))?
                     }
                     Err(_) => {
                         println!("Keys through OIDC discovery on {issuer}");
-                        RemoteJwks::discover(issuer.clone()).build()?
+                        RemoteJwks::discover(issuer.clone())
+                            .build()
+                            .map_err(|e| format!("GUARD_ISSUER: {e}"))?
                     }
                 };
                 if let Err(e) = keys.ready().await {
@@ -97,7 +105,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         keys.status().last_error
                     );
                 }
-                authenticator(&issuer, &audience, keys)?
+                authenticator(&issuer, &audience, keys)
+                    .map_err(|e| format!("GUARD_ISSUER / GUARD_AUDIENCE: {e}"))?
             };
             println!("Protecting http://{addr} for issuer {issuer}, audience {audience}");
             jwt
@@ -142,7 +151,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate_limit = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("Rate limits shared through Redis");
-            RateLimiterLayer::new([rate]).redis(RedisStore::connect(&url).await?)
+            let store = RedisStore::connect(&url)
+                .await
+                .map_err(|e| format!("REDIS_URL: {e}"))?;
+            RateLimiterLayer::new([rate]).redis(store)
         }
         Err(_) => RateLimiterLayer::new([rate]),
     };
