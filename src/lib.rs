@@ -77,6 +77,10 @@ compile_error!(
 
 pub mod auth;
 pub mod body;
+#[cfg(feature = "jwt")]
+mod cert;
+#[cfg(any(feature = "jwt", feature = "rate-limit"))]
+mod client;
 pub mod clock;
 pub mod error;
 pub mod extract;
@@ -105,6 +109,10 @@ pub mod api_key;
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;
 
+#[cfg(feature = "mtls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+pub mod mtls;
+
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -118,6 +126,12 @@ pub use stack::{Guard, GuardLayer};
 #[cfg(feature = "redis")]
 mod redis_conn;
 
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use cert::ClientCertificate;
+#[cfg(any(feature = "jwt", feature = "rate-limit"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "jwt", feature = "rate-limit"))))]
+pub use client::ClientAddr;
 pub use error::{AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, FailurePolicy};
 pub use head::RequestHead;
 pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
 
+use crate::client::KeyBuf;
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::gate::{Check, Gate, GateLayer, LayerKind, NeverWaits, Step, Verdict};
-use crate::rate_limit::client::KeyBuf;
 use crate::rate_limit::{ClientAddr, MemoryStore, Quota};
 
 /// A brute-force guard, placed **before** authentication (feature `rate-limit`): it counts

@@ -57,7 +57,6 @@
 //! # });
 //! ```
 
-pub(crate) mod client;
 mod concurrency;
 mod gcra;
 mod memory_store;
@@ -75,7 +74,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 
-pub use client::ClientAddr;
+pub use crate::client::ClientAddr;
 pub use concurrency::{InFlightLimit, InFlightLimitLayer, LimitInFlight};
 pub use gcra::Decision;
 pub use memory_store::MemoryStore;

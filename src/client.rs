@@ -1,4 +1,5 @@
-//! The client's address, for limits on anonymous traffic and failed authentications.
+//! The client's address and the trusted-proxy list: for limits on anonymous traffic and failed
+//! authentications, and for the forwarding headers that DPoP and client certificates believe.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::error::ConfigError;
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use tower_api_guard::rate_limit::ClientAddr;
+/// use tower_api_guard::ClientAddr;
 ///
 /// let client = ClientAddr::new().trusted_proxies(["10.0.0.0/8"]).unwrap();
 /// let mut headers = http::HeaderMap::new();
@@ -87,6 +88,12 @@ impl ClientAddr {
         self.trusted.iter().any(|n| n.contains(&ip))
     }
 
+    /// Whether the request's TCP peer (see [`peer`](Self::peer)) is a configured trusted
+    /// proxy, whose forwarding headers may be believed. `false` when the peer is unknown.
+    pub fn peer_is_trusted(&self, extensions: &Extensions) -> bool {
+        self.peer(extensions).is_some_and(|ip| self.trusted(ip))
+    }
+
     /// The client's address, given the TCP peer and the request headers.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusted(peer) {
@@ -139,6 +146,7 @@ impl ClientAddr {
 
     /// The key, written into `buf` (no allocation: the brute-force guard asks for every
     /// request).
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     pub(crate) fn key_in<'b>(&self, ip: IpAddr, buf: &'b mut KeyBuf) -> &'b str {
         use std::fmt::Write;
         // At most "ip:" + 39 (IPv6) + "/128": the buffer always holds it.
@@ -174,6 +182,7 @@ impl ClientAddr {
 }
 
 /// A client key on the stack.
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
 pub(crate) struct KeyBuf {
     bytes: [u8; 64],
     len: usize,
