@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -25,15 +26,22 @@ pub enum AuthErrorKind {
     RateLimited,
     /// The key set or key store is unavailable. 503.
     Unavailable,
+    /// The DPoP proof (RFC 9449) is missing, malformed, or does not match the request or
+    /// the token. 401 with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`.
+    InvalidDpopProof,
+    /// The DPoP proof lacks the server's current nonce (RFC 9449 §8). 401 with
+    /// `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a `DPoP-Nonce` header.
+    UseDpopNonce,
 }
 
 impl AuthErrorKind {
     /// The HTTP status for this kind.
     pub fn status(self) -> StatusCode {
         match self {
-            AuthErrorKind::MissingCredentials | AuthErrorKind::InvalidToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            AuthErrorKind::MissingCredentials
+            | AuthErrorKind::InvalidToken
+            | AuthErrorKind::InvalidDpopProof
+            | AuthErrorKind::UseDpopNonce => StatusCode::UNAUTHORIZED,
             AuthErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             AuthErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
             AuthErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -46,19 +54,23 @@ impl AuthErrorKind {
         match self {
             AuthErrorKind::MissingCredentials
             | AuthErrorKind::InvalidRequest
-            | AuthErrorKind::InvalidToken => 16,
+            | AuthErrorKind::InvalidToken
+            | AuthErrorKind::InvalidDpopProof
+            | AuthErrorKind::UseDpopNonce => 16,
             AuthErrorKind::InsufficientScope => 7,
             AuthErrorKind::RateLimited => 8,
             AuthErrorKind::Unavailable => 14,
         }
     }
 
-    /// The RFC 6750 error code, if this kind has one.
+    /// The RFC 6750 (or RFC 9449) error code, if this kind has one.
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {
             AuthErrorKind::InvalidRequest => Some("invalid_request"),
             AuthErrorKind::InvalidToken => Some("invalid_token"),
             AuthErrorKind::InsufficientScope => Some("insufficient_scope"),
+            AuthErrorKind::InvalidDpopProof => Some("invalid_dpop_proof"),
+            AuthErrorKind::UseDpopNonce => Some("use_dpop_nonce"),
             _ => None,
         }
     }
@@ -72,6 +84,8 @@ impl AuthErrorKind {
             AuthErrorKind::InsufficientScope => "The access token does not grant this request.",
             AuthErrorKind::RateLimited => "Too many requests.",
             AuthErrorKind::Unavailable => "Authentication is temporarily unavailable.",
+            AuthErrorKind::InvalidDpopProof => "The DPoP proof is invalid.",
+            AuthErrorKind::UseDpopNonce => "A DPoP proof with the server's nonce is required.",
         }
     }
 }
@@ -86,6 +100,67 @@ pub struct AuthError {
     reason: Cow<'static, str>,
     scope: Option<Cow<'static, str>>,
     retry_after: Option<Duration>,
+    dpop: Option<Arc<DpopChallenge>>,
+}
+
+/// What a rejection by an authenticator that accepts DPoP (RFC 9449) tells the client, for
+/// renderers: the `DPoP` challenge with the accepted algorithms, whether a `Bearer`
+/// challenge goes beside it, which of the two carries the error code, and the nonce to send
+/// in `DPoP-Nonce`. [`DefaultRenderer`](crate::render::DefaultRenderer) renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopChallenge {
+    algs: Arc<str>,
+    bearer: bool,
+    error_on_dpop: bool,
+    nonce: Option<http::HeaderValue>,
+}
+
+impl DpopChallenge {
+    /// A challenge naming `algs` (space-separated, e.g. `"ES256 EdDSA"`). `bearer`: bearer
+    /// tokens are accepted too, so a `Bearer` challenge goes beside the `DPoP` one.
+    pub fn new(algs: impl Into<Arc<str>>, bearer: bool) -> Self {
+        Self {
+            algs: algs.into(),
+            bearer,
+            error_on_dpop: true,
+            nonce: None,
+        }
+    }
+
+    /// Put the error code on the `Bearer` challenge (the request used `Bearer`) rather than
+    /// on the `DPoP` one.
+    #[must_use]
+    pub fn error_on_bearer(mut self) -> Self {
+        self.error_on_dpop = !self.bearer;
+        self
+    }
+
+    /// Send `nonce` in a `DPoP-Nonce` header.
+    #[must_use]
+    pub fn with_nonce(mut self, nonce: http::HeaderValue) -> Self {
+        self.nonce = Some(nonce);
+        self
+    }
+
+    /// The accepted proof algorithms, space-separated.
+    pub fn algs(&self) -> &str {
+        &self.algs
+    }
+
+    /// Whether a `Bearer` challenge goes beside the `DPoP` one.
+    pub fn bearer(&self) -> bool {
+        self.bearer
+    }
+
+    /// Whether the error code belongs on the `DPoP` challenge (else on the `Bearer` one).
+    pub fn error_on_dpop(&self) -> bool {
+        self.error_on_dpop
+    }
+
+    /// The nonce for the `DPoP-Nonce` header.
+    pub fn nonce(&self) -> Option<&http::HeaderValue> {
+        self.nonce.as_ref()
+    }
 }
 
 impl AuthError {
@@ -95,7 +170,30 @@ impl AuthError {
             reason: reason.into(),
             scope: None,
             retry_after: None,
+            dpop: None,
         }
+    }
+
+    /// The DPoP proof is invalid (RFC 9449 `invalid_dpop_proof`). `reason` is for logs only.
+    pub fn invalid_dpop_proof(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(AuthErrorKind::InvalidDpopProof, reason)
+    }
+
+    /// The DPoP proof lacks the current nonce (RFC 9449 `use_dpop_nonce`).
+    pub fn use_dpop_nonce(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(AuthErrorKind::UseDpopNonce, reason)
+    }
+
+    /// The same error carrying a DPoP challenge (see [`DpopChallenge`]).
+    #[must_use]
+    pub fn with_dpop_challenge(mut self, challenge: impl Into<Arc<DpopChallenge>>) -> Self {
+        self.dpop = Some(challenge.into());
+        self
+    }
+
+    /// The DPoP challenge, when an authenticator that accepts DPoP rejected the request.
+    pub fn dpop_challenge(&self) -> Option<&DpopChallenge> {
+        self.dpop.as_deref()
     }
 
     /// No credential was presented.
@@ -177,6 +275,9 @@ impl fmt::Debug for AuthError {
         }
         if let Some(r) = self.retry_after {
             d.field("retry_after", &r);
+        }
+        if let Some(dpop) = &self.dpop {
+            d.field("dpop", dpop);
         }
         d.finish()
     }

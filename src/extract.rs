@@ -210,6 +210,34 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(Some(token))
 }
 
+/// The token of the one `Authorization: <scheme> <token>` header (scheme in any case), or
+/// `None` for another scheme or no header; checked like a bearer token: visible ASCII, not
+/// empty, within `max_len`, in the `b64token` alphabet. For `DPoP` (RFC 9449 §7.1).
+#[cfg(feature = "jwt")]
+pub(crate) fn scheme_token<'h>(
+    headers: &'h HeaderMap,
+    scheme: &str,
+    max_len: usize,
+) -> Result<Option<&'h str>, AuthError> {
+    let Some(value) = one_value(headers, &AUTHORIZATION)? else {
+        return Ok(None);
+    };
+    let value = visible_ascii(value)?;
+    let (found, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !found.eq_ignore_ascii_case(scheme) {
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::invalid_request("empty token"));
+    }
+    if token.len() > max_len {
+        return Err(AuthError::invalid_token("token longer than the cap"));
+    }
+    check_b64token(token)?;
+    Ok(Some(token))
+}
+
 fn single_header<'h>(
     headers: &'h HeaderMap,
     name: &HeaderName,

@@ -132,6 +132,8 @@ pub use cert::ClientCertificate;
 #[cfg(any(feature = "jwt", feature = "rate-limit"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "jwt", feature = "rate-limit"))))]
 pub use client::ClientAddr;
-pub use error::{AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, FailurePolicy};
+pub use error::{
+    AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, DpopChallenge, FailurePolicy,
+};
 pub use head::RequestHead;
 pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

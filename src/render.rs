@@ -50,7 +50,10 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response};
 
-use crate::error::{AuthError, AuthErrorKind};
+use crate::error::{AuthError, AuthErrorKind, DpopChallenge};
+
+/// The `DPoP-Nonce` response header (RFC 9449 §8).
+const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
 use crate::head::RequestHead;
 
 /// The renderer of the stack: the one set on the outermost layer that has one, left in the
@@ -134,8 +137,9 @@ impl DefaultRenderer {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(challenge) = self.challenge(error) {
-            headers.insert(WWW_AUTHENTICATE, challenge);
+        self.challenges(error, headers);
+        if let Some(nonce) = error.dpop_challenge().and_then(DpopChallenge::nonce) {
+            headers.insert(DPOP_NONCE, nonce.clone());
         }
         if let Some(retry) = error.retry_after() {
             headers.insert(RETRY_AFTER, retry_after_value(retry));
@@ -155,31 +159,60 @@ impl DefaultRenderer {
         );
         // Descriptions are fixed ASCII without '%', so they need no percent-encoding.
         headers.insert("grpc-message", HeaderValue::from_static(kind.description()));
+        if let Some(nonce) = error.dpop_challenge().and_then(DpopChallenge::nonce) {
+            headers.insert(DPOP_NONCE, nonce.clone());
+        }
         if let Some(retry) = error.retry_after() {
             headers.insert(RETRY_AFTER, retry_after_value(retry));
         }
         response
     }
 
-    fn challenge(&self, error: &AuthError) -> Option<HeaderValue> {
+    /// The `WWW-Authenticate` challenges: `Bearer`, and `DPoP` beside (or instead of) it
+    /// when the authenticator accepts DPoP. The error code goes on the challenge of the
+    /// scheme the request used.
+    fn challenges(&self, error: &AuthError, headers: &mut http::HeaderMap) {
         let kind = error.kind();
-        let mut value = match kind {
-            AuthErrorKind::MissingCredentials
-            | AuthErrorKind::InvalidRequest
-            | AuthErrorKind::InvalidToken
-            | AuthErrorKind::InsufficientScope => format!(r#"Bearer realm="{}""#, self.realm),
-            _ => return None,
+        if matches!(
+            kind,
+            AuthErrorKind::RateLimited | AuthErrorKind::Unavailable
+        ) {
+            return;
+        }
+        let params = |value: &mut String| {
+            if let Some(code) = kind.oauth_error() {
+                value.push_str(&format!(
+                    r#", error="{code}", error_description="{}""#,
+                    kind.description()
+                ));
+            }
+            if let Some(scope) = error.required_scope() {
+                value.push_str(&format!(r#", scope="{}""#, sanitize_quoted(scope)));
+            }
         };
-        if let Some(code) = kind.oauth_error() {
-            value.push_str(&format!(
-                r#", error="{code}", error_description="{}""#,
-                kind.description()
-            ));
+        let dpop = error.dpop_challenge();
+        if dpop.is_none_or(DpopChallenge::bearer) {
+            let mut bearer = format!(r#"Bearer realm="{}""#, self.realm);
+            if dpop.is_none_or(|d| !d.error_on_dpop()) {
+                params(&mut bearer);
+            }
+            if let Ok(value) = HeaderValue::from_str(&bearer) {
+                headers.append(WWW_AUTHENTICATE, value);
+            }
         }
-        if let Some(scope) = error.required_scope() {
-            value.push_str(&format!(r#", scope="{}""#, sanitize_quoted(scope)));
+        if let Some(dpop) = dpop {
+            let mut value = format!(
+                r#"DPoP realm="{}", algs="{}""#,
+                self.realm,
+                sanitize_quoted(dpop.algs())
+            );
+            if dpop.error_on_dpop() {
+                params(&mut value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.append(WWW_AUTHENTICATE, value);
+            }
         }
-        HeaderValue::from_str(&value).ok()
     }
 }
 

@@ -564,6 +564,17 @@ impl TokenBuilder {
         self
     }
 
+    /// Bind the token to a DPoP key: `cnf.jkt` is the key's thumbprint (RFC 9449 §6).
+    pub fn dpop_bound(self, key: &DpopKey) -> Self {
+        self.claim("cnf", json!({ "jkt": key.thumbprint() }))
+    }
+
+    /// Bind the token to a client certificate: `cnf["x5t#S256"]` is `x5t_s256` (RFC 8705
+    /// §3.1), e.g. [`ClientCertificate::x5t_s256`](crate::ClientCertificate::x5t_s256).
+    pub fn certificate_bound(self, x5t_s256: impl Into<String>) -> Self {
+        self.claim("cnf", json!({ "x5t#S256": x5t_s256.into() }))
+    }
+
     /// Sign with the issuer's key for `alg`; the header's `alg` and `kid` follow unless
     /// set explicitly with [`header`](Self::header).
     ///
@@ -611,6 +622,214 @@ impl TokenBuilder {
         let header = Value::Object(header).to_string();
         let claims = Value::Object(self.claims).to_string();
         key.compact(&header, &claims)
+    }
+}
+
+impl TestIssuer {
+    /// A fresh client key pair for DPoP proofs (RFC 9449), on this issuer's clock.
+    ///
+    /// # Panics
+    /// For HMAC algorithms, or when key generation fails.
+    pub fn dpop_key(&self, alg: Algorithm) -> DpopKey {
+        DpopKey {
+            keys: Arc::from([IssuerKey::generate(alg)]),
+            index: 0,
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// This issuer's own signing key for `alg` used as a DPoP key: for tests that a proof
+    /// signed with a key of the token issuer is refused.
+    ///
+    /// # Panics
+    /// When the issuer has no key for `alg`.
+    pub fn issuer_key_as_dpop_key(&self, alg: Algorithm) -> DpopKey {
+        let index = self
+            .keys
+            .iter()
+            .position(|k| k.alg == alg)
+            .unwrap_or_else(|| panic!("TestIssuer has no {alg} key"));
+        DpopKey {
+            keys: self.keys.clone(),
+            index,
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// A client's DPoP key pair: mints proofs with [`proof`](Self::proof); bind a token to it
+/// with [`TokenBuilder::dpop_bound`]. Made by [`TestIssuer::dpop_key`].
+///
+/// ```
+/// use tower_api_guard::jwt::Algorithm;
+/// use tower_api_guard::testing::TestIssuer;
+///
+/// let issuer = TestIssuer::new("https://issuer.example");
+/// let client = issuer.dpop_key(Algorithm::ES256);
+/// let token = issuer.token().audience("my-api").dpop_bound(&client).mint();
+/// let proof = client
+///     .proof("GET", "https://api.example.com/items")
+///     .access_token(&token)
+///     .mint();
+/// // Send: `Authorization: DPoP <token>` and `DPoP: <proof>`.
+/// assert_eq!(proof.split('.').count(), 3);
+/// ```
+#[derive(Clone)]
+pub struct DpopKey {
+    keys: Arc<[IssuerKey]>,
+    index: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("alg", &self.key().alg)
+            .field("jkt", &self.thumbprint())
+            .finish()
+    }
+}
+
+impl DpopKey {
+    fn key(&self) -> &IssuerKey {
+        &self.keys[self.index]
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.key().alg
+    }
+
+    /// The public JWK with only its required members (`kty`, `crv`, `x`, `y` / `n`, `e`),
+    /// as a proof's header carries it.
+    pub fn public_jwk(&self) -> Value {
+        let jwk = &self.key().jwk;
+        let required: &[&str] = match jwk.get("kty").and_then(Value::as_str) {
+            Some("RSA") => &["kty", "n", "e"],
+            Some("EC") => &["kty", "crv", "x", "y"],
+            _ => &["kty", "crv", "x"],
+        };
+        Value::Object(
+            required
+                .iter()
+                .filter_map(|m| Some(((*m).to_owned(), jwk.get(*m)?.clone())))
+                .collect(),
+        )
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint of the public key, base64url: a bound token's
+    /// `cnf.jkt`.
+    pub fn thumbprint(&self) -> String {
+        let jwk = match self.public_jwk() {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        crate::jwt::keys::jwk_thumbprint(&jwk).unwrap_or_default()
+    }
+
+    /// Start a proof for a request with `method` to `url` (`htu`: give it without query
+    /// and fragment). Defaults: header `{"typ":"dpop+jwt","alg":…,"jwk":…}`, claims
+    /// `{"jti": <random>, "htm", "htu", "iat": now}` on the issuer's clock.
+    pub fn proof(&self, method: &str, url: &str) -> ProofBuilder {
+        let now = self
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).expect("TestIssuer: the RNG failed");
+        let mut header = Map::new();
+        header.insert("typ".into(), "dpop+jwt".into());
+        header.insert("alg".into(), self.algorithm().as_str().into());
+        header.insert("jwk".into(), self.public_jwk());
+        let mut claims = Map::new();
+        claims.insert("jti".into(), b64(&jti).into());
+        claims.insert("htm".into(), method.into());
+        claims.insert("htu".into(), url.into());
+        claims.insert("iat".into(), now.into());
+        ProofBuilder {
+            key: self.clone(),
+            header,
+            claims,
+        }
+    }
+}
+
+/// Builds and signs one DPoP proof. Created by [`DpopKey::proof`]; finish with
+/// [`mint`](Self::mint).
+#[must_use = "a ProofBuilder does nothing until `mint` is called"]
+pub struct ProofBuilder {
+    key: DpopKey,
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+}
+
+impl fmt::Debug for ProofBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProofBuilder")
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProofBuilder {
+    /// Set `ath` to the hash of `token`, the access token sent with the proof.
+    pub fn access_token(self, token: &str) -> Self {
+        let ath = crate::jwt::dpop::ath(token);
+        self.claim("ath", ath.into())
+    }
+
+    /// Set `nonce` (a server nonce from a `DPoP-Nonce` header).
+    pub fn nonce(self, nonce: impl Into<String>) -> Self {
+        self.claim("nonce", Value::String(nonce.into()))
+    }
+
+    /// Set `jti`.
+    pub fn jti(self, jti: impl Into<String>) -> Self {
+        self.claim("jti", Value::String(jti.into()))
+    }
+
+    /// Set `iat` to the current time plus `offset_secs` (negative: in the past).
+    pub fn issued_at_offset(self, offset_secs: i64) -> Self {
+        let iat = self
+            .claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .saturating_add(offset_secs);
+        self.claim("iat", iat.into())
+    }
+
+    /// Set any claim to any JSON value.
+    pub fn claim(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.claims.insert(name.into(), value);
+        self
+    }
+
+    /// Remove a claim, including a default one.
+    pub fn without_claim(mut self, name: &str) -> Self {
+        self.claims.remove(name);
+        self
+    }
+
+    /// Set any header parameter to any JSON value (e.g. a `jwk` with a private member).
+    pub fn header(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.header.insert(name.into(), value);
+        self
+    }
+
+    /// Remove a header parameter, including a default one.
+    pub fn without_header(mut self, name: &str) -> Self {
+        self.header.remove(name);
+        self
+    }
+
+    /// Sign with the client key and return the compact JWS.
+    #[must_use]
+    pub fn mint(self) -> String {
+        let header = Value::Object(self.header).to_string();
+        let claims = Value::Object(self.claims).to_string();
+        self.key.key().compact(&header, &claims)
     }
 }
 

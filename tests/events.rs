@@ -62,3 +62,51 @@ async fn events_carry_reasons_but_never_tokens() {
         "{log}"
     );
 }
+
+/// A refused DPoP proof logs its reason (target `tower_api_guard::auth`), never the proof
+/// or the token. (Here rather than in tests/dpop.rs: a thread-local subscriber in a binary
+/// whose other tests log from other threads can miss events.)
+#[tokio::test]
+async fn a_refused_dpop_proof_logs_its_reason_and_not_the_proof() {
+    use tower::ServiceExt;
+    use tower_api_guard::jwt::{Algorithm, DpopConfig, DpopMode, ExternalOrigin};
+
+    let (captured, _guard) = Captured::install(tracing::Level::DEBUG);
+    let (clock, issuer) = common::jwt::clocked_issuer();
+    let origin = ExternalOrigin::parse("https://api.example.com").unwrap();
+    let jwt = common::jwt::trusting(&issuer, "api")
+        .clock(clock)
+        .dpop(DpopConfig::new(DpopMode::Allowed).external_origin(origin))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt))
+        .service_fn(calls::ok::<()>);
+    let client = issuer.dpop_key(Algorithm::ES256);
+    let token = issuer.token().audience("api").dpop_bound(&client).mint();
+    let proof = client
+        .proof("POST", "https://api.example.com/items")
+        .access_token(&token)
+        .mint();
+    let request = Request::get("/items")
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", &proof)
+        .body(())
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let log = captured.take();
+    assert!(
+        log.contains("htm does not match the request method"),
+        "{log}"
+    );
+    assert!(
+        log.contains("invalid_dpop_proof") || log.contains("InvalidDpopProof"),
+        "{log}"
+    );
+    let signature = proof.rsplit_once('.').unwrap().1;
+    assert!(
+        !log.contains(signature) && !log.contains(&token[..40]),
+        "{log}"
+    );
+}

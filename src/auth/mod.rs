@@ -159,22 +159,25 @@ fn admit<B>(request: &mut Request<B>, identity: Option<Identity>) {
     }
 }
 
+/// A header the authenticator adds to the responses it let through (a `DPoP-Nonce`).
+pub type ResponseHeader = (http::HeaderName, http::HeaderValue);
+
 impl<A: Authenticator> Check for Authenticate<A> {
-    type Ticket = ();
+    type Ticket = Option<ResponseHeader>;
     type Wait = A::Future;
     const LAYER: LayerKind = LayerKind::Auth;
 
-    fn check<B>(&self, request: &mut Request<B>) -> Step<(), A::Future> {
+    fn check<B>(&self, request: &mut Request<B>) -> Step<Self::Ticket, A::Future> {
         let credential = match self.authenticator.extract(&RequestHead::of(request)) {
             Ok(Some(credential)) => credential,
-            Ok(None) => return Step::Deny(AuthError::missing_credentials().into()),
+            Ok(None) => return Step::Deny(self.authenticator.missing_credentials().into()),
             Err(error) => return Step::Deny(error.into()),
         };
         match self.authenticator.authenticate_now(credential) {
             // Known at once (a cache hit): the gate calls the inner service now.
             Ok(Ok(identity)) => {
                 admit(request, identity);
-                Step::Allow(())
+                Step::Allow(self.authenticator.response_header())
             }
             Ok(Err(error)) => Step::Deny(error.into()),
             Err(credential) => Step::Wait(self.authenticator.authenticate(credential)),
@@ -185,17 +188,21 @@ impl<A: Authenticator> Check for Authenticate<A> {
         &self,
         outcome: Result<Option<Identity>, AuthError>,
         request: &mut Request<B>,
-    ) -> Verdict<()> {
+    ) -> Verdict<Self::Ticket> {
         match outcome {
             Ok(identity) => {
                 admit(request, identity);
-                Verdict::Allow(())
+                Verdict::Allow(self.authenticator.response_header())
             }
             Err(error) => Verdict::Deny(error.into()),
         }
     }
 
-    fn finish<R>((): (), _response: &mut http::Response<R>) {}
+    fn finish<R>(ticket: Self::Ticket, response: &mut http::Response<R>) {
+        if let Some((name, value)) = ticket {
+            response.headers_mut().insert(name, value);
+        }
+    }
 }
 
 /// Turns a request's credential into an [`Identity`]. See the [module docs](self).
@@ -231,6 +238,20 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
         Err(credential)
     }
+
+    /// The rejection of a request that carries no credential at all. The default is
+    /// [`AuthError::missing_credentials`]; an authenticator that accepts DPoP adds its
+    /// challenge (the accepted proof algorithms).
+    fn missing_credentials(&self) -> AuthError {
+        AuthError::missing_credentials()
+    }
+
+    /// A header to add to every response of a request this authenticator let through; the
+    /// default is none. A JWT authenticator with DPoP nonces sends the current nonce
+    /// (`DPoP-Nonce`, RFC 9449 §8.2).
+    fn response_header(&self) -> Option<ResponseHeader> {
+        None
+    }
 }
 
 impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
@@ -250,6 +271,14 @@ impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
         credential: Self::Credential,
     ) -> Result<Result<Option<Identity>, AuthError>, Self::Credential> {
         (**self).authenticate_now(credential)
+    }
+
+    fn missing_credentials(&self) -> AuthError {
+        (**self).missing_credentials()
+    }
+
+    fn response_header(&self) -> Option<ResponseHeader> {
+        (**self).response_header()
     }
 }
 
@@ -324,6 +353,26 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
                 .map_err(OrCredential::Second),
         }
     }
+
+    /// The first authenticator's rejection, unless only the second names a DPoP challenge.
+    fn missing_credentials(&self) -> AuthError {
+        let first = self.first.missing_credentials();
+        if first.dpop_challenge().is_some() {
+            return first;
+        }
+        let second = self.second.missing_credentials();
+        if second.dpop_challenge().is_some() {
+            second
+        } else {
+            first
+        }
+    }
+
+    fn response_header(&self) -> Option<ResponseHeader> {
+        self.first
+            .response_header()
+            .or_else(|| self.second.response_header())
+    }
 }
 
 /// An authenticator that lets requests without a credential through.
@@ -356,6 +405,10 @@ impl<A: Authenticator> Authenticator for OptionalAuth<A> {
             Some(c) => self.inner.authenticate_now(c).map_err(Some),
             None => Ok(Ok(None)),
         }
+    }
+
+    fn response_header(&self) -> Option<ResponseHeader> {
+        self.inner.response_header()
     }
 }
 

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use super::Algorithm;
 use super::claims::{self, ClaimRules};
+use super::dpop::{Binding, DPOP_NONCE, Dpop, DpopConfig};
 use super::jose;
 use super::keys::{JwtKey, KeySet, KeySource, install_provider};
+use super::replay::{ReplayAnswer, ReplayError};
 use super::revocation::{RevocationStore, TokenFacts};
-use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
+use crate::auth::{Authenticator, Outcome, ReadyOrBoxed, ResponseHeader};
 use crate::clock::{Clock, SystemClock};
 use crate::error::FailurePolicy;
 use crate::error::{AuthError, ConfigError};
@@ -40,6 +42,7 @@ struct Config {
     clock: Arc<dyn Clock>,
     cache: Option<TokenCache>,
     revocation: Option<(Arc<dyn RevocationStore>, FailurePolicy)>,
+    dpop: Option<Dpop>,
 }
 
 /// The verified-token cache, keyed by the token's trailing characters (see [`cache_key`]).
@@ -120,6 +123,7 @@ pub struct JwtAuthenticatorBuilder {
     cache_capacity: u64,
     revocation: Option<Arc<dyn RevocationStore>>,
     revocation_policy: FailurePolicy,
+    dpop: Option<DpopConfig>,
 }
 
 impl fmt::Debug for JwtAuthenticatorBuilder {
@@ -165,6 +169,7 @@ impl JwtAuthenticator {
             cache_capacity: DEFAULT_TOKEN_CACHE_CAPACITY,
             revocation: None,
             revocation_policy: FailurePolicy::Closed,
+            dpop: None,
         }
     }
 
@@ -195,7 +200,27 @@ impl JwtAuthenticator {
         if token.len() > self.config.extractor.max_token_len() {
             return Err(AuthError::invalid_token("token longer than the cap"));
         }
-        match self.verify_token(token.to_owned(), false).await? {
+        let binding = Binding {
+            proof: None,
+            cert: None,
+        };
+        match self.verify_token(token.to_owned(), false, binding).await? {
+            Some(identity) => Ok(identity),
+            None => Err(AuthError::invalid_token("no identity")),
+        }
+    }
+
+    /// Authenticate a request head outside a layer, exactly as the layer would: the
+    /// bearer token, or the `DPoP` token and proof, and the client certificate from the
+    /// head's extensions for certificate-bound tokens.
+    ///
+    /// # Errors
+    /// Exactly the rejections the layer would give.
+    pub async fn verify_request(&self, head: &RequestHead<'_>) -> Result<Identity, AuthError> {
+        let credential = self
+            .extract(head)?
+            .ok_or_else(|| self.missing_credentials())?;
+        match self.authenticate(credential).await? {
             Some(identity) => Ok(identity),
             None => Err(AuthError::invalid_token("no identity")),
         }
@@ -284,16 +309,21 @@ impl JwtAuthenticator {
     }
 
     /// Verify `token`; `cache_checked` says the cache was already asked, in `extract`.
-    pub(crate) fn verify_token(&self, token: String, cache_checked: bool) -> JwtFuture {
+    pub(crate) fn verify_token(
+        &self,
+        token: String,
+        cache_checked: bool,
+        binding: Binding,
+    ) -> JwtFuture {
         let set = match self.config.keys.current() {
             Ok(set) => set,
             Err(e) => return JwtFuture::ready(Err(e)),
         };
         if !cache_checked && let Some(identity) = self.cached(token.as_bytes(), &set) {
-            return self.after_verification(identity);
+            return self.conclude(identity, binding);
         }
         match self.verify_now(&token, &set) {
-            Ok(identity) => self.after_verification(identity),
+            Ok(identity) => self.conclude(identity, binding),
             Err(Step::Reject(e)) => JwtFuture::ready(Err(e)),
             Err(Step::UnknownKid(kid)) => match self.config.keys.refresh_for_unknown_kid(&kid) {
                 None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid"))),
@@ -302,7 +332,7 @@ impl JwtAuthenticator {
                     JwtFuture(ReadyOrBoxed::boxed(async move {
                         let set = refresh.await?;
                         match this.verify_now(&token, &set) {
-                            Ok(identity) => this.check_revocation(identity).await,
+                            Ok(identity) => this.conclude(identity, binding).await,
                             Err(Step::Reject(e)) => Err(e),
                             Err(Step::UnknownKid(_)) => {
                                 Err(AuthError::invalid_token("unknown kid"))
@@ -316,6 +346,83 @@ impl JwtAuthenticator {
 }
 
 impl JwtAuthenticator {
+    /// A verified identity: check how the token was presented against its `cnf` (DPoP
+    /// proof, client certificate), then remember the proof's `jti` (the replay check comes
+    /// last, so that only proofs bound to a valid token fill the cache), then revocation.
+    fn conclude(&self, identity: Identity, binding: Binding) -> JwtFuture {
+        if let Err(e) = binding.check(&identity) {
+            return JwtFuture::ready(Err(e));
+        }
+        let (Some(proof), Some(dpop)) = (binding.proof, &self.config.dpop) else {
+            return self.after_verification(identity);
+        };
+        match dpop.replay.insert(&proof.replay_key, dpop.replay_ttl()) {
+            ReplayAnswer::Fresh => self.after_verification(identity),
+            ReplayAnswer::Replayed => JwtFuture::ready(Err(replayed())),
+            ReplayAnswer::Failed(e) => match self.replay_failed(&e) {
+                Ok(()) => self.after_verification(identity),
+                Err(e) => JwtFuture::ready(Err(e)),
+            },
+            ReplayAnswer::Wait(answer) => {
+                let this = self.clone();
+                JwtFuture(ReadyOrBoxed::boxed(async move {
+                    match answer.await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(replayed()),
+                        Err(e) => this.replay_failed(&e)?,
+                    }
+                    this.check_revocation(identity).await
+                }))
+            }
+        }
+    }
+
+    /// A replay cache failed: the policy decides.
+    fn replay_failed(&self, error: &ReplayError) -> Result<(), AuthError> {
+        let policy = self
+            .config
+            .dpop
+            .as_ref()
+            .map_or(FailurePolicy::Closed, |d| d.replay_policy);
+        match policy {
+            FailurePolicy::Open => {
+                tracing::warn!(target: "tower_api_guard::dpop", reason = %error.reason(), "DPoP replay cache failed; letting the request through (fail open)");
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(target: "tower_api_guard::dpop", reason = %error.reason(), "DPoP replay cache failed; rejecting (fail closed)");
+                Err(AuthError::unavailable(
+                    "DPoP replay cache failed",
+                    Duration::from_secs(1),
+                ))
+            }
+        }
+    }
+
+    /// `future` with this authenticator's DPoP challenge on its error, when DPoP is on.
+    fn with_challenge(&self, future: JwtFuture, on_dpop: bool) -> JwtFuture {
+        if self.config.dpop.is_none() {
+            return future;
+        }
+        match future.0 {
+            ReadyOrBoxed::Ready(Some(Err(e))) => JwtFuture::ready(Err(self.challenge(e, on_dpop))),
+            ready @ ReadyOrBoxed::Ready(_) => JwtFuture(ready),
+            boxed @ ReadyOrBoxed::Boxed(_) => {
+                let this = self.clone();
+                JwtFuture(ReadyOrBoxed::boxed(async move {
+                    boxed.await.map_err(|e| this.challenge(e, on_dpop))
+                }))
+            }
+        }
+    }
+
+    fn challenge(&self, error: AuthError, on_dpop: bool) -> AuthError {
+        match &self.config.dpop {
+            Some(dpop) => dpop.challenge(error, on_dpop),
+            None => error,
+        }
+    }
+
     /// A verified identity: ready, unless a revocation store must be asked.
     fn after_verification(&self, identity: Identity) -> JwtFuture {
         if self.config.revocation.is_none() {
@@ -358,6 +465,10 @@ impl JwtAuthenticator {
             },
         }
     }
+}
+
+fn replayed() -> AuthError {
+    AuthError::invalid_dpop_proof("proof replayed")
 }
 
 /// Why the synchronous path stopped.
@@ -618,6 +729,16 @@ impl JwtAuthenticatorBuilder {
         self
     }
 
+    /// Accept DPoP-bound tokens (RFC 9449) as `config` says; see [`super::dpop`].
+    ///
+    /// Without it (or with [`DpopMode::Off`](super::DpopMode::Off)) the `DPoP` scheme is
+    /// not accepted and DPoP-bound tokens are refused. Certificate-bound tokens
+    /// (`cnf["x5t#S256"]`) are checked either way.
+    pub fn dpop(mut self, config: DpopConfig) -> Self {
+        self.dpop = Some(config);
+        self
+    }
+
     /// Finish.
     ///
     /// # Errors
@@ -644,6 +765,10 @@ impl JwtAuthenticatorBuilder {
         if self.subject_claims.is_empty() {
             return Err(ConfigError::setting("no subject claim configured"));
         }
+        let dpop = match self.dpop {
+            Some(config) => config.build(self.clock.clone())?,
+            None => None,
+        };
         Ok(JwtAuthenticator {
             config: Arc::new(Config {
                 issuer: self.issuer,
@@ -663,6 +788,7 @@ impl JwtAuthenticatorBuilder {
                 extractor: self.extractor,
                 clock: self.clock,
                 revocation: self.revocation.map(|store| (store, self.revocation_policy)),
+                dpop,
                 cache: (self.cache_capacity > 0).then(|| {
                     TokenCache::new(usize::try_from(self.cache_capacity).unwrap_or(usize::MAX))
                 }),
@@ -671,31 +797,59 @@ impl JwtAuthenticatorBuilder {
     }
 }
 
-/// The credential of a [`JwtAuthenticator`]: the bearer token, or, when the verified-token
-/// cache already holds that exact token, its identity (looked up while extracting, so that
-/// a hit copies nothing). Its `Debug` never shows the token.
-pub struct JwtCredential(Credential);
+/// The credential of a [`JwtAuthenticator`]: the token (or, when the verified-token cache
+/// already holds that exact token, its identity, looked up while extracting so that a hit
+/// copies nothing), with how it was presented: the checked DPoP proof, the client
+/// certificate. Its `Debug` never shows the token.
+pub struct JwtCredential {
+    token: Credential,
+    binding: Binding,
+}
 
 enum Credential {
     Token(String),
     Cached(Identity),
+    /// Checked as far as could be without waiting (a cache hit whose proof waits for a
+    /// shared replay cache).
+    Pending(JwtFuture),
+}
+
+impl JwtCredential {
+    fn new(token: Credential, binding: Binding) -> Self {
+        Self { token, binding }
+    }
+
+    /// A bearer token read from `head` (whose client certificate it keeps).
+    pub(crate) fn bearer(token: String, head: &RequestHead<'_>) -> Self {
+        Self::new(Credential::Token(token), Binding::of(head))
+    }
+
+    /// The token and its binding, for a credential made by [`bearer`](Self::bearer).
+    pub(crate) fn into_token(self) -> Option<(String, Binding)> {
+        match self.token {
+            Credential::Token(token) => Some((token, self.binding)),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for JwtCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.0 {
+        let kind = match self.token {
             Credential::Token(_) => "token",
             Credential::Cached(_) => "cached",
+            Credential::Pending(_) => "pending",
         };
-        f.debug_tuple("JwtCredential").field(&kind).finish()
+        f.debug_struct("JwtCredential")
+            .field("kind", &kind)
+            .field("dpop", &self.binding.proof.is_some())
+            .finish()
     }
 }
 
-impl Authenticator for JwtAuthenticator {
-    type Credential = JwtCredential;
-    type Future = JwtFuture;
-
-    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
+impl JwtAuthenticator {
+    /// A bearer token (or one from the extractor's other sources).
+    fn extract_bearer(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
         // The hot path: a plain bearer token that matches, byte for byte, a token this
         // authenticator verified before. That token passed every check of `extract` then,
         // so its text needs no second scan.
@@ -703,7 +857,8 @@ impl Authenticator for JwtAuthenticator {
         if let Some(raw) = raw
             && let Some(identity) = self.cached_now(raw)
         {
-            return Ok(Some(JwtCredential(Credential::Cached(identity))));
+            let cached = Credential::Cached(identity);
+            return Ok(Some(JwtCredential::new(cached, Binding::of(head))));
         }
         let Some(token) = self.config.extractor.extract(head.headers)? else {
             return Ok(None);
@@ -713,29 +868,113 @@ impl Authenticator for JwtAuthenticator {
             Some(raw) if raw == token.as_bytes() => None,
             _ => self.cached_now(token.as_bytes()),
         };
-        Ok(Some(JwtCredential(match cached {
+        let token = match cached {
             Some(identity) => Credential::Cached(identity),
             None => Credential::Token(token.to_owned()),
-        })))
+        };
+        Ok(Some(JwtCredential::new(token, Binding::of(head))))
+    }
+
+    /// `Authorization: DPoP <token>` with its proof, else a bearer token unless DPoP is
+    /// required.
+    fn extract_with_dpop(
+        &self,
+        head: &RequestHead<'_>,
+        dpop: &Dpop,
+    ) -> Result<Option<JwtCredential>, AuthError> {
+        let c = &*self.config;
+        let max = c.extractor.max_token_len();
+        let dpop_token = crate::extract::scheme_token(head.headers, "DPoP", max)
+            .map_err(|e| dpop.challenge(e, true))?;
+        let Some(token) = dpop_token else {
+            if dpop.required() {
+                return match c.extractor.extract(head.headers) {
+                    Ok(None) => Ok(None),
+                    Ok(Some(_)) => Err(AuthError::invalid_token(
+                        "bearer token where DPoP is required",
+                    )),
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| dpop.challenge(e, true));
+            }
+            return self
+                .extract_bearer(head)
+                .map_err(|e| dpop.challenge(e, false));
+        };
+        let checked = (|| {
+            // Another configured source (a cookie, a header) holding a token too is
+            // ambiguous.
+            if c.extractor.extract(head.headers)?.is_some() {
+                return Err(AuthError::invalid_request(
+                    "credential in more than one place",
+                ));
+            }
+            let keys = c.keys.current().ok();
+            dpop.check_proof(head, token, keys.as_deref())
+        })()
+        .map_err(|e| dpop.challenge(e, true))?;
+        let mut binding = Binding::of(head);
+        binding.proof = Some(Box::new(checked));
+        let token = match self.cached_now(token.as_bytes()) {
+            Some(identity) => Credential::Cached(identity),
+            None => Credential::Token(token.to_owned()),
+        };
+        Ok(Some(JwtCredential::new(token, binding)))
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    type Credential = JwtCredential;
+    type Future = JwtFuture;
+
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
+        match &self.config.dpop {
+            None => self.extract_bearer(head),
+            Some(dpop) => self.extract_with_dpop(head, dpop),
+        }
     }
 
     fn authenticate_now(&self, credential: JwtCredential) -> Result<Outcome, JwtCredential> {
-        match credential.0 {
+        match credential.token {
             Credential::Cached(identity) if self.config.revocation.is_none() => {
-                Ok(Ok(Some(identity)))
+                let on_dpop = credential.binding.proof.is_some();
+                let future =
+                    self.with_challenge(self.conclude(identity, credential.binding), on_dpop);
+                match future.0 {
+                    ReadyOrBoxed::Ready(Some(outcome)) => Ok(outcome),
+                    other => Err(JwtCredential::new(
+                        Credential::Pending(JwtFuture(other)),
+                        Binding {
+                            proof: None,
+                            cert: None,
+                        },
+                    )),
+                }
             }
-            other => Err(JwtCredential(other)),
+            token => Err(JwtCredential::new(token, credential.binding)),
         }
     }
 
     fn authenticate(&self, credential: JwtCredential) -> JwtFuture {
-        match credential.0 {
-            Credential::Cached(identity) => self.after_verification(identity),
+        let on_dpop = credential.binding.proof.is_some();
+        let future = match credential.token {
+            Credential::Cached(identity) => self.conclude(identity, credential.binding),
             Credential::Token(token) => {
                 let checked = self.config.cache.is_some();
-                self.verify_token(token, checked)
+                self.verify_token(token, checked, credential.binding)
             }
-        }
+            Credential::Pending(future) => return future,
+        };
+        self.with_challenge(future, on_dpop)
+    }
+
+    fn missing_credentials(&self) -> AuthError {
+        self.challenge(AuthError::missing_credentials(), true)
+    }
+
+    fn response_header(&self) -> Option<ResponseHeader> {
+        let nonce = self.config.dpop.as_ref()?.nonce()?;
+        Some((DPOP_NONCE, nonce))
     }
 }
 

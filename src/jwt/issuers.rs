@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::authenticator::JwtFuture;
+use super::authenticator::{JwtCredential, JwtFuture};
 use super::{JwtAuthenticator, jose};
 use crate::auth::Authenticator;
 use crate::error::{AuthError, ConfigError};
@@ -110,16 +110,20 @@ impl JwtIssuers {
 }
 
 impl Authenticator for JwtIssuers {
-    type Credential = String;
+    type Credential = JwtCredential;
     type Future = JwtFuture;
 
-    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, AuthError> {
-        Ok(self.extractor.extract(head.headers)?.map(str::to_owned))
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Option<JwtCredential>, AuthError> {
+        let token = self.extractor.extract(head.headers)?;
+        Ok(token.map(|token| JwtCredential::bearer(token.to_owned(), head)))
     }
 
-    fn authenticate(&self, token: String) -> JwtFuture {
+    fn authenticate(&self, credential: JwtCredential) -> JwtFuture {
+        let Some((token, binding)) = credential.into_token() else {
+            return JwtFuture::ready(Err(AuthError::invalid_token("no token")));
+        };
         match self.route(&token) {
-            Ok(auth) => auth.verify_token(token, false),
+            Ok(auth) => auth.verify_token(token, false, binding),
             Err(e) => JwtFuture::ready(Err(e)),
         }
     }

@@ -63,6 +63,8 @@ struct KeyInner {
     alg: Option<Algorithm>,
     kind: KeyKind,
     key: DecodingKey,
+    /// The RFC 7638 SHA-256 thumbprint, for keys loaded from a JWK.
+    thumbprint: Option<Arc<str>>,
     /// The public key parsed once per algorithm it fits (aws-lc-rs backend only).
     #[cfg(feature = "aws-lc-rs")]
     parsed: std::sync::Arc<[(Algorithm, aws_lc_rs::signature::ParsedPublicKey)]>,
@@ -94,6 +96,7 @@ impl JwtKey {
             kid: None,
             alg: None,
             kind,
+            thumbprint: None,
             #[cfg(feature = "aws-lc-rs")]
             parsed: fast::parse(kind, &key).into(),
             key,
@@ -305,7 +308,14 @@ impl JwtKey {
         if let Some(kid) = kid {
             key = key.with_kid(kid);
         }
-        Ok(key)
+        let mut inner = key.into_inner();
+        inner.thumbprint = jwk_thumbprint(jwk).map(Arc::from);
+        Ok(JwtKey(Arc::new(inner)))
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint (base64url), for a key loaded from a JWK.
+    pub(crate) fn thumbprint(&self) -> Option<&str> {
+        self.0.thumbprint.as_deref()
     }
 
     /// Give the key a `kid`.
@@ -331,6 +341,7 @@ impl JwtKey {
             alg: arc.alg,
             kind: arc.kind,
             key: arc.key.clone(),
+            thumbprint: arc.thumbprint.clone(),
             #[cfg(feature = "aws-lc-rs")]
             parsed: arc.parsed.clone(),
         })
@@ -436,6 +447,28 @@ mod fast {
             .filter_map(|&(alg, va)| ParsedPublicKey::new(va, &bytes).ok().map(|p| (alg, p)))
             .collect()
     }
+}
+
+/// The RFC 7638 SHA-256 thumbprint (base64url, no padding) of a public JWK that
+/// [`JwtKey::from_jwk`] accepted: the required members in lexicographic order, no
+/// whitespace. The member values were checked there (canonical base64url, a known curve),
+/// so none needs escaping.
+pub(crate) fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let s = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let canonical = match s("kty")? {
+        "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e")?, s("n")?),
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            s("crv")?,
+            s("x")?,
+            s("y")?
+        ),
+        "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv")?, s("x")?),
+        _ => return None,
+    };
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(canonical)))
 }
 
 /// Whether `point` is a valid public point (on the curve, not the identity).

@@ -55,10 +55,12 @@
 mod algorithm;
 mod authenticator;
 mod claims;
+pub mod dpop;
 mod issuers;
 mod jose;
-mod keys;
+pub(crate) mod keys;
 mod remote;
+mod replay;
 mod revocation;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
@@ -66,6 +68,7 @@ pub use authenticator::{
     DEFAULT_LEEWAY, JwtAuthenticator, JwtAuthenticatorBuilder, JwtCredential, JwtFuture,
     verify_signature,
 };
+pub use dpop::{DpopConfig, DpopMode, DpopNonces, ExternalOrigin};
 pub use issuers::JwtIssuers;
 pub use keys::{
     JwtKey, KeySet, KeySetFuture, KeySource, MAX_KIDLESS_CANDIDATES, MIN_RSA_BITS, StaticKeys,
@@ -76,6 +79,7 @@ pub use remote::{
     FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, KeySourceStatus, RemoteJwks,
     RemoteJwksBuilder, parse_max_age,
 };
+pub use replay::{MemoryReplayCache, ReplayAnswer, ReplayCache, ReplayError, ReplayFuture};
 #[cfg(feature = "redis")]
 pub use revocation::RedisRevocations;
 pub use revocation::{
