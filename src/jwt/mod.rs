@@ -55,6 +55,7 @@
 mod algorithm;
 mod authenticator;
 mod claims;
+mod dpop;
 mod issuers;
 mod jose;
 mod keys;
@@ -66,6 +67,7 @@ pub use authenticator::{
     DEFAULT_LEEWAY, JwtAuthenticator, JwtAuthenticatorBuilder, JwtCredential, JwtFuture,
     verify_signature,
 };
+pub use dpop::ExternalOrigin;
 pub use issuers::JwtIssuers;
 pub use keys::{
     JwtKey, KeySet, KeySetFuture, KeySource, MAX_KIDLESS_CANDIDATES, MIN_RSA_BITS, StaticKeys,
