@@ -1226,6 +1226,27 @@ mod tests {
         }
 
         #[test]
+        fn generated_uris_normalise_idempotently_and_match_request_htu(
+            scheme in "[hH][tT][tT][pP][sS]?",
+            host in "[a-zA-Z0-9.-]{1,10}|\\[::[0-9a-fA-F]{1,4}\\]",
+            port in proptest::option::of(0u32..70_000),
+            p in path_strategy(),
+        ) {
+            let port_text = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let uri = format!("{scheme}://{host}{port_text}{p}");
+            let valid_port = port.is_none_or(|p| (1..=65_535).contains(&p));
+            match normalize_htu(&uri) {
+                Ok(n) => {
+                    prop_assert!(valid_port);
+                    prop_assert_eq!(normalize_htu(&n), Ok(n.clone()));
+                    let o = origin(&format!("{scheme}://{host}{port_text}"));
+                    prop_assert_eq!(request_htu(&o, &p), Ok(n));
+                }
+                Err(e) => prop_assert!(!valid_port, "{}: {}", uri, e),
+            }
+        }
+
+        #[test]
         fn request_htu_never_panics(p in any::<String>()) {
             let o = origin("https://api.example.com");
             let _ = request_htu(&o, &p);
