@@ -586,3 +586,63 @@ fn bad_settings_are_refused_at_build_time() {
         assert!(ExternalOrigin::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// Two replicas sharing Redis: a proof accepted by one is a replay at the other.
+#[tokio::test]
+async fn a_proof_replayed_at_another_replica_sharing_redis_is_refused() {
+    use tower_api_guard::jwt::RedisReplayCache;
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        assert!(std::env::var("CI").is_err(), "CI must set REDIS_URL");
+        eprintln!("skipping: REDIS_URL not set");
+        return;
+    };
+    let replica = |issuer: &TestIssuer, clock: Arc<ManualClock>, cache: RedisReplayCache| {
+        let jwt = trusting(issuer, AUD)
+            .clock(clock)
+            .dpop(config(DpopMode::Allowed).replay_cache(cache))
+            .build()
+            .unwrap();
+        AuthLayer::new(jwt)
+    };
+    let mut a = setup(DpopMode::Allowed);
+    let prefix = format!("test:dpop:{}:", std::process::id());
+    let cache = || async {
+        RedisReplayCache::connect(&url)
+            .await
+            .unwrap()
+            .prefix(&prefix)
+    };
+    a.layer = replica(&a.issuer, a.clock.clone(), cache().await);
+    let b = Setup {
+        clock: a.clock.clone(),
+        issuer: a.issuer.clone(),
+        client: a.client.clone(),
+        layer: replica(&a.issuer, a.clock.clone(), cache().await),
+    };
+    let token = a.bound_token();
+    let proof = a.proof(&token);
+    assert_eq!(a.dpop(&token, &[&proof]).await.status(), StatusCode::OK);
+    assert_bad_proof(&b.dpop(&token, &[&proof]).await, "replayed at replica b");
+    assert_eq!(
+        b.dpop(&token, &[&b.proof(&token)]).await.status(),
+        StatusCode::OK
+    );
+    // An unreachable Redis fails closed: 503.
+    let dead = Setup {
+        clock: a.clock.clone(),
+        issuer: a.issuer.clone(),
+        client: a.client.clone(),
+        layer: AuthLayer::new(
+            trusting(&a.issuer, AUD)
+                .clock(a.clock.clone())
+                .dpop(
+                    config(DpopMode::Allowed)
+                        .replay_cache(cache().await.timeout(Duration::from_nanos(1))),
+                )
+                .build()
+                .unwrap(),
+        ),
+    };
+    let response = dead.dpop(&token, &[&dead.proof(&token)]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

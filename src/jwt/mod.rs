@@ -79,6 +79,8 @@ pub use remote::{
     FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, KeySourceStatus, RemoteJwks,
     RemoteJwksBuilder, parse_max_age,
 };
+#[cfg(feature = "redis")]
+pub use replay::RedisReplayCache;
 pub use replay::{MemoryReplayCache, ReplayAnswer, ReplayCache, ReplayError, ReplayFuture};
 #[cfg(feature = "redis")]
 pub use revocation::RedisRevocations;
