@@ -5,4 +5,7 @@
 //!   accepts a token whose `cnf["x5t#S256"]` is set only over a connection whose client
 //!   certificate has that thumbprint;
 
+mod identity;
+
+pub use self::identity::{CertSubject, ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use crate::cert::ClientCertificate;
