@@ -481,3 +481,393 @@ impl Authenticator for ClientCertAuthenticator {
         Ok(self.identify(&certificate).map(Some))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::SocketAddr;
+
+    use http::{Request, StatusCode};
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+    use super::*;
+    use crate::auth::{AuthLayer, AuthenticatorExt};
+    use crate::error::AuthErrorKind;
+    use crate::gate::support::{HeaderAuth, run};
+
+    /// A self-signed certificate with these URI and DNS SANs and common name, as DER.
+    pub(crate) fn der(uris: &[&str], dns: &[&str], cn: Option<&str>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        for uri in uris {
+            let uri = (*uri).try_into().unwrap();
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        for name in dns {
+            let name = (*name).try_into().unwrap();
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn cert(uris: &[&str], dns: &[&str], cn: Option<&str>) -> ClientCertificate {
+        ClientCertificate::from_der(der(uris, dns, cn))
+    }
+
+    fn default() -> ClientCertAuthenticator {
+        ClientCertAuthenticator::builder().build().unwrap()
+    }
+
+    /// The rejection's reason, asserting it is a 401 `invalid_token`.
+    fn refused(auth: &ClientCertAuthenticator, cert: &ClientCertificate) -> String {
+        let error = auth.identify(cert).unwrap_err();
+        assert_eq!(error.kind(), AuthErrorKind::InvalidToken);
+        error.reason().to_owned()
+    }
+
+    const BILLING: &str = "spiffe://example.org/ns/prod/billing";
+
+    #[test]
+    fn subjects_come_in_the_default_order() {
+        let auth = default();
+        let all = cert(&[BILLING], &["billing.internal"], Some("billing-cn"));
+        let id = auth.identify(&all).unwrap();
+        assert_eq!(id.subject(), BILLING);
+        assert_eq!(
+            id.source(),
+            &Source::ClientCertificate {
+                x5t_s256: all.x5t_s256()
+            }
+        );
+        assert_eq!(id.source().to_string(), "client_certificate");
+        assert_eq!(id.claim("spiffe_id"), Some(&Value::from(BILLING)));
+        assert_eq!(id.claim("x5t#S256"), Some(&Value::from(all.x5t_s256())));
+        assert_eq!(id.claim("dns"), None);
+        assert!(id.expires_at().is_some());
+        assert!(id.roles().is_empty() && id.scopes().is_empty());
+
+        // Other URI SANs are not SPIFFE IDs.
+        let dns = cert(
+            &["https://billing.example.org/"],
+            &["billing.internal", "other.internal"],
+            Some("billing-cn"),
+        );
+        let id = auth.identify(&dns).unwrap();
+        assert_eq!(id.subject(), "billing.internal");
+        assert_eq!(id.claim("dns"), Some(&Value::from("billing.internal")));
+
+        let cn = cert(&[], &[], Some("billing-cn"));
+        let id = auth.identify(&cn).unwrap();
+        assert_eq!(id.subject(), "billing-cn");
+        assert_eq!(id.claim("cn"), Some(&Value::from("billing-cn")));
+
+        let nothing = cert(&["urn:example:x"], &[], None);
+        assert_eq!(
+            refused(&auth, &nothing),
+            "client certificate names no usable subject"
+        );
+    }
+
+    #[test]
+    fn the_subject_order_is_configurable() {
+        let all = cert(&[BILLING], &["billing.internal"], Some("billing-cn"));
+        let cn_first = ClientCertAuthenticator::builder()
+            .subject_order([CertSubject::CommonName, CertSubject::SpiffeId])
+            .build()
+            .unwrap();
+        assert_eq!(cn_first.identify(&all).unwrap().subject(), "billing-cn");
+        let dns_only = ClientCertAuthenticator::builder()
+            .subject_order([CertSubject::DnsName])
+            .build()
+            .unwrap();
+        assert_eq!(
+            dns_only.identify(&all).unwrap().subject(),
+            "billing.internal"
+        );
+        let spiffe_only = ClientCertAuthenticator::builder()
+            .subject_order([CertSubject::SpiffeId])
+            .build()
+            .unwrap();
+        let no_spiffe = cert(&[], &["billing.internal"], Some("billing-cn"));
+        refused(&spiffe_only, &no_spiffe);
+        for bad in [vec![], vec![CertSubject::DnsName, CertSubject::DnsName]] {
+            assert!(
+                ClientCertAuthenticator::builder()
+                    .subject_order(bad)
+                    .build()
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn spiffe_ids_are_checked_and_never_fall_through() {
+        let auth = default();
+        let two = cert(
+            &[BILLING, "spiffe://example.org/other"],
+            &["billing.internal"],
+            None,
+        );
+        assert_eq!(
+            refused(&auth, &two),
+            "client certificate has more than one SPIFFE ID"
+        );
+        for bad in [
+            "spiffe://Example.org/billing",
+            "SPIFFE://example.org/billing",
+            "spiffe://example.org",
+            "spiffe://example.org/",
+            "spiffe://example.org/a//b",
+            "spiffe://example.org/a/",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/a?x=1",
+            "spiffe://example.org/a#frag",
+            "spiffe://example.org:443/a",
+            "spiffe://user@example.org/a",
+            "spiffe:///a",
+            "spiffe://example.org/a%20b",
+        ] {
+            let c = cert(&[bad], &["billing.internal"], Some("cn"));
+            assert_eq!(
+                refused(&auth, &c),
+                "client certificate has a malformed SPIFFE ID",
+                "{bad}"
+            );
+        }
+        let long = format!("spiffe://example.org/{}", "a".repeat(2048));
+        refused(&auth, &cert(&[&long], &[], None));
+        let longest = format!("spiffe://example.org/{}", "a".repeat(2048 - 21));
+        assert_eq!(
+            auth.identify(&cert(&[&longest], &[], None))
+                .unwrap()
+                .subject(),
+            longest
+        );
+        for good in [
+            "spiffe://example.org/a",
+            "spiffe://my-domain_1.example/ns/Prod/sa/x.y-z_Q",
+        ] {
+            assert_eq!(
+                auth.identify(&cert(&[good], &[], None)).unwrap().subject(),
+                good
+            );
+        }
+    }
+
+    #[test]
+    fn dns_names_and_common_names_are_checked() {
+        let auth = default();
+        for bad in ["*.example.org", "a..b", ".a", "a b"] {
+            let c = cert(&[], &[bad, "fine.example.org"], Some("cn"));
+            assert_eq!(
+                refused(&auth, &c),
+                "client certificate has a malformed DNS name",
+                "{bad}"
+            );
+        }
+        let c = cert(&[], &[], Some("bad\ncn"));
+        assert_eq!(
+            refused(&auth, &c),
+            "client certificate has an unusable common name"
+        );
+    }
+
+    #[test]
+    fn trust_domains_allow_list() {
+        let auth = ClientCertAuthenticator::builder()
+            .trust_domains(["example.org", "prod.example.com"])
+            .build()
+            .unwrap();
+        assert_eq!(
+            auth.identify(&cert(&[BILLING], &[], None))
+                .unwrap()
+                .subject(),
+            BILLING
+        );
+        let other = cert(
+            &["spiffe://evil.example/billing"],
+            &["billing.internal"],
+            None,
+        );
+        assert_eq!(
+            refused(&auth, &other),
+            "client certificate SPIFFE trust domain is not allowed"
+        );
+        // A suffix or prefix of an allowed domain is another domain.
+        refused(&auth, &cert(&["spiffe://example.org.evil/a"], &[], None));
+        refused(&auth, &cert(&["spiffe://xexample.org/a"], &[], None));
+        // The allow-list is about SPIFFE IDs: a DNS-named certificate still authenticates.
+        let dns = cert(&[], &["billing.internal"], None);
+        assert_eq!(auth.identify(&dns).unwrap().subject(), "billing.internal");
+
+        for bad in [
+            vec!["Example.org"],
+            vec![""],
+            vec!["example.org:443"],
+            vec!["example.org/x"],
+            vec![],
+        ] {
+            assert!(
+                ClientCertAuthenticator::builder()
+                    .trust_domains(bad.clone())
+                    .build()
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn grants_map_subjects_to_roles_and_scopes() {
+        let builder = ClientCertAuthenticator::builder()
+            .grant(BILLING, ["billing"], ["invoices:read", "invoices:write"])
+            .grant("reports.internal", ["reader"], Vec::<String>::new());
+        let auth = builder.clone().build().unwrap();
+        let id = auth.identify(&cert(&[BILLING], &[], None)).unwrap();
+        assert!(id.has_role("billing"));
+        assert!(id.has_scope("invoices:write") && id.has_scope("invoices:read"));
+        let id = auth
+            .identify(&cert(&[], &["reports.internal"], None))
+            .unwrap();
+        assert!(id.has_role("reader") && id.scopes().is_empty());
+        // Exact subjects only.
+        let id = auth
+            .identify(&cert(&["spiffe://example.org/ns/prod/billing2"], &[], None))
+            .unwrap();
+        assert!(id.roles().is_empty() && id.scopes().is_empty());
+
+        let strict = builder.require_mapping().build().unwrap();
+        assert!(strict.identify(&cert(&[BILLING], &[], None)).is_ok());
+        assert_eq!(
+            refused(&strict, &cert(&[], &["unknown.internal"], None)),
+            "client certificate subject has no grant"
+        );
+
+        let none: [&str; 0] = [];
+        for bad in [
+            ClientCertAuthenticator::builder().grant("", none, none),
+            ClientCertAuthenticator::builder().grant("spiffe://Example.org/a", none, none),
+            ClientCertAuthenticator::builder()
+                .grant("a", none, none)
+                .grant("a", ["x"], none),
+            ClientCertAuthenticator::builder()
+                .trust_domains(["example.org"])
+                .grant("spiffe://other.org/a", none, none),
+        ] {
+            assert!(bad.build().is_err());
+        }
+    }
+
+    #[test]
+    fn certificates_without_usable_der_are_refused() {
+        let auth = default();
+        let good = cert(&[BILLING], &[], None);
+        let hashed = ClientCertificate::from_thumbprint(*good.thumbprint());
+        assert_eq!(
+            refused(&auth, &hashed),
+            "client certificate known only by its thumbprint"
+        );
+        for garbage in [
+            Vec::new(),
+            b"not DER".to_vec(),
+            good.der().unwrap()[..100].to_vec(),
+            [good.der().unwrap(), &[0u8][..]].concat(),
+        ] {
+            let reason = refused(&auth, &ClientCertificate::from_der(garbage));
+            assert_eq!(reason, "client certificate does not parse");
+        }
+    }
+
+    #[test]
+    fn extract_reads_the_extension_and_parses_nothing() {
+        let auth = default();
+        let mut request = Request::new(());
+        assert!(auth.extract(&RequestHead::of(&request)).unwrap().is_none());
+        // Garbage is extracted (parsing happens in authenticate).
+        request
+            .extensions_mut()
+            .insert(ClientCertificate::from_der(&b"garbage"[..]));
+        assert!(auth.extract(&RequestHead::of(&request)).unwrap().is_some());
+    }
+
+    /// A request with a peer address and, optionally, a client certificate and `x-user`.
+    fn request(cert: Option<ClientCertificate>, user: Option<&str>) -> Request<()> {
+        let mut request = Request::get("/");
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        let mut request = request.body(()).unwrap();
+        let peer: SocketAddr = "192.0.2.10:50000".parse().unwrap();
+        request.extensions_mut().insert(peer);
+        if let Some(cert) = cert {
+            request.extensions_mut().insert(cert);
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn through_the_auth_layer() {
+        let layer = AuthLayer::new(
+            ClientCertAuthenticator::builder()
+                .grant(BILLING, ["billing"], ["invoices:write"])
+                .build()
+                .unwrap(),
+        );
+        let good = cert(&[BILLING], &[], None);
+        let out = run(&layer, request(Some(good), None)).await;
+        assert_eq!(out.status, StatusCode::OK);
+        assert_eq!(out.subject.as_deref(), Some(BILLING));
+        assert_eq!(out.calls, 1);
+
+        let out = run(&layer, request(None, None)).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(out.error.unwrap().kind(), AuthErrorKind::MissingCredentials);
+        assert_eq!(out.calls, 0);
+
+        let garbage = ClientCertificate::from_der(&b"garbage"[..]);
+        let out = run(&layer, request(Some(garbage), None)).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(out.error.unwrap().kind(), AuthErrorKind::InvalidToken);
+        assert_eq!(out.calls, 0);
+    }
+
+    #[tokio::test]
+    async fn composes_with_or() {
+        let layer = AuthLayer::new(HeaderAuth { waits: false }.or(default()));
+        let good = || Some(cert(&[BILLING], &[], None));
+
+        // Only the header: the header authenticator.
+        let out = run(&layer, request(None, Some("alice"))).await;
+        assert_eq!(out.subject.as_deref(), Some("alice"));
+        // Only the certificate: the certificate.
+        let out = run(&layer, request(good(), None)).await;
+        assert_eq!(out.subject.as_deref(), Some(BILLING));
+        // Both: ambiguous.
+        let out = run(&layer, request(good(), Some("alice"))).await;
+        assert_eq!(out.status, StatusCode::BAD_REQUEST);
+        assert_eq!(out.calls, 0);
+        // A bad certificate never falls through.
+        let bad = Some(cert(&["spiffe://Bad/x"], &["dns.internal"], None));
+        let out = run(&layer, request(bad, None)).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+        // Neither.
+        let out = run(&layer, request(None, None)).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+
+        // The certificate first, with a waiting second authenticator.
+        let layer = AuthLayer::new(default().or(HeaderAuth { waits: true }));
+        let out = run(&layer, request(None, Some("bob"))).await;
+        assert_eq!(out.subject.as_deref(), Some("bob"));
+        let out = run(&layer, request(good(), None)).await;
+        assert_eq!(out.subject.as_deref(), Some(BILLING));
+    }
+
+    #[test]
+    fn caller_keys_name_the_subject() {
+        let id = default().identify(&cert(&[BILLING], &[], None)).unwrap();
+        assert_eq!(id.caller_key(), format!("client_certificate:{BILLING}"));
+    }
+}
