@@ -5,7 +5,12 @@
 //!   accepts a token whose `cnf["x5t#S256"]` is set only over a connection whose client
 //!   certificate has that thumbprint;
 
+mod forwarded;
 mod identity;
 
+pub use self::forwarded::{
+    CertHeader, DEFAULT_MAX_CERT_HEADER_LEN, ForwardedClientCert, ForwardedClientCertLayer,
+    ReadForwardedCert,
+};
 pub use self::identity::{CertSubject, ClientCertAuthenticator, ClientCertAuthenticatorBuilder};
 pub use crate::cert::ClientCertificate;
