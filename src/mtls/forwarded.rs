@@ -374,3 +374,418 @@ fn hex_sha256(hex: &[u8]) -> Result<[u8; 32], AuthError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::StatusCode;
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::auth::AuthLayer;
+    use crate::error::AuthErrorKind;
+    use crate::identity::Identity;
+    use crate::mtls::ClientCertAuthenticator;
+    use crate::mtls::identity::tests::der;
+
+    const PROXY: &str = "10.0.0.7:40000";
+    const STRANGER: &str = "198.51.100.9:40000";
+    const NGINX: HeaderName = HeaderName::from_static("x-ssl-client-cert");
+
+    fn proxies() -> ClientAddr {
+        ClientAddr::new().trusted_proxies(["10.0.0.0/8"]).unwrap()
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        // rustls-pki-types writes no PEM; build it by hand, 64 columns.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        pem
+    }
+
+    fn escaped(der: &[u8]) -> String {
+        utf8_percent_encode(&pem_of(der), NON_ALPHANUMERIC).to_string()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn sha256_hex(der: &[u8]) -> String {
+        hex(ClientCertificate::from_der(der.to_vec()).thumbprint())
+    }
+
+    struct Seen {
+        status: StatusCode,
+        cert: Option<ClientCertificate>,
+        error: Option<AuthError>,
+    }
+
+    /// Call the layer with `headers`, from `peer`, with `tls` as the connection's own
+    /// certificate; what the inner service saw.
+    async fn call(
+        layer: &ForwardedClientCertLayer,
+        peer: Option<&str>,
+        tls: Option<ClientCertificate>,
+        headers: &[(HeaderName, &str)],
+    ) -> Seen {
+        let inner = tower::service_fn(|req: Request<()>| async move {
+            let mut response = Response::new(());
+            if let Some(cert) = req.extensions().get::<ClientCertificate>() {
+                response.extensions_mut().insert(cert.clone());
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        if let Some(peer) = peer {
+            request
+                .extensions_mut()
+                .insert(peer.parse::<SocketAddr>().unwrap());
+        }
+        if let Some(tls) = tls {
+            request.extensions_mut().insert(tls);
+        }
+        let response = tower_layer::Layer::layer(layer, inner)
+            .oneshot(request)
+            .await
+            .unwrap();
+        Seen {
+            status: response.status(),
+            cert: response.extensions().get::<ClientCertificate>().cloned(),
+            error: response.extensions().get::<AuthError>().cloned(),
+        }
+    }
+
+    async fn xfcc_from_proxy(value: &str) -> Seen {
+        call(
+            &ForwardedClientCertLayer::xfcc(proxies()),
+            Some(PROXY),
+            None,
+            &[(XFCC.clone(), value)],
+        )
+        .await
+    }
+
+    /// The request was refused with 400 and this reason, before the inner service.
+    fn bad_request(seen: &Seen) -> String {
+        assert_eq!(seen.status, StatusCode::BAD_REQUEST);
+        let error = seen.error.as_ref().unwrap();
+        assert_eq!(error.kind(), AuthErrorKind::InvalidRequest);
+        error.reason().to_owned()
+    }
+
+    #[tokio::test]
+    async fn xfcc_cert_hash_and_both() {
+        let der = der(&[], &["svc.internal"], None);
+        let hash = sha256_hex(&der);
+
+        let seen = xfcc_from_proxy(&format!(
+            r#"By=spiffe://example.org/gw;Cert="{}";Subject="";URI=;DNS=svc.internal"#,
+            escaped(&der)
+        ))
+        .await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.cert.unwrap().der(), Some(&der[..]));
+
+        // The hash alone: the thumbprint, no DER. Either case of hex.
+        for hash in [hash.clone(), hash.to_uppercase()] {
+            let seen = xfcc_from_proxy(&format!("By=x;Hash={hash}")).await;
+            let cert = seen.cert.unwrap();
+            assert_eq!(cert.der(), None);
+            assert_eq!(hex(cert.thumbprint()), hash.to_lowercase());
+        }
+
+        // Both, agreeing (unquoted Cert is fine too).
+        let seen = xfcc_from_proxy(&format!("Hash={hash};Cert={}", escaped(&der))).await;
+        assert_eq!(seen.cert.unwrap().der(), Some(&der[..]));
+
+        // Both, disagreeing.
+        let other = sha256_hex(b"another certificate");
+        let seen = xfcc_from_proxy(&format!("Hash={other};Cert=\"{}\"", escaped(&der))).await;
+        assert_eq!(
+            bad_request(&seen),
+            "forwarded client certificate and hash disagree"
+        );
+        assert!(seen.cert.is_none());
+    }
+
+    #[tokio::test]
+    async fn xfcc_quoted_values_and_several_elements() {
+        let first = der(&[], &["first.internal"], None);
+        let last = der(&[], &["last.internal"], None);
+        // Commas, semicolons, equals signs and escaped quotes inside quoted values.
+        let value = format!(
+            r#"Hash={};Subject="CN=a, O=\"b;c=d\", L=x";Cert="{}", By="a,b";Subject="O=\"x,y\"";Cert="{}";Hash={}"#,
+            sha256_hex(&first),
+            escaped(&first),
+            escaped(&last),
+            sha256_hex(&last),
+        );
+        let seen = xfcc_from_proxy(&value).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.cert.unwrap().der(), Some(&last[..]));
+
+        // Several header lines: the last element of the last line; empty elements skipped.
+        let seen = call(
+            &ForwardedClientCertLayer::xfcc(proxies()),
+            Some(PROXY),
+            None,
+            &[
+                (XFCC.clone(), &format!("Hash={}", sha256_hex(&last))),
+                (XFCC.clone(), &format!("Hash={}, ,", sha256_hex(&first))),
+            ],
+        )
+        .await;
+        assert_eq!(hex(seen.cert.unwrap().thumbprint()), sha256_hex(&first));
+    }
+
+    #[tokio::test]
+    async fn malformed_xfcc_from_a_trusted_proxy_is_a_400() {
+        let der = der(&[], &["svc.internal"], None);
+        let two = format!("{}{}", pem_of(&der), pem_of(&der));
+        let two = utf8_percent_encode(&two, NON_ALPHANUMERIC).to_string();
+        let hash = sha256_hex(&der);
+        let cases = [
+            (
+                format!("Hash={hash};Cert=\"unterminated"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                format!("By=\"open, Hash={hash}"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                format!("Hash{hash}"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                format!("Hash=\"{hash}\"x"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                format!("Hash=a\"{hash}"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                format!("=x;Hash={hash}"),
+                "malformed forwarded client certificate header",
+            ),
+            (
+                "Cert=\"not a pem\"".to_owned(),
+                "forwarded client certificate is not one PEM certificate",
+            ),
+            (
+                format!("Cert={two}"),
+                "forwarded client certificate is not one PEM certificate",
+            ),
+            (
+                "Cert=".to_owned(),
+                "forwarded client certificate is not one PEM certificate",
+            ),
+            (
+                "Hash=abcd".to_owned(),
+                "forwarded client certificate hash is not hex SHA-256",
+            ),
+            (
+                format!("Hash={}", "zz".repeat(32)),
+                "forwarded client certificate hash is not hex SHA-256",
+            ),
+            (
+                "By=spiffe://example.org/gw;URI=x".to_owned(),
+                "forwarded client certificate element has neither Cert nor Hash",
+            ),
+            (
+                format!("Hash={hash};hash={hash}"),
+                "forwarded client certificate element repeats Cert or Hash",
+            ),
+        ];
+        for (value, reason) in cases {
+            let seen = xfcc_from_proxy(&value).await;
+            assert_eq!(bad_request(&seen), reason, "{value}");
+            // Never the header's content in the reason.
+            assert!(!bad_request(&seen).contains(&hash));
+        }
+    }
+
+    #[tokio::test]
+    async fn nginx_escaped_pem() {
+        let layer = ForwardedClientCertLayer::new(proxies(), CertHeader::EscapedPem(NGINX));
+        let der = der(&[], &["svc.internal"], None);
+        let seen = call(&layer, Some(PROXY), None, &[(NGINX, &escaped(&der))]).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.cert.unwrap().der(), Some(&der[..]));
+
+        // nginx's empty value: no certificate.
+        let seen = call(&layer, Some(PROXY), None, &[(NGINX, "")]).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert!(seen.cert.is_none());
+
+        let seen = call(&layer, Some(PROXY), None, &[(NGINX, "garbage")]).await;
+        assert_eq!(
+            bad_request(&seen),
+            "forwarded client certificate is not one PEM certificate"
+        );
+        let e = escaped(&der);
+        let seen = call(&layer, Some(PROXY), None, &[(NGINX, &e), (NGINX, &e)]).await;
+        assert_eq!(
+            bad_request(&seen),
+            "more than one forwarded client certificate header"
+        );
+        // The XFCC header means nothing to this layer.
+        let seen = call(&layer, Some(PROXY), None, &[(XFCC.clone(), "Hash=garbage")]).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert!(seen.cert.is_none());
+    }
+
+    #[tokio::test]
+    async fn headers_from_untrusted_or_unknown_peers_are_ignored() {
+        let tls = ClientCertificate::from_der(der(&[], &["tls.internal"], None));
+        let forged = der(&[], &["forged.internal"], None);
+        let xfcc = ForwardedClientCertLayer::xfcc(proxies());
+        let nginx = ForwardedClientCertLayer::new(proxies(), CertHeader::EscapedPem(NGINX));
+        let headers = [
+            (XFCC.clone(), format!("Cert=\"{}\"", escaped(&forged))),
+            (NGINX, escaped(&forged)),
+        ];
+        for layer in [&xfcc, &nginx] {
+            for (name, value) in &headers {
+                for peer in [Some(STRANGER), None] {
+                    let h = [(name.clone(), value.as_str())];
+                    // The connection's own certificate stays.
+                    let seen = call(layer, peer, Some(tls.clone()), &h).await;
+                    assert_eq!(seen.status, StatusCode::OK);
+                    assert_eq!(seen.cert.unwrap().thumbprint(), tls.thumbprint());
+                    let seen = call(layer, peer, None, &h).await;
+                    assert!(seen.cert.is_none());
+                    // Even a malformed header is not looked at.
+                    let h = [(name.clone(), "Cert=\"unterminated")];
+                    assert_eq!(call(layer, peer, None, &h).await.status, StatusCode::OK);
+                }
+            }
+        }
+        // From the trusted proxy, the forwarded one replaces the connection's; no header
+        // leaves it.
+        let h = [(XFCC.clone(), headers[0].1.as_str())];
+        let seen = call(&xfcc, Some(PROXY), Some(tls.clone()), &h).await;
+        assert_eq!(seen.cert.unwrap().der(), Some(&forged[..]));
+        let seen = call(&xfcc, Some(PROXY), Some(tls.clone()), &[]).await;
+        assert_eq!(seen.cert.unwrap().thumbprint(), tls.thumbprint());
+    }
+
+    #[tokio::test]
+    async fn an_over_long_header_is_a_400() {
+        let der = der(&[], &["svc.internal"], None);
+        let value = format!("Cert=\"{}\"", escaped(&der));
+        let layer = ForwardedClientCertLayer::xfcc(proxies());
+        let padded = format!(
+            "{},{value}",
+            "By=x;".repeat(DEFAULT_MAX_CERT_HEADER_LEN / 5)
+        );
+        assert_eq!(
+            bad_request(&xfcc_from_proxy(&padded).await),
+            "forwarded client certificate header too long"
+        );
+        // Exactly at the cap passes; one more byte does not; lines count together.
+        let small = layer.clone().max_header_len(value.len());
+        let h = [(XFCC.clone(), value.as_str())];
+        assert_eq!(
+            call(&small, Some(PROXY), None, &h).await.status,
+            StatusCode::OK
+        );
+        let small = layer.max_header_len(value.len() - 1);
+        assert_eq!(
+            call(&small, Some(PROXY), None, &h).await.status,
+            StatusCode::BAD_REQUEST
+        );
+        let small = ForwardedClientCertLayer::xfcc(proxies()).max_header_len(value.len() + 5);
+        let h = [(XFCC.clone(), value.as_str()), (XFCC.clone(), "By=x")];
+        assert_eq!(
+            call(&small, Some(PROXY), None, &h).await.status,
+            StatusCode::BAD_REQUEST
+        );
+        // From a stranger, not even the length is looked at.
+        assert_eq!(
+            call(&small, Some(STRANGER), None, &h).await.status,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn in_front_of_client_certificate_authentication() {
+        let svc = ServiceBuilder::new()
+            .layer(ForwardedClientCertLayer::xfcc(proxies()))
+            .layer(AuthLayer::new(
+                ClientCertAuthenticator::builder().build().unwrap(),
+            ))
+            .service_fn(|req: Request<()>| async move {
+                let who = req
+                    .extensions()
+                    .get::<Identity>()
+                    .map(|i| i.subject().to_owned());
+                let mut res = Response::new(());
+                if let Some(who) = who {
+                    res.headers_mut()
+                        .insert("x-who", HeaderValue::from_str(&who).unwrap());
+                }
+                Ok::<_, Infallible>(res)
+            });
+        let der = der(&["spiffe://example.org/billing"], &[], None);
+        let request = |value: String, peer: &str| {
+            let mut r = Request::builder().header(&XFCC, value).body(()).unwrap();
+            r.extensions_mut()
+                .insert(peer.parse::<SocketAddr>().unwrap());
+            r
+        };
+        let res = svc
+            .clone()
+            .oneshot(request(format!("Cert=\"{}\"", escaped(&der)), PROXY))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["x-who"], "spiffe://example.org/billing");
+        // A hash alone is not enough for an identity.
+        let res = svc
+            .clone()
+            .oneshot(request(format!("Hash={}", sha256_hex(&der)), PROXY))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        // A stranger's header is no credential.
+        let res = svc
+            .oneshot(request(format!("Cert=\"{}\"", escaped(&der)), STRANGER))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            res.extensions().get::<AuthError>().unwrap().kind(),
+            AuthErrorKind::MissingCredentials
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_header_panics(value in r#"[a-zA-Z0-9"\\,;= %\-]{0,64}"#) {
+            let Ok(value) = HeaderValue::from_str(&value) else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            headers.insert(XFCC.clone(), value.clone());
+            headers.insert(NGINX, value);
+            let check = ReadForwardedCert { client_addr: proxies(), header: CertHeader::Xfcc, max_len: 64 };
+            let _ = check.read(&headers, &XFCC);
+            let check = ReadForwardedCert { header: CertHeader::EscapedPem(NGINX), ..check };
+            let _ = check.read(&headers, &NGINX);
+        }
+    }
+}
