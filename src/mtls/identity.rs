@@ -432,12 +432,12 @@ impl ClientCertAuthenticatorBuilder {
                         "a client-certificate grant names a malformed SPIFFE ID",
                     ));
                 };
-                if let Some(allowed) = &trust_domains {
-                    if !allowed.iter().any(|d| **d == *domain) {
-                        return Err(ConfigError::setting(
-                            "a client-certificate grant names a SPIFFE ID outside the allowed trust domains",
-                        ));
-                    }
+                if let Some(allowed) = &trust_domains
+                    && !allowed.iter().any(|d| **d == *domain)
+                {
+                    return Err(ConfigError::setting(
+                        "a client-certificate grant names a SPIFFE ID outside the allowed trust domains",
+                    ));
                 }
             }
             if grants.insert(subject.into_boxed_str(), grant).is_some() {
