@@ -39,6 +39,13 @@ pub enum Source {
         /// The key record's id.
         key_id: String,
     },
+    /// A verified TLS client certificate (mutual TLS, service to service); the subject is
+    /// the certificate's SPIFFE ID, DNS name or common name.
+    ClientCertificate {
+        /// The certificate's SHA-256 thumbprint, base64url without padding (RFC 8705
+        /// `x5t#S256`).
+        x5t_s256: String,
+    },
     /// A credential checked by an authenticator outside this crate.
     Custom {
         /// A name for the mechanism, for logs and handlers.
@@ -51,6 +58,7 @@ impl fmt::Display for Source {
         match self {
             Source::Jwt { .. } => f.write_str("jwt"),
             Source::ApiKey { .. } => f.write_str("api_key"),
+            Source::ClientCertificate { .. } => f.write_str("client_certificate"),
             Source::Custom { mechanism } => write!(f, "custom:{mechanism}"),
         }
     }
@@ -168,6 +176,9 @@ impl Identity {
     /// - [`Source::ApiKey`]: `api_key:` + the subject (the key's owner). The key id is left
     ///   out on purpose: the keys of one owner (several keys, or an old and a new key during
     ///   a rotation's grace period) are one caller, with one budget.
+    /// - [`Source::ClientCertificate`]: `client_certificate:` + the subject (the SPIFFE ID,
+    ///   DNS name or common name). The thumbprint is left out for the same reason: a
+    ///   renewed certificate of one service is the same caller.
     /// - [`Source::Custom`]: `custom:` + the mechanism + the subject.
     ///
     /// Every variable part but the last is written with its length in bytes before it
@@ -185,6 +196,7 @@ impl Identity {
             let (kind, namespace) = match self.source() {
                 Source::Jwt { issuer } => ("jwt", Some(issuer.as_str())),
                 Source::ApiKey { .. } => ("api_key", None),
+                Source::ClientCertificate { .. } => ("client_certificate", None),
                 Source::Custom { mechanism } => ("custom", Some(mechanism.as_str())),
             };
             let mut key = String::with_capacity(
