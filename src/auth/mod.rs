@@ -289,6 +289,19 @@ pub trait AuthenticatorExt: Authenticator + Sized {
         Or {
             first: self,
             second: other,
+            fallback: false,
+        }
+    }
+
+    /// Try `self`, and `other` only when `self` finds no credential of its kind; unlike
+    /// [`or`](Self::or), a request carrying both kinds is `self`'s. For a credential that
+    /// rides along with others, such as a TLS client certificate: a certificate-bound token
+    /// comes with its certificate, and the token decides.
+    fn or_else<B: Authenticator>(self, other: B) -> Or<Self, B> {
+        Or {
+            first: self,
+            second: other,
+            fallback: true,
         }
     }
 
@@ -315,6 +328,8 @@ pub enum OrCredential<A, B> {
 pub struct Or<A, B> {
     first: A,
     second: B,
+    /// Made by `or_else`: the second is asked only when the first has no credential.
+    fallback: bool,
 }
 
 impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
@@ -323,6 +338,12 @@ impl<A: Authenticator, B: Authenticator> Authenticator for Or<A, B> {
 
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<Self::Credential>, AuthError> {
         let first = self.first.extract(head)?;
+        if self.fallback {
+            return Ok(match first {
+                Some(a) => Some(OrCredential::First(a)),
+                None => self.second.extract(head)?.map(OrCredential::Second),
+            });
+        }
         let second = self.second.extract(head)?;
         match (first, second) {
             (Some(_), Some(_)) => Err(AuthError::invalid_request(
@@ -512,6 +533,18 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _, calls) = call(&layer, &[("x-user", "bad")]).await;
         assert_eq!((status, calls), (StatusCode::UNAUTHORIZED, 0));
+    }
+
+    #[tokio::test]
+    async fn or_else_gives_a_request_with_both_to_the_first() {
+        let layer = AuthLayer::new(Header { waits: false }.or_else(Key));
+        let (_, who, _) = call(&layer, &[("x-user", "alice"), ("x-key", "svc")]).await;
+        assert_eq!(who.as_deref(), Some("alice"));
+        let (_, who, _) = call(&layer, &[("x-key", "svc")]).await;
+        assert_eq!(who.as_deref(), Some("svc"));
+        // A bad first credential still never falls through.
+        let (status, _, _) = call(&layer, &[("x-user", "bad"), ("x-key", "svc")]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]
