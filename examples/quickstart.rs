@@ -27,6 +27,22 @@
 //! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
 //! also logs each authenticated request).
 //!
+//! Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mutual TLS) work on the same routes:
+//!
+//! * a token with `cnf.jkt` always needs a valid DPoP proof (`Authorization: DPoP <token>`
+//!   and a `DPoP` header); `GUARD_DPOP=required` makes every JWT need one, `GUARD_DPOP=off`
+//!   turns DPoP off (default `allowed`: unbound bearer tokens still pass);
+//!   `GUARD_DPOP_NONCE=on` requires server nonces (`DPoP-Nonce`); `GUARD_EXTERNAL_URL` is
+//!   the origin clients call, which proofs name in `htu` (default: the listen address,
+//!   `http://GUARD_ADDR`, or `https://` with TLS). With the dev issuer, the server prints
+//!   a DPoP-bound token and fresh proofs (single use, valid for 60 s) to try at once.
+//! * `GUARD_TLS_CERT` and `GUARD_TLS_KEY` (PEM files) serve HTTPS; `GUARD_TLS_CLIENT_CA`
+//!   (a PEM file) also requests client certificates signed by that CA (optional for the
+//!   client). Then a token with `cnf["x5t#S256"]` passes only over a connection with that
+//!   certificate, and a request with a client certificate and no other credential is
+//!   authenticated as the certificate's SPIFFE ID, DNS name or common name (source
+//!   `client_certificate`, no scopes or roles: `GET /me` answers it).
+//!
 //! The layers are stacked the fast way, as the README advises: one [`GuardLayer`] (the
 //! brute-force guard, authentication, the rate limit) on one `route_layer`, and the route's
 //! own `RequireLayer` on each handler.
@@ -43,7 +59,11 @@ use tower_api_guard::api_key::{
 };
 use tower_api_guard::auth::AuthenticatorExt;
 use tower_api_guard::authz::RequireLayer;
-use tower_api_guard::jwt::{JwtAuthenticator, KeySource, RemoteJwks, StaticKeys};
+use tower_api_guard::jwt::{
+    Algorithm, DpopConfig, DpopMode, DpopNonces, ExternalOrigin, JwtAuthenticator, KeySource,
+    RemoteJwks, StaticKeys,
+};
+use tower_api_guard::mtls::{ClientCertAuthenticator, serve_tls_with_shutdown, server_config};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{GuardLayer, Identity};
@@ -69,6 +89,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()
         .map_err(|e| format!("GUARD_ADDR is not a socket address: {e}"))?;
 
+    // TLS: GUARD_TLS_CERT and GUARD_TLS_KEY together; GUARD_TLS_CLIENT_CA optional.
+    let read = |var: &str| -> Result<Option<Vec<u8>>, String> {
+        match std::env::var(var) {
+            Ok(path) => std::fs::read(&path)
+                .map(Some)
+                .map_err(|e| format!("{var}: reading {path}: {e}")),
+            Err(_) => Ok(None),
+        }
+    };
+    let client_ca = read("GUARD_TLS_CLIENT_CA")?;
+    let tls = match (read("GUARD_TLS_CERT")?, read("GUARD_TLS_KEY")?) {
+        (Some(cert), Some(key)) => Some(
+            server_config(&cert, &key, client_ca.as_deref()).map_err(|e| {
+                format!("GUARD_TLS_CERT / GUARD_TLS_KEY / GUARD_TLS_CLIENT_CA: {e}")
+            })?,
+        ),
+        (None, None) if client_ca.is_none() => None,
+        (None, None) => {
+            return Err("GUARD_TLS_CLIENT_CA needs GUARD_TLS_CERT and GUARD_TLS_KEY".into());
+        }
+        _ => return Err("GUARD_TLS_CERT and GUARD_TLS_KEY go together".into()),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
+    // DPoP: GUARD_DPOP (allowed, required, off), GUARD_DPOP_NONCE (on, off),
+    // GUARD_EXTERNAL_URL (default: the listen address).
+    let mode = match std::env::var("GUARD_DPOP").as_deref() {
+        Err(_) | Ok("allowed") => DpopMode::Allowed,
+        Ok("required") => DpopMode::Required,
+        Ok("off") => DpopMode::Off,
+        Ok(other) => return Err(format!("GUARD_DPOP (allowed, required or off): {other:?}").into()),
+    };
+    let external =
+        std::env::var("GUARD_EXTERNAL_URL").unwrap_or_else(|_| format!("{scheme}://{addr}"));
+    let origin =
+        ExternalOrigin::parse(&external).map_err(|e| format!("GUARD_EXTERNAL_URL: {e}"))?;
+    let mut dpop = DpopConfig::new(mode).external_origin(origin.clone());
+    match std::env::var("GUARD_DPOP_NONCE").as_deref() {
+        Err(_) | Ok("off") => {}
+        Ok("on") => dpop = dpop.nonces(DpopNonces::new()?),
+        Ok(other) => return Err(format!("GUARD_DPOP_NONCE (on or off): {other:?}").into()),
+    }
+
     // Keep the dev issuer's JWKS server alive for the life of the process.
     let mut _served = None;
     let jwt = match std::env::var("GUARD_ISSUER") {
@@ -81,7 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 println!("Keys from {file}");
                 let keys = StaticKeys::from_jwks_json(&jwks)
                     .map_err(|e| format!("GUARD_JWKS_FILE ({file}): {e}"))?;
-                authenticator(&issuer, &audience, keys)
+                authenticator(&issuer, &audience, keys, dpop.clone())
                     .map_err(|e| format!("GUARD_ISSUER / GUARD_AUDIENCE: {e}"))?
             } else {
                 let keys = match std::env::var("GUARD_JWKS_URL") {
@@ -105,10 +168,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         keys.status().last_error
                     );
                 }
-                authenticator(&issuer, &audience, keys)
+                authenticator(&issuer, &audience, keys, dpop.clone())
                     .map_err(|e| format!("GUARD_ISSUER / GUARD_AUDIENCE: {e}"))?
             };
-            println!("Protecting http://{addr} for issuer {issuer}, audience {audience}");
+            println!("Protecting {scheme}://{addr} for issuer {issuer}, audience {audience}");
             jwt
         }
         Err(_) => {
@@ -117,8 +180,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // The same path a real issuer takes: a remote, cached, refreshed key set.
             let keys = RemoteJwks::builder(served.jwks_url()).build()?;
             keys.ready().await?;
-            let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, keys)?;
-            print_demo(&issuer, &served.jwks_url(), addr);
+            let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, keys, dpop.clone())?;
+            print_demo(&issuer, &served.jwks_url(), addr, scheme);
+            if mode != DpopMode::Off {
+                print_dpop_demo(&issuer, &origin, addr, scheme);
+            }
             _served = Some(served);
             jwt
         }
@@ -171,13 +237,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     key_store.create(&record).await?;
     let api_keys = ApiKeyAuthenticator::new(key_format, CachedKeyStore::new(key_store));
     println!("# the demo API key (scope items:read), accepted on the same routes");
-    println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/me");
-    println!("curl -i -H \"X-API-Key: {demo_key}\" http://{addr}/items\n");
+    println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/me");
+    println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/items\n");
 
     // The usual stack in one layer, in the fast order: the brute-force guard per client
     // address (GUARD_AUTH_FAILURE_LIMIT, default 20/min, or `off`), then authentication
     // (a JWT or the API key), then the per-identity rate limit.
-    let mut guard = GuardLayer::new(jwt.clone().or(api_keys)).rate_limit(rate_limit);
+    // With GUARD_TLS_CLIENT_CA, a client certificate alone authenticates too (a token or key
+    // beside it decides instead: `or_else`).
+    let certificates = ClientCertAuthenticator::builder()
+        .build()
+        .map_err(|e| format!("client certificate identities: {e}"))?;
+    let authenticate = jwt.clone().or(api_keys).or_else(certificates);
+    let mut guard = GuardLayer::new(authenticate).rate_limit(rate_limit);
     let failure_limit =
         std::env::var("GUARD_AUTH_FAILURE_LIMIT").unwrap_or_else(|_| "20/min".into());
     if failure_limit != "off" {
@@ -205,14 +277,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    };
+    match tls {
+        Some(config) => serve_tls_with_shutdown(listener, config, app, shutdown).await?,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?
+        }
+    }
     Ok(())
 }
 
@@ -220,15 +298,50 @@ fn authenticator(
     issuer: &str,
     audience: &str,
     keys: impl KeySource,
+    dpop: DpopConfig,
 ) -> Result<JwtAuthenticator, tower_api_guard::ConfigError> {
     JwtAuthenticator::builder(issuer, audience)
         .keys(keys)
+        .dpop(dpop)
         .scope_claims(["scope", "scp"])
         .role_claims(["roles", "realm_access.roles"])
         .build()
 }
 
-fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr) {
+/// A DPoP-bound token and fresh proofs for it, minted with the crate's `testing` tools
+/// (`TestIssuer::dpop_key`, `TokenBuilder::dpop_bound`, `DpopKey::proof`): each proof is
+/// good once, for 60 s.
+fn print_dpop_demo(issuer: &TestIssuer, origin: &ExternalOrigin, addr: SocketAddr, scheme: &str) {
+    let client = issuer.dpop_key(Algorithm::ES256);
+    let token = issuer
+        .token()
+        .subject("dpop-user")
+        .audience(DEV_AUDIENCE)
+        .scope("items:read")
+        .dpop_bound(&client)
+        .expires_in(Duration::from_secs(3600))
+        .mint();
+    let proof = |path: &str| {
+        client
+            .proof("GET", &format!("{origin}{path}"))
+            .access_token(&token)
+            .mint()
+    };
+    println!("# DPoP: a token bound to a client key (cnf.jkt); each proof works once, within 60 s");
+    println!("DPOP_TOKEN={token}");
+    println!(
+        "curl -i -H \"Authorization: DPoP $DPOP_TOKEN\" -H \"DPoP: {}\" {scheme}://{addr}/me",
+        proof("/me")
+    );
+    println!(
+        "curl -i -H \"Authorization: DPoP $DPOP_TOKEN\" -H \"DPoP: {}\" {scheme}://{addr}/items",
+        proof("/items")
+    );
+    println!("# the same token as Bearer: 401 (no downgrade)");
+    println!("curl -i -H \"Authorization: Bearer $DPOP_TOKEN\" {scheme}://{addr}/me\n");
+}
+
+fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr, scheme: &str) {
     let mint = |scope: &str, roles: &[&str]| {
         issuer
             .token()
@@ -241,19 +354,19 @@ fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr) {
     };
     let admin = mint("items:read items:write", &["admin"]);
     let reader = mint("items:read", &[]);
-    println!("tower-api-guard quickstart on http://{addr}");
+    println!("tower-api-guard quickstart on {scheme}://{addr}");
     println!("Embedded dev issuer {DEV_ISSUER}, JWKS at {jwks_url}; tokens valid for 1 hour.\n");
     println!("# no credentials: 401");
-    println!("curl -i http://{addr}/me\n");
+    println!("curl -i {scheme}://{addr}/me\n");
     println!("# admin token (items:read items:write, role admin)");
     println!("TOKEN={admin}");
-    println!("curl -i -H \"Authorization: Bearer $TOKEN\" http://{addr}/me");
-    println!("curl -i -X POST -H \"Authorization: Bearer $TOKEN\" http://{addr}/items");
-    println!("curl -i -H \"Authorization: Bearer $TOKEN\" http://{addr}/admin\n");
+    println!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/me");
+    println!("curl -i -X POST -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/items");
+    println!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/admin\n");
     println!("# read-only token: GET /items 200, POST /items and /admin 403");
     println!("READER={reader}");
-    println!("curl -i -H \"Authorization: Bearer $READER\" http://{addr}/items");
-    println!("curl -i -X POST -H \"Authorization: Bearer $READER\" http://{addr}/items\n");
+    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items");
+    println!("curl -i -X POST -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items\n");
 }
 
 /// What `GET /me` answers: borrowed from the identity, serialized once (no JSON tree).
