@@ -260,7 +260,8 @@ mod tests {
         );
         let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
         let other_key = other.signing_key.serialize_pem();
-        let cases: [(&[u8], &[u8], Option<&[u8]>); 5] = [
+        type Case<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+        let cases: [Case<'_>; 5] = [
             (b"garbage", key_pem.as_bytes(), None),
             (cert_pem.as_bytes(), b"garbage", None),
             (key_pem.as_bytes(), key_pem.as_bytes(), None),

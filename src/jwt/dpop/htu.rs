@@ -286,7 +286,6 @@ impl FromStr for ExternalOrigin {
 /// is refused: not an absolute `http`/`https` URI with a host, a query (even an empty
 /// `?`), a fragment, userinfo, whitespace or a control character, a malformed
 /// percent-encoding, or more than 4096 bytes.
-
 pub(crate) fn normalize_htu(htu: &str) -> Result<String, &'static str> {
     normalize(htu).map_err(UriError::htu_reason)
 }
@@ -315,7 +314,6 @@ fn normalize(htu: &str) -> Result<String, UriError> {
 /// path (`http::Uri::path()`), normalised exactly as [`normalize_htu`] normalises the
 /// equivalent absolute URI, so the check is a plain string compare. An empty path is `/`;
 /// a path that does not start with `/` (such as `*`) is refused.
-
 pub(crate) fn request_htu(origin: &ExternalOrigin, path: &str) -> Result<String, &'static str> {
     let prefix = origin.as_str();
     let len = prefix.len() + path.len();
@@ -346,7 +344,6 @@ pub(crate) fn request_htu(origin: &ExternalOrigin, path: &str) -> Result<String,
 /// Why the last: each proxy *appends* its element (or value) to what it received, and a
 /// client can pre-fill the header with anything it likes. The leftmost values are thus
 /// attacker-controlled; only the last was written by the proxy that connects to us.
-
 pub(crate) fn forwarded_origin(headers: &HeaderMap) -> Option<ExternalOrigin> {
     if let Some(line) = headers.get_all(http::header::FORWARDED).iter().next_back() {
         return from_forwarded(line.to_str().ok()?);
