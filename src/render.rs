@@ -11,6 +11,14 @@
 //! | [`InsufficientScope`](AuthErrorKind::InsufficientScope) | 403 | `error="insufficient_scope", scope="…"` | 7 `PERMISSION_DENIED` |
 //! | [`RateLimited`](AuthErrorKind::RateLimited) | 429 + `Retry-After` | — | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Unavailable`](AuthErrorKind::Unavailable) | 503 + `Retry-After` | — | 14 `UNAVAILABLE` |
+//! | [`InvalidDpopProof`](AuthErrorKind::InvalidDpopProof) | 401 | `DPoP error="invalid_dpop_proof", algs="…"` | 16 `UNAUTHENTICATED` |
+//! | [`UseDpopNonce`](AuthErrorKind::UseDpopNonce) | 401 + `DPoP-Nonce` | `DPoP error="use_dpop_nonce", algs="…"` | 16 `UNAUTHENTICATED` |
+//!
+//! When an authenticator that accepts DPoP rejects (its [`AuthError`] carries a
+//! [`DpopChallenge`]), a `DPoP realm="…", algs="…"` challenge goes
+//! beside the `Bearer` one (instead of it when DPoP is required), the error code on the
+//! challenge of the scheme the request used, and the server nonce, when nonces are on, in
+//! `DPoP-Nonce`.
 //!
 //! HTTP bodies are small `application/problem+json` documents with a fixed description per
 //! kind. gRPC requests (`content-type: application/grpc…`) get an HTTP 200 trailers-only
