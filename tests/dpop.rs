@@ -627,22 +627,34 @@ async fn a_proof_replayed_at_another_replica_sharing_redis_is_refused() {
         b.dpop(&token, &[&b.proof(&token)]).await.status(),
         StatusCode::OK
     );
-    // An unreachable Redis fails closed: 503.
-    let dead = Setup {
-        clock: a.clock.clone(),
-        issuer: a.issuer.clone(),
-        client: a.client.clone(),
-        layer: AuthLayer::new(
-            trusting(&a.issuer, AUD)
-                .clock(a.clock.clone())
-                .dpop(
-                    config(DpopMode::Allowed)
-                        .replay_cache(cache().await.timeout(Duration::from_nanos(1))),
-                )
-                .build()
-                .unwrap(),
-        ),
-    };
-    let response = dead.dpop(&token, &[&dead.proof(&token)]).await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A replay cache that cannot answer: closed (the default) answers 503, open lets the
+/// proof through.
+#[tokio::test]
+async fn a_failing_replay_cache_follows_the_failure_policy() {
+    use tower_api_guard::FailurePolicy;
+    use tower_api_guard::jwt::{ReplayAnswer, ReplayCache, ReplayError};
+
+    #[derive(Debug)]
+    struct Broken;
+    impl ReplayCache for Broken {
+        fn insert(&self, _key: &[u8; 32], _ttl: Duration) -> ReplayAnswer {
+            ReplayAnswer::Wait(Box::pin(async { Err(ReplayError::new("down")) }))
+        }
+    }
+    for (policy, status) in [
+        (None, StatusCode::SERVICE_UNAVAILABLE),
+        (Some(FailurePolicy::Closed), StatusCode::SERVICE_UNAVAILABLE),
+        (Some(FailurePolicy::Open), StatusCode::OK),
+    ] {
+        let mut dpop = config(DpopMode::Allowed).replay_cache(Broken);
+        if let Some(policy) = policy {
+            dpop = dpop.replay_failure_policy(policy);
+        }
+        let s = setup_with(Some(dpop));
+        let token = s.bound_token();
+        let response = s.dpop(&token, &[&s.proof(&token)]).await;
+        assert_eq!(response.status(), status, "{policy:?}");
+    }
 }
