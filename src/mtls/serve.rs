@@ -69,11 +69,13 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let chain = certificates(cert_chain_pem, "server certificate chain")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
-        // The PEM error's own message may quote bytes of the key file: leave it out.
         pem::Error::NoItemsFound => ConfigError::key(
             "server private key: no PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block in the PEM",
         ),
-        _ => ConfigError::key("server private key: the PEM is malformed"),
+        e => ConfigError::key(format!(
+            "server private key: the PEM is malformed ({})",
+            pem_problem(&e)
+        )),
     })?;
 
     let provider = CryptoProvider::get_default()
@@ -116,13 +118,31 @@ pub fn server_config(
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::parse(format!("{what}: the PEM is malformed: {e}")))?;
+        .map_err(|e| {
+            ConfigError::parse(format!(
+                "{what}: the PEM is malformed ({})",
+                pem_problem(&e)
+            ))
+        })?;
     if certs.is_empty() {
         return Err(ConfigError::parse(format!(
             "{what}: no CERTIFICATE block in the PEM"
         )));
     }
     Ok(certs)
+}
+
+/// What is wrong with a PEM file, in words of our own: the PEM error's `Display` may quote
+/// bytes of the file (a line, a base64 error with a symbol), which for a key are secret.
+fn pem_problem(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a BEGIN line has no matching END line",
+        pem::Error::IllegalSectionStart { .. } => "a malformed BEGIN line",
+        pem::Error::Base64Decode(_) => "invalid base64 inside a block",
+        pem::Error::SectionTooLarge => "a block is too large",
+        pem::Error::NoItemsFound => "no block of the expected kind",
+        _ => "unreadable",
+    }
 }
 
 /// Serves `service` over TLS on `listener`, HTTP/1.1 and HTTP/2 (by ALPN), until the
