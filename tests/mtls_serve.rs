@@ -354,7 +354,14 @@ fn server_config_names_what_is_wrong() {
     let ca = pki.ca.as_bytes();
 
     // (certificate chain, key, client CA, kind, words in the message)
-    let cases: Vec<(&[u8], &[u8], Option<&[u8]>, ConfigErrorKind, &str)> = vec![
+    type Case<'a> = (
+        &'a [u8],
+        &'a [u8],
+        Option<&'a [u8]>,
+        ConfigErrorKind,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             b"garbage",
             key,

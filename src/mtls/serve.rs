@@ -308,13 +308,28 @@ async fn connection<S, B>(
 /// [`serve_tls`] wraps the service of each connection in it. With a hyper accept loop of
 /// your own, make one per connection after the TLS handshake:
 ///
-/// ```ignore
-/// let (_, session) = tls_stream.get_ref();
-/// let cert = session
-///     .peer_certificates()
-///     .and_then(|chain| chain.first())
-///     .map(|der| ClientCertificate::from_der(der.to_vec()));
-/// let service = WithConnection::new(router.clone(), peer, cert);
+/// ```
+/// use std::net::SocketAddr;
+///
+/// use hyper_util::rt::{TokioExecutor, TokioIo};
+/// use hyper_util::server::conn::auto::Builder;
+/// use hyper_util::service::TowerToHyperService;
+/// use tokio::net::TcpStream;
+/// use tokio_rustls::server::TlsStream;
+/// use tower_api_guard::mtls::{ClientCertificate, WithConnection};
+///
+/// async fn serve_connection(tls: TlsStream<TcpStream>, peer: SocketAddr, app: axum::Router) {
+///     let cert = tls
+///         .get_ref()
+///         .1
+///         .peer_certificates()
+///         .and_then(|chain| chain.first())
+///         .map(|der| ClientCertificate::from_der(der.to_vec()));
+///     let service = TowerToHyperService::new(WithConnection::new(app, peer, cert));
+///     let _ = Builder::new(TokioExecutor::new())
+///         .serve_connection_with_upgrades(TokioIo::new(tls), service)
+///         .await;
+/// }
 /// ```
 #[derive(Debug, Clone)]
 pub struct WithConnection<S> {
