@@ -126,9 +126,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let origin =
         ExternalOrigin::parse(&external).map_err(|e| format!("GUARD_EXTERNAL_URL: {e}"))?;
     let mut dpop = DpopConfig::new(mode).external_origin(origin.clone());
+    let mut nonces = false;
     match std::env::var("GUARD_DPOP_NONCE").as_deref() {
         Err(_) | Ok("off") => {}
-        Ok("on") => dpop = dpop.nonces(DpopNonces::new()?),
+        Ok("on") => {
+            nonces = true;
+            dpop = dpop.nonces(DpopNonces::new()?);
+        }
         Ok(other) => return Err(format!("GUARD_DPOP_NONCE (on or off): {other:?}").into()),
     }
 
@@ -183,7 +187,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let jwt = authenticator(DEV_ISSUER, DEV_AUDIENCE, keys, dpop.clone())?;
             print_demo(&issuer, &served.jwks_url(), addr, scheme);
             if mode != DpopMode::Off {
-                print_dpop_demo(&issuer, &origin, addr, scheme);
+                print_dpop_demo(&issuer, &origin, addr, scheme, nonces);
             }
             _served = Some(served);
             jwt
@@ -311,7 +315,13 @@ fn authenticator(
 /// A DPoP-bound token and fresh proofs for it, minted with the crate's `testing` tools
 /// (`TestIssuer::dpop_key`, `TokenBuilder::dpop_bound`, `DpopKey::proof`): each proof is
 /// good once, for 60 s.
-fn print_dpop_demo(issuer: &TestIssuer, origin: &ExternalOrigin, addr: SocketAddr, scheme: &str) {
+fn print_dpop_demo(
+    issuer: &TestIssuer,
+    origin: &ExternalOrigin,
+    addr: SocketAddr,
+    scheme: &str,
+    nonces: bool,
+) {
     let client = issuer.dpop_key(Algorithm::ES256);
     let token = issuer
         .token()
@@ -337,6 +347,12 @@ fn print_dpop_demo(issuer: &TestIssuer, origin: &ExternalOrigin, addr: SocketAdd
         "curl -i -H \"Authorization: DPoP $DPOP_TOKEN\" -H \"DPoP: {}\" {scheme}://{addr}/items",
         proof("/items")
     );
+    if nonces {
+        println!(
+            "# GUARD_DPOP_NONCE=on: these proofs carry no nonce, so they get 401 \
+             use_dpop_nonce and the nonce to put in the next proof (DPoP-Nonce header)"
+        );
+    }
     println!("# the same token as Bearer: 401 (no downgrade)");
     println!("curl -i -H \"Authorization: Bearer $DPOP_TOKEN\" {scheme}://{addr}/me\n");
 }
