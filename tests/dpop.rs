@@ -658,3 +658,59 @@ async fn a_failing_replay_cache_follows_the_failure_policy() {
         assert_eq!(response.status(), status, "{policy:?}");
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One issuer and layer for every case (making an issuer generates an RSA key).
+    static SETUP: std::sync::LazyLock<Setup> =
+        std::sync::LazyLock::new(|| setup(DpopMode::Allowed));
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any change to one byte of a valid proof makes it fail; nothing panics.
+        #[test]
+        fn a_proof_changed_anywhere_is_refused(at in any::<prop::sample::Index>(), to in any::<u8>()) {
+            let s = &*SETUP;
+            let token = s.bound_token();
+            let proof = s.proof(&token);
+            let mut bytes = proof.clone().into_bytes();
+            let i = at.index(bytes.len());
+            prop_assume!(bytes[i] != to);
+            bytes[i] = to;
+            // Only bytes a header value can carry reach the layer.
+            prop_assume!(http::HeaderValue::from_bytes(&bytes).is_ok());
+            let changed = String::from_utf8_lossy(&bytes).into_owned();
+            let response = block_on(s.dpop(&token, &[&changed]));
+            prop_assert!(
+                matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST),
+                "{} at {i}", response.status()
+            );
+            // The untouched proof still passes afterwards (the bad one burnt nothing).
+            prop_assert_eq!(block_on(s.dpop(&token, &[&proof])).status(), StatusCode::OK);
+        }
+
+        /// Arbitrary header text is refused with 401 or 400, never a panic or a 500.
+        #[test]
+        fn arbitrary_proof_text_is_refused(text in "[ -~]{0,300}") {
+            let s = &*SETUP;
+            let token = s.bound_token();
+            let response = block_on(s.dpop(&token, &[&text]));
+            prop_assert!(matches!(
+                response.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+            ));
+        }
+    }
+}

@@ -73,6 +73,9 @@ fn cache_key(bytes: &[u8]) -> CacheKey {
 struct CachedToken {
     token: Box<str>,
     identity: Identity,
+    /// SHA-256 of the token, for a DPoP proof's `ath` (when DPoP is on): computed once per
+    /// token rather than once per request.
+    ath: Option<[u8; 32]>,
     exp: f64,
     iat: Option<f64>,
     key: JwtKey,
@@ -261,6 +264,10 @@ impl JwtAuthenticator {
                 Arc::new(CachedToken {
                     token: Box::from(token),
                     identity: identity.clone(),
+                    ath: c.dpop.as_ref().map(|_| {
+                        use sha2::Digest as _;
+                        sha2::Sha256::digest(token.as_bytes()).into()
+                    }),
                     exp,
                     iat,
                     key: verified.key,
@@ -273,6 +280,12 @@ impl JwtAuthenticator {
     /// A cache hit: the exact same token text was verified before, is still within its
     /// time limits, and the key that verified it is still in the set.
     fn cached(&self, token: &[u8], set: &KeySet) -> Option<Identity> {
+        self.cached_entry(token, set)
+            .map(|entry| entry.identity.clone())
+    }
+
+    /// The cache entry behind [`cached`](Self::cached).
+    fn cached_entry(&self, token: &[u8], set: &KeySet) -> Option<Arc<CachedToken>> {
         let c = &*self.config;
         let cache = c.cache.as_ref()?;
         let key = cache_key(token);
@@ -294,7 +307,7 @@ impl JwtAuthenticator {
             None => set.keys().iter().any(|k| k.same_key(&entry.key)),
         };
         if fresh && key_held {
-            Some(entry.identity.clone())
+            Some(entry)
         } else {
             cache.remove(&key);
             None
@@ -910,13 +923,21 @@ impl JwtAuthenticator {
                 ));
             }
             let keys = c.keys.current().ok();
-            dpop.check_proof(head, token, keys.as_deref())
+            // A token verified before knows its hash already.
+            let entry = match (&keys, &c.cache) {
+                (Some(set), Some(_)) => self.cached_entry(token.as_bytes(), set),
+                _ => None,
+            };
+            let hash = entry.as_ref().and_then(|e| e.ath);
+            dpop.check_proof(head, token, hash, keys.as_deref())
+                .map(|checked| (checked, entry))
         })()
         .map_err(|e| dpop.challenge(e, true))?;
+        let (checked, entry) = checked;
         let mut binding = Binding::of(head);
         binding.proof = Some(Box::new(checked));
-        let token = match self.cached_now(token.as_bytes()) {
-            Some(identity) => Credential::Cached(identity),
+        let token = match entry {
+            Some(entry) => Credential::Cached(entry.identity.clone()),
             None => Credential::Token(token.to_owned()),
         };
         Ok(Some(JwtCredential::new(token, binding)))

@@ -74,8 +74,8 @@ pub(crate) fn parse_object(json: &[u8]) -> Result<Map<String, Value>, &'static s
     }
 }
 
-struct Strict {
-    depth: usize,
+pub(crate) struct Strict {
+    pub(crate) depth: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for Strict {

@@ -335,6 +335,7 @@ impl Dpop {
         &self,
         head: &RequestHead<'_>,
         token: &str,
+        token_hash: Option<[u8; 32]>,
         issuer_keys: Option<&KeySet>,
     ) -> Result<CheckedProof, AuthError> {
         let mut proofs = head.headers.get_all(&DPOP).iter();
@@ -352,6 +353,7 @@ impl Dpop {
             method: head.method.as_str(),
             htu: &htu,
             token,
+            token_hash,
             now: self.clock.now_unix(),
         };
         let rules = proof::Rules {
