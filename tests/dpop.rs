@@ -1,5 +1,6 @@
 //! DPoP (RFC 9449) and certificate-bound tokens (RFC 8705) through the full layer: every
-//! check accepted and refused, binding rules, nonces, errors and what is logged.
+//! check accepted and refused, binding rules, nonces, errors and what is logged. Rows 31 to
+//! 35 of docs/security-cases.md.
 
 mod common;
 
@@ -713,4 +714,61 @@ mod properties {
             ));
         }
     }
+}
+
+/// `htu` is compared after RFC 3986 normalisation, against the configured origin or the one
+/// a trusted proxy forwards, never the `Host` header (row 36 of docs/security-cases.md).
+#[tokio::test]
+async fn htu_origin_comes_from_configuration_or_trusted_proxies_only() {
+    let proxies = tower_api_guard::ClientAddr::new()
+        .trusted_proxies(["10.0.0.0/8"])
+        .unwrap();
+    let s = setup_with(Some(config(DpopMode::Allowed).trusted_proxies(proxies)));
+    let token = s.bound_token();
+    let send = |url: &str, peer: &str, headers: &[(&str, &str)]| {
+        let proof = s.client.proof("GET", url).access_token(&token).mint();
+        let mut request = Request::get("/items")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut request = request.body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(peer.parse::<std::net::SocketAddr>().unwrap());
+        s.send(request)
+    };
+    // Normalised: scheme and host case, default port.
+    let ok = send("HTTPS://API.Example.COM:443/items", "192.0.2.1:1", &[]).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    // The Host header is never believed.
+    let host = send(
+        "https://evil.example/items",
+        "192.0.2.1:1",
+        &[("host", "evil.example")],
+    );
+    assert_bad_proof(&host.await, "Host header");
+    // Forwarded origin: believed from a trusted proxy only.
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "edge.example:8443"),
+    ];
+    let url = "https://edge.example:8443/items";
+    assert_eq!(
+        send(url, "10.0.0.7:1", &forwarded).await.status(),
+        StatusCode::OK
+    );
+    assert_bad_proof(
+        &send(url, "192.0.2.1:1", &forwarded).await,
+        "untrusted peer",
+    );
+    let rfc7239 = [(
+        "forwarded",
+        "for=192.0.2.9;proto=https;host=edge.example:8443",
+    )];
+    assert_eq!(
+        send(url, "10.0.0.7:1", &rfc7239).await.status(),
+        StatusCode::OK
+    );
 }
