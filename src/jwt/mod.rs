@@ -59,6 +59,7 @@ mod issuers;
 mod jose;
 mod keys;
 mod remote;
+mod replay;
 mod revocation;
 
 pub use algorithm::{Algorithm, UnknownAlgorithm};
@@ -76,6 +77,9 @@ pub use remote::{
     FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, KeySourceStatus, RemoteJwks,
     RemoteJwksBuilder, parse_max_age,
 };
+#[cfg(feature = "redis")]
+pub use replay::RedisReplayCache;
+pub use replay::{MemoryReplayCache, ReplayAnswer, ReplayCache, ReplayError, ReplayFuture};
 #[cfg(feature = "redis")]
 pub use revocation::RedisRevocations;
 pub use revocation::{
