@@ -548,7 +548,7 @@ fn replay_insert_memory(c: &mut Criterion) {
     group.bench_function("replay_insert_memory", |b| {
         b.iter(|| {
             n += 1;
-            if n % 250_000 == 0 {
+            if n.is_multiple_of(250_000) {
                 clock.advance(Duration::from_secs(2));
             }
             let mut key = [0u8; 32];

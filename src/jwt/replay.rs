@@ -125,7 +125,40 @@ impl fmt::Debug for ReplayAnswer {
     }
 }
 
-/// Where the keys of seen DPoP proofs live.
+/// Where the keys of seen DPoP proofs live: [`MemoryReplayCache`] for one replica,
+/// `RedisReplayCache` (feature `redis`) for several.
+///
+/// The key is SHA-256 over the proof key's JWK thumbprint followed by the proof's `jti`;
+/// the `ttl` covers the time in which the proof could still be accepted (its `iat` window
+/// plus leeway).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use std::num::NonZeroUsize;
+/// use std::time::Duration;
+/// use tower_api_guard::jwt::{MemoryReplayCache, ReplayAnswer, ReplayCache, ReplayError};
+///
+/// /// Whether the proof is new; an `Err` goes to the failure policy.
+/// async fn is_fresh(
+///     cache: &dyn ReplayCache,
+///     key: &[u8; 32],
+///     window: Duration,
+/// ) -> Result<bool, ReplayError> {
+///     match cache.insert(key, window) {
+///         ReplayAnswer::Fresh => Ok(true),
+///         ReplayAnswer::Replayed => Ok(false),
+///         ReplayAnswer::Failed(e) => Err(e),
+///         ReplayAnswer::Wait(answer) => answer.await,
+///     }
+/// }
+///
+/// let cache = MemoryReplayCache::new(NonZeroUsize::new(100_000).unwrap());
+/// let key = [7u8; 32]; // SHA-256(thumbprint ‖ jti), computed by the DPoP check
+/// let window = Duration::from_secs(300);
+/// assert!(is_fresh(&cache, &key, window).await.unwrap());
+/// assert!(!is_fresh(&cache, &key, window).await.unwrap(), "a replay");
+/// # });
+/// ```
 pub trait ReplayCache: Send + Sync + fmt::Debug + 'static {
     /// Remember `key` for `ttl`; whether it was new. Must be atomic: of two concurrent
     /// inserts of one key, exactly one is [`Fresh`](ReplayAnswer::Fresh).
@@ -202,6 +235,24 @@ struct Shards {
 /// shard is full at its share: give the capacity some headroom over the proofs accepted in
 /// one window (each entry takes about 32 bytes, plus the maps' slack). Always answers at
 /// once, never [`Wait`](ReplayAnswer::Wait).
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_api_guard::clock::ManualClock;
+/// use tower_api_guard::jwt::{MemoryReplayCache, ReplayAnswer, ReplayCache};
+///
+/// let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
+/// let cache = MemoryReplayCache::new(NonZeroUsize::new(1).unwrap()).clock(clock.clone());
+/// let window = Duration::from_secs(60);
+/// assert!(matches!(cache.insert(&[1; 32], window), ReplayAnswer::Fresh));
+/// assert!(matches!(cache.insert(&[1; 32], window), ReplayAnswer::Replayed));
+/// // Full of unexpired keys: an error, never an eviction.
+/// assert!(matches!(cache.insert(&[2; 32], window), ReplayAnswer::Failed(_)));
+/// clock.advance(window);
+/// assert!(matches!(cache.insert(&[2; 32], window), ReplayAnswer::Fresh));
+/// ```
 #[derive(Clone)]
 pub struct MemoryReplayCache {
     inner: Arc<Shards>,
