@@ -259,15 +259,21 @@ async fn a_server_that_stops_answering_fails_within_the_timeout() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let redis = OwnRedis(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (see .ci/run)"),
-    );
+    let spawned = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let redis = match spawned {
+        Ok(child) => OwnRedis(child),
+        // A Redis in a container, say: this test needs a server binary of its own.
+        Err(e) if std::env::var("CI").is_err() => {
+            eprintln!("skipping: cannot start a redis-server of the test's own ({e})");
+            return;
+        }
+        Err(e) => panic!("redis-server must be installed (see .ci/run): {e}"),
+    };
     let mut up = false;
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
