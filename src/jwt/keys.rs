@@ -717,6 +717,47 @@ impl KeySource for StaticKeys {
 
 #[cfg(test)]
 mod tests {
+
+    /// RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint; and one for each other
+    /// key type, as jwcrypto computes them (tests/data/dpop/interop.json).
+    #[test]
+    fn thumbprints_follow_rfc_7638() {
+        let rfc = serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        let map = rfc.as_object().unwrap();
+        assert_eq!(
+            jwk_thumbprint(map).as_deref(),
+            Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+        );
+        let key = JwtKey::from_jwk(map).unwrap();
+        assert_eq!(
+            key.thumbprint(),
+            Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dpop/interop.json");
+        let fixtures: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut kinds = std::collections::BTreeSet::new();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let jwk = case["client_jwk"].as_object().unwrap();
+            if jwk["kty"] == "oct" {
+                continue;
+            }
+            kinds.insert(jwk["kty"].as_str().unwrap().to_owned());
+            assert_eq!(
+                jwk_thumbprint(jwk).as_deref(),
+                case["expected_jkt"].as_str(),
+                "{}",
+                case["name"]
+            );
+        }
+        assert_eq!(kinds.len(), 3, "RSA, EC and OKP: {kinds:?}");
+    }
     use super::*;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
