@@ -85,6 +85,12 @@ impl TokenExtractor {
         &self.sources
     }
 
+    /// Whether the `Authorization` header is the only source (the default).
+    #[cfg(feature = "jwt")]
+    pub(crate) fn authorization_only(&self) -> bool {
+        matches!(self.sources.as_slice(), [TokenSource::Bearer])
+    }
+
     /// The token, `None` when no source holds one.
     ///
     /// # Errors
@@ -222,6 +228,25 @@ pub(crate) fn scheme_token<'h>(
     let Some(value) = one_value(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
+    // The common case in one pass, as `bearer_fast`: `<scheme> <b64token>` within the cap
+    // (a b64token is visible ASCII, so the alphabet check stands in for `visible_ascii`).
+    let bytes = value.as_bytes();
+    if let (Some(found), Some(b' '), Some(token)) = (
+        bytes.get(..scheme.len()),
+        bytes.get(scheme.len()),
+        bytes.get(scheme.len() + 1..),
+    ) && found.eq_ignore_ascii_case(scheme.as_bytes())
+        && token.len() <= max_len
+    {
+        let padding = token.iter().rev().take_while(|&&b| b == b'=').count();
+        let body = &token[..token.len() - padding];
+        if !body.is_empty()
+            && all_b64token(body)
+            && let Ok(token) = std::str::from_utf8(token)
+        {
+            return Ok(Some(token));
+        }
+    }
     let value = visible_ascii(value)?;
     let (found, rest) = value.split_once(' ').unwrap_or((value, ""));
     if !found.eq_ignore_ascii_case(scheme) {
@@ -322,6 +347,37 @@ fn check_b64token(token: &str) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "jwt")]
+    #[test]
+    fn scheme_token_fast_and_slow_paths_agree() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value.parse().unwrap());
+            scheme_token(&headers, "DPoP", 16)
+                .map(|t| t.map(str::to_owned))
+                .map_err(|e| e.kind())
+        };
+        let some = |t: &str| Ok(Some(t.to_owned()));
+        use crate::error::AuthErrorKind::{InvalidRequest, InvalidToken};
+        assert_eq!(with("DPoP abc.def"), some("abc.def"));
+        assert_eq!(with("dpop abc=="), some("abc=="));
+        assert_eq!(with("DPoP   abc"), some("abc"), "extra spaces: slow path");
+        assert_eq!(with("Bearer abc"), Ok(None));
+        assert_eq!(with("DPoPabc"), Ok(None));
+        assert_eq!(with("DPoP "), Err(InvalidRequest));
+        assert_eq!(with("DPoP a b"), Err(InvalidRequest));
+        assert_eq!(with("DPoP =="), Err(InvalidRequest));
+        assert_eq!(with("DPoP a\tb"), Err(InvalidRequest));
+        assert_eq!(with(&format!("DPoP {}", "a".repeat(17))), Err(InvalidToken));
+        let mut two = HeaderMap::new();
+        two.append(AUTHORIZATION, "DPoP a".parse().unwrap());
+        two.append(AUTHORIZATION, "DPoP b".parse().unwrap());
+        assert_eq!(
+            scheme_token(&two, "DPoP", 16).map_err(|e| e.kind()),
+            Err(InvalidRequest)
+        );
+    }
 
     #[test]
     fn visible_ascii_agrees_with_header_value_to_str_on_every_byte() {

@@ -916,8 +916,9 @@ impl JwtAuthenticator {
         };
         let checked = (|| {
             // Another configured source (a cookie, a header) holding a token too is
-            // ambiguous.
-            if c.extractor.extract(head.headers)?.is_some() {
+            // ambiguous. (With `Authorization` as the only source there is none: it holds
+            // the DPoP token.)
+            if !c.extractor.authorization_only() && c.extractor.extract(head.headers)?.is_some() {
                 return Err(AuthError::invalid_request(
                     "credential in more than one place",
                 ));

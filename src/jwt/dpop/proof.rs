@@ -115,7 +115,9 @@ pub(crate) fn check(
         return Err(invalid("htm does not match the request method"));
     }
     let htu = text(&claims.htu)?.ok_or_else(|| invalid("proof has no htu"))?;
-    if htu::normalize_htu(htu).map_err(invalid)? != expected.htu {
+    // The expected value is normalised (and has no query or fragment); a claim written the
+    // same way needs no normalising.
+    if htu != expected.htu && htu::normalize_htu(htu).map_err(invalid)? != expected.htu {
         return Err(invalid("htu does not match the request URI"));
     }
     let iat = match claims.iat {
