@@ -161,7 +161,7 @@ pub(crate) fn one_value<'h>(
 
 /// `HeaderValue::to_str`'s rule (visible ASCII or tab), written without branches so that
 /// it vectorizes over a whole token: it runs on every request.
-fn visible_ascii(value: &http::HeaderValue) -> Result<&str, AuthError> {
+pub(crate) fn visible_ascii(value: &http::HeaderValue) -> Result<&str, AuthError> {
     let bytes = value.as_bytes();
     let mut invisible = 0u8;
     for &b in bytes {

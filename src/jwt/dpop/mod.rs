@@ -345,8 +345,8 @@ impl Dpop {
         if proofs.next().is_some() {
             return Err(AuthError::invalid_request("more than one DPoP header"));
         }
-        let proof = proof
-            .to_str()
+        // `HeaderValue::to_str`'s rule, in a loop that vectorizes.
+        let proof = crate::extract::visible_ascii(proof)
             .map_err(|_| AuthError::invalid_dpop_proof("DPoP header is not visible ASCII"))?;
         let htu = self.expected_htu(head)?;
         let expected = proof::Expected {
