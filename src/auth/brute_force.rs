@@ -181,10 +181,14 @@ impl Check for CountFailures {
     }
 
     fn finish<R>(ticket: Option<Counted>, response: &mut Response<R>) {
+        // A bad DPoP proof is a failed attempt too (it cost a signature check); a request
+        // told to use the server's nonce is a normal step of DPoP, not a failure.
         let failed = response.extensions().get::<AuthError>().is_some_and(|e| {
             matches!(
                 e.kind(),
-                AuthErrorKind::InvalidToken | AuthErrorKind::InvalidRequest
+                AuthErrorKind::InvalidToken
+                    | AuthErrorKind::InvalidRequest
+                    | AuthErrorKind::InvalidDpopProof
             )
         });
         if failed && let Some(Counted { client, settings }) = ticket {
@@ -213,13 +217,23 @@ mod tests {
 
     /// A guard over an inner service that fails authentication when asked (`x-fail`).
     async fn send(layer: &BruteForceGuardLayer, from: Option<&str>, fail: bool) -> StatusCode {
-        let inner = service_fn(|req: Request<()>| {
+        send_failing(layer, from, fail.then(|| AuthError::invalid_token("bad"))).await
+    }
+
+    /// A guard over an inner service that rejects with `error`, if any.
+    async fn send_failing(
+        layer: &BruteForceGuardLayer,
+        from: Option<&str>,
+        error: Option<AuthError>,
+    ) -> StatusCode {
+        let fail = error.is_some();
+        let inner = service_fn(move |req: Request<()>| {
             let mut response = Response::new(String::new());
-            if req.headers().contains_key("x-fail") {
-                *response.status_mut() = StatusCode::UNAUTHORIZED;
-                response
-                    .extensions_mut()
-                    .insert(AuthError::invalid_token("bad"));
+            if req.headers().contains_key("x-fail")
+                && let Some(error) = error.clone()
+            {
+                *response.status_mut() = error.status();
+                response.extensions_mut().insert(error);
             }
             ready(Ok::<_, Infallible>(response))
         });
@@ -283,5 +297,29 @@ mod tests {
         clock.advance(Duration::from_secs(121));
         assert!(settings.quiet(clock.now()));
         assert_eq!(send(&layer, from, false).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_bad_dpop_proof_counts_and_a_nonce_request_does_not() {
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let layer = BruteForceGuardLayer::new(Quota::parse("1/min").unwrap()).clock(clock);
+        let from = Some("198.51.100.9:1");
+        for _ in 0..3 {
+            let nonce = Some(AuthError::use_dpop_nonce("no nonce"));
+            assert_eq!(
+                send_failing(&layer, from, nonce).await,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        assert_eq!(send(&layer, from, false).await, StatusCode::OK);
+        let proof = Some(AuthError::invalid_dpop_proof("bad signature"));
+        assert_eq!(
+            send_failing(&layer, from, proof).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(&layer, from, false).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 }

@@ -195,7 +195,9 @@ impl JwtAuthenticator {
     }
 
     /// Verify a token outside a layer (a WebSocket handshake, a message queue). The
-    /// extractor's length cap applies.
+    /// extractor's length cap applies. A sender-constrained token (`cnf`) is refused here,
+    /// since there is no proof or certificate to check: use
+    /// [`verify_request`](Self::verify_request).
     ///
     /// # Errors
     /// Exactly the rejections the layer would give.

@@ -17,6 +17,10 @@ use crate::head::RequestHead;
 /// issuer, with that issuer's keys, audiences, algorithms and claim mapping. A token naming
 /// an issuer that is not configured is rejected before any key is looked up or fetched.
 ///
+/// Bearer tokens only: a DPoP-bound token (`cnf.jkt`) is refused by it, whatever the DPoP
+/// settings of the routed authenticator; certificate-bound tokens work (the request's
+/// client certificate is kept).
+///
 /// # Performance
 /// Routing parses the token's claims once more than a single [`JwtAuthenticator`] does
 /// (well under a microsecond for a typical token).
