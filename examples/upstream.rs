@@ -25,8 +25,7 @@ use tower_api_guard::jwt::{Algorithm, JwtAuthenticator, RemoteJwks};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let addr: SocketAddr = std::env::var("UPSTREAM_ADDR")
@@ -39,7 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .map_err(|e| format!("GATEWAY_URL: {e}"))?;
     if let Err(e) = keys.ready().await {
-        eprintln!("warning: the gateway's internal JWK set is not reachable yet ({e}); 503 until it is");
+        eprintln!(
+            "warning: the gateway's internal JWK set is not reachable yet ({e}); 503 until it is"
+        );
     }
     // The gateway's key signs with ES256 or EdDSA; nothing else is accepted.
     let jwt = JwtAuthenticator::builder(gateway.as_str(), audience.as_str())
@@ -50,13 +51,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .fallback(any(whoami))
         .layer(AuthLayer::new(jwt));
-    println!("upstream on http://{addr}, trusting internal JWTs from {gateway} for audience {audience}");
+    println!(
+        "upstream on http://{addr}, trusting internal JWTs from {gateway} for audience {audience}"
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-async fn whoami(identity: Identity, request: axum::extract::Request) -> axum::Json<serde_json::Value> {
+async fn whoami(
+    identity: Identity,
+    request: axum::extract::Request,
+) -> axum::Json<serde_json::Value> {
     let forwarded: serde_json::Map<String, serde_json::Value> = request
         .headers()
         .iter()

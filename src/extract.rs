@@ -228,9 +228,15 @@ pub(crate) fn scheme_token<'h>(
     let Some(value) = one_value(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
+    let bytes = value.as_bytes();
+    // Another scheme (`Bearer …` beside DPoP, on every bearer request): not ours, and
+    // whoever reads it next checks its characters.
+    let first_word = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+    if !first_word.eq_ignore_ascii_case(scheme.as_bytes()) {
+        return Ok(None);
+    }
     // The common case in one pass, as `bearer_fast`: `<scheme> <b64token>` within the cap
     // (a b64token is visible ASCII, so the alphabet check stands in for `visible_ascii`).
-    let bytes = value.as_bytes();
     if let (Some(found), Some(b' '), Some(token)) = (
         bytes.get(..scheme.len()),
         bytes.get(scheme.len()),
