@@ -326,7 +326,13 @@ async fn the_dpop_header_must_be_there_once() {
 #[tokio::test]
 async fn binding_rules_allow_no_downgrade() {
     let s = setup(DpopMode::Allowed);
-    // A bound token as Bearer.
+    // A bound token as Bearer, also once it is in the verified-token cache (after a valid
+    // DPoP use) — the bearer hot path must not let it through.
+    let token = s.bound_token();
+    assert_eq!(s.dpop(&token, &[&s.proof(&token)]).await.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(s.bearer(&token).await.status(), StatusCode::UNAUTHORIZED);
+    }
     let bound = s.bearer(&s.bound_token()).await;
     assert_eq!(bound.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(error_kind(&bound), Some(AuthErrorKind::InvalidToken));

@@ -76,6 +76,9 @@ struct CachedToken {
     /// SHA-256 of the token, for a DPoP proof's `ath` (when DPoP is on): computed once per
     /// token rather than once per request.
     ath: Option<[u8; 32]>,
+    /// Whether the token has a `cnf` claim (is sender-constrained): an unbound token's
+    /// bearer hit needs no look at the request's certificate or the claims again.
+    bound: bool,
     exp: f64,
     iat: Option<f64>,
     key: JwtKey,
@@ -205,10 +208,7 @@ impl JwtAuthenticator {
         if token.len() > self.config.extractor.max_token_len() {
             return Err(AuthError::invalid_token("token longer than the cap"));
         }
-        let binding = Binding {
-            proof: None,
-            cert: None,
-        };
+        let binding = Binding::NONE;
         match self.verify_token(token.to_owned(), false, binding).await? {
             Some(identity) => Ok(identity),
             None => Err(AuthError::invalid_token("no identity")),
@@ -266,6 +266,7 @@ impl JwtAuthenticator {
                 Arc::new(CachedToken {
                     token: Box::from(token),
                     identity: identity.clone(),
+                    bound: identity.claims().get("cnf").is_some(),
                     ath: c.dpop.as_ref().map(|_| {
                         use sha2::Digest as _;
                         sha2::Sha256::digest(token.as_bytes()).into()
@@ -317,10 +318,20 @@ impl JwtAuthenticator {
     }
 
     /// A cache hit for `token` against the current key set, if there is one.
-    fn cached_now(&self, token: &[u8]) -> Option<Identity> {
+    fn cached_now(&self, token: &[u8]) -> Option<Arc<CachedToken>> {
         self.config.cache.as_ref()?;
         let set = self.config.keys.current().ok()?;
-        self.cached(token, &set)
+        self.cached_entry(token, &set)
+    }
+
+    /// A bearer credential from a cache hit: an unbound token needs nothing beside it.
+    fn cached_bearer(entry: &CachedToken, head: &RequestHead<'_>) -> JwtCredential {
+        let binding = if entry.bound {
+            Binding::of(head)
+        } else {
+            Binding::UNBOUND
+        };
+        JwtCredential::new(Credential::Cached(entry.identity.clone()), binding)
     }
 
     /// Verify `token`; `cache_checked` says the cache was already asked, in `extract`.
@@ -870,11 +881,19 @@ impl JwtAuthenticator {
         // so its text needs no second scan.
         let raw = self.config.extractor.plain_bearer_unchecked(head.headers);
         if let Some(raw) = raw
-            && let Some(identity) = self.cached_now(raw)
+            && let Some(entry) = self.cached_now(raw)
         {
-            let cached = Credential::Cached(identity);
-            return Ok(Some(JwtCredential::new(cached, Binding::of(head))));
+            return Ok(Some(Self::cached_bearer(&entry, head)));
         }
+        self.extract_bearer_after_miss(head, raw)
+    }
+
+    /// [`extract_bearer`](Self::extract_bearer) once the hot path missed with `raw`.
+    fn extract_bearer_after_miss(
+        &self,
+        head: &RequestHead<'_>,
+        raw: Option<&[u8]>,
+    ) -> Result<Option<JwtCredential>, AuthError> {
         let Some(token) = self.config.extractor.extract(head.headers)? else {
             return Ok(None);
         };
@@ -883,11 +902,10 @@ impl JwtAuthenticator {
             Some(raw) if raw == token.as_bytes() => None,
             _ => self.cached_now(token.as_bytes()),
         };
-        let token = match cached {
-            Some(identity) => Credential::Cached(identity),
-            None => Credential::Token(token.to_owned()),
-        };
-        Ok(Some(JwtCredential::new(token, Binding::of(head))))
+        Ok(Some(match cached {
+            Some(entry) => Self::cached_bearer(&entry, head),
+            None => JwtCredential::new(Credential::Token(token.to_owned()), Binding::of(head)),
+        }))
     }
 
     /// `Authorization: DPoP <token>` with its proof, else a bearer token unless DPoP is
@@ -898,6 +916,17 @@ impl JwtAuthenticator {
         dpop: &Dpop,
     ) -> Result<Option<JwtCredential>, AuthError> {
         let c = &*self.config;
+        // A bearer request (where bearer tokens are allowed) takes the bearer hot path
+        // first: a `DPoP` header never matches it.
+        let raw = match dpop.required() {
+            true => None,
+            false => c.extractor.plain_bearer_unchecked(head.headers),
+        };
+        if let Some(raw) = raw
+            && let Some(entry) = self.cached_now(raw)
+        {
+            return Ok(Some(Self::cached_bearer(&entry, head)));
+        }
         let max = c.extractor.max_token_len();
         let dpop_token = crate::extract::scheme_token(head.headers, "DPoP", max)
             .map_err(|e| dpop.challenge(e, true))?;
@@ -913,7 +942,7 @@ impl JwtAuthenticator {
                 .map_err(|e| dpop.challenge(e, true));
             }
             return self
-                .extract_bearer(head)
+                .extract_bearer_after_miss(head, raw)
                 .map_err(|e| dpop.challenge(e, false));
         };
         let checked = (|| {
@@ -968,10 +997,7 @@ impl Authenticator for JwtAuthenticator {
                     ReadyOrBoxed::Ready(Some(outcome)) => Ok(outcome),
                     other => Err(JwtCredential::new(
                         Credential::Pending(JwtFuture(other)),
-                        Binding {
-                            proof: None,
-                            cert: None,
-                        },
+                        Binding::NONE,
                     )),
                 }
             }

@@ -387,9 +387,26 @@ pub(crate) struct Binding {
     pub proof: Option<Box<CheckedProof>>,
     /// The connection's client certificate, when there is one.
     pub cert: Option<ClientCertificate>,
+    /// The token is known to have no `cnf` (a verified-token cache hit that remembered
+    /// it) and came without a proof: nothing to check.
+    pub unbound: bool,
 }
 
 impl Binding {
+    /// Nothing presented beside the token.
+    pub(crate) const NONE: Self = Self {
+        proof: None,
+        cert: None,
+        unbound: false,
+    };
+
+    /// A bearer token known to have no `cnf`.
+    pub(crate) const UNBOUND: Self = Self {
+        proof: None,
+        cert: None,
+        unbound: true,
+    };
+
     pub(crate) fn of(head: &RequestHead<'_>) -> Self {
         Self {
             proof: None,
@@ -397,11 +414,15 @@ impl Binding {
                 .extensions
                 .and_then(|e| e.get::<ClientCertificate>())
                 .cloned(),
+            unbound: false,
         }
     }
 
     /// Check the token's `cnf` (RFC 7800) against how the request presented it.
     pub(crate) fn check(&self, identity: &Identity) -> Result<(), AuthError> {
+        if self.unbound {
+            return Ok(());
+        }
         let cnf = match identity.claims().get("cnf") {
             None => None,
             Some(serde_json::Value::Object(cnf)) => Some(cnf),
