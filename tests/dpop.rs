@@ -329,7 +329,10 @@ async fn binding_rules_allow_no_downgrade() {
     // A bound token as Bearer, also once it is in the verified-token cache (after a valid
     // DPoP use) — the bearer hot path must not let it through.
     let token = s.bound_token();
-    assert_eq!(s.dpop(&token, &[&s.proof(&token)]).await.status(), StatusCode::OK);
+    assert_eq!(
+        s.dpop(&token, &[&s.proof(&token)]).await.status(),
+        StatusCode::OK
+    );
     for _ in 0..2 {
         assert_eq!(s.bearer(&token).await.status(), StatusCode::UNAUTHORIZED);
     }
