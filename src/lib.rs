@@ -113,6 +113,10 @@ pub mod rate_limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
 pub mod mtls;
 
+#[cfg(feature = "upstream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "upstream")))]
+pub mod upstream;
+
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
