@@ -43,6 +43,13 @@
 //!   authenticated as the certificate's SPIFFE ID, DNS name or common name (source
 //!   `client_certificate`, no scopes or roles: `GET /me` answers it).
 //!
+//! The gateway pattern: `GUARD_UPSTREAM=http://host:port` forwards every authenticated
+//! request under `/api/` there (any method; the path after `/api` kept, bodies streamed),
+//! with the identity in `X-Auth-Subject`, `X-Auth-Source`, `X-Auth-Scopes` and
+//! `X-Auth-Roles`, every `X-Auth-*` header the client sent removed, and the caller's
+//! credential (`Authorization`, `X-API-Key`, `DPoP`) stripped. Unauthenticated requests
+//! to `/api/` get the usual 401; an unreachable upstream is a 502.
+//!
 //! The layers are stacked the fast way, as the README advises: one [`GuardLayer`] (the
 //! brute-force guard, authentication, the rate limit) on one `route_layer`, and the route's
 //! own `RequireLayer` on each handler.
@@ -51,7 +58,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::handler::Handler;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tower_api_guard::api_key::{
@@ -66,7 +73,11 @@ use tower_api_guard::jwt::{
 use tower_api_guard::mtls::{ClientCertAuthenticator, serve_tls_with_shutdown, server_config};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
+use tower_api_guard::upstream::IdentityHeadersLayer;
 use tower_api_guard::{GuardLayer, Identity};
+
+#[path = "support/proxy.rs"]
+mod proxy;
 
 const DEV_ISSUER: &str = "https://dev-issuer.tower-api-guard.local";
 const DEV_AUDIENCE: &str = "quickstart-api";
@@ -274,10 +285,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/admin",
             get(admin.layer(RequireLayer::any_role(["admin"]))),
-        )
-        // One route_layer for the whole stack (axum boxes every route_layer), so unknown
-        // routes stay 404 instead of becoming 401.
-        .route_layer(guard);
+        );
+    // GUARD_UPSTREAM: every authenticated request under /api/ goes to the upstream (the path
+    // after /api kept), with the identity in X-Auth-* headers, any X-Auth-* the client sent
+    // removed, and the caller's credential stripped.
+    let protected = match std::env::var("GUARD_UPSTREAM") {
+        Ok(upstream) => {
+            let proxy =
+                proxy::Proxy::new(&upstream, "/api").map_err(|e| format!("GUARD_UPSTREAM: {e}"))?;
+            println!("# GUARD_UPSTREAM: {scheme}://{addr}/api/… is forwarded to {upstream}");
+            let identity = IdentityHeadersLayer::new("x-auth-")?
+                .subject("x-auth-subject")?
+                .source("x-auth-source")?
+                .scopes("x-auth-scopes")?
+                .roles("x-auth-roles")?
+                .strip_authorization()
+                .strip_header("x-api-key")?
+                .strip_header("dpop")?;
+            let forward = move |request: axum::extract::Request| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(request).await }
+            };
+            let forward = any(forward).layer(identity);
+            protected
+                .route("/api", forward.clone())
+                .route("/api/", forward.clone())
+                .route("/api/{*rest}", forward)
+        }
+        Err(_) => protected,
+    };
+    // One route_layer for the whole stack (axum boxes every route_layer), so unknown routes
+    // stay 404 instead of becoming 401.
+    let protected = protected.route_layer(guard);
     let app = Router::new().route("/health", get(health)).merge(protected);
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
