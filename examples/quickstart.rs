@@ -48,7 +48,11 @@
 //! with the identity in `X-Auth-Subject`, `X-Auth-Source`, `X-Auth-Scopes` and
 //! `X-Auth-Roles`, every `X-Auth-*` header the client sent removed, and the caller's
 //! credential (`Authorization`, `X-API-Key`, `DPoP`) stripped. Unauthenticated requests
-//! to `/api/` get the usual 401; an unreachable upstream is a 502.
+//! to `/api/` get the usual 401; an unreachable upstream is a 502. With
+//! `GUARD_INTERNAL_JWT=on` the upstream also gets a short-lived internal JWT in
+//! `Authorization: Bearer` (ES256, `iss` the external URL, `aud` `upstream`, 60 s), whose
+//! keys are at `GET /.well-known/internal-jwks.json`; `cargo run --example upstream` is a
+//! service that trusts only that token.
 //!
 //! The layers are stacked the fast way, as the README advises: one [`GuardLayer`] (the
 //! brute-force guard, authentication, the rate limit) on one `route_layer`, and the route's
@@ -73,7 +77,7 @@ use tower_api_guard::jwt::{
 use tower_api_guard::mtls::{ClientCertAuthenticator, serve_tls_with_shutdown, server_config};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
-use tower_api_guard::upstream::IdentityHeadersLayer;
+use tower_api_guard::upstream::{IdentityHeadersLayer, InternalJwtIssuer};
 use tower_api_guard::{GuardLayer, Identity};
 
 #[path = "support/proxy.rs"]
@@ -289,6 +293,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // GUARD_UPSTREAM: every authenticated request under /api/ goes to the upstream (the path
     // after /api kept), with the identity in X-Auth-* headers, any X-Auth-* the client sent
     // removed, and the caller's credential stripped.
+    // GUARD_INTERNAL_JWT=on: a short-lived internal JWT (ES256, a key made at start) for the
+    // upstream in `Authorization: Bearer`, its JWK set at /.well-known/internal-jwks.json.
+    let internal_jwt = match std::env::var("GUARD_INTERNAL_JWT").as_deref() {
+        Err(_) | Ok("off") => None,
+        Ok("on") if std::env::var("GUARD_UPSTREAM").is_err() => {
+            return Err("GUARD_INTERNAL_JWT=on needs GUARD_UPSTREAM".into());
+        }
+        Ok("on") => Some(
+            InternalJwtIssuer::generate(Algorithm::ES256, origin.to_string(), "upstream")
+                .map_err(|e| format!("GUARD_INTERNAL_JWT: {e}"))?,
+        ),
+        Ok(other) => {
+            return Err(format!("GUARD_INTERNAL_JWT (on or off): {other:?}").into());
+        }
+    };
     let protected = match std::env::var("GUARD_UPSTREAM") {
         Ok(upstream) => {
             let proxy =
@@ -302,6 +321,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .strip_authorization()
                 .strip_header("x-api-key")?
                 .strip_header("dpop")?;
+            let identity = match &internal_jwt {
+                Some(issuer) => {
+                    println!(
+                        "# GUARD_INTERNAL_JWT: upstreams get an internal JWT (iss {origin}, aud upstream); \
+                         keys at {scheme}://{addr}/.well-known/internal-jwks.json"
+                    );
+                    identity.internal_jwt(issuer.clone())
+                }
+                None => identity,
+            };
             let forward = move |request: axum::extract::Request| {
                 let proxy = proxy.clone();
                 async move { proxy.forward(request).await }
@@ -317,7 +346,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One route_layer for the whole stack (axum boxes every route_layer), so unknown routes
     // stay 404 instead of becoming 401.
     let protected = protected.route_layer(guard);
-    let app = Router::new().route("/health", get(health)).merge(protected);
+    let mut app = Router::new().route("/health", get(health)).merge(protected);
+    if let Some(issuer) = internal_jwt {
+        let jwks = issuer.jwks_json();
+        app = app.route(
+            "/.well-known/internal-jwks.json",
+            get(move || {
+                let jwks = jwks.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        jwks,
+                    )
+                }
+            }),
+        );
+    }
 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let shutdown = async {

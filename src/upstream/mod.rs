@@ -92,6 +92,8 @@ struct Settings {
     strip_authorization: bool,
     strip_headers: Vec<HeaderName>,
     strip_cookies: Vec<Box<str>>,
+    #[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+    internal_jwt: Option<(HeaderName, InternalJwtIssuer)>,
 }
 
 impl fmt::Debug for IdentityHeaders {
@@ -123,6 +125,8 @@ impl IdentityHeadersLayer {
             strip_authorization: false,
             strip_headers: Vec::new(),
             strip_cookies: Vec::new(),
+            #[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+            internal_jwt: None,
         }))))
     }
 
@@ -220,6 +224,15 @@ impl IdentityHeadersLayer {
             .map_err(|_| ConfigError::setting("a header to strip is not a header name"))?;
         self.settings().strip_headers.push(name);
         Ok(self)
+    }
+
+    /// Send a short-lived internal JWT for the identity (see [`InternalJwtIssuer`]) in
+    /// `Authorization: Bearer …`, replacing the caller's credential there. Features `jwt`
+    /// and `aws-lc-rs`.
+    #[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+    pub fn internal_jwt(mut self, issuer: InternalJwtIssuer) -> Self {
+        self.settings().internal_jwt = Some((AUTHORIZATION, issuer));
+        self
     }
 
     /// Remove the caller's cookie `name` from `Cookie`, keeping the others.
@@ -327,6 +340,17 @@ impl Check for IdentityHeaders {
                 }
             }
         }
+        #[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+        if let Some((name, issuer)) = &s.internal_jwt {
+            match issuer.bearer_for(&identity) {
+                Some(value) => {
+                    headers.insert(name.clone(), value);
+                }
+                None => {
+                    tracing::warn!(target: "tower_api_guard::upstream", "internal JWT not minted");
+                }
+            }
+        }
         Step::Allow(())
     }
 
@@ -336,6 +360,12 @@ impl Check for IdentityHeaders {
 
     fn finish<R>((): (), _response: &mut Response<R>) {}
 }
+
+#[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+mod internal_jwt;
+#[cfg(all(feature = "jwt", feature = "aws-lc-rs"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "jwt", feature = "aws-lc-rs"))))]
+pub use internal_jwt::{DEFAULT_INTERNAL_JWT_LIFETIME, InternalJwtIssuer};
 
 #[cfg(test)]
 mod tests {
