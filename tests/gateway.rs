@@ -149,3 +149,87 @@ async fn an_unreachable_upstream_is_a_502_and_bad_upstreams_are_refused() {
         assert!(proxy::Proxy::new(bad, "/api").is_err(), "{bad}");
     }
 }
+
+/// The whole gateway: JWT authentication, identity headers, internal JWT, proxy. A client's
+/// own `X-Auth-*` headers (any casing, repeated) never reach the upstream; its credential
+/// does not either; the upstream gets the verified identity and a token it can verify.
+#[cfg(all(feature = "upstream", feature = "testing"))]
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    use tower_api_guard::auth::AuthLayer;
+    use tower_api_guard::jwt::{Algorithm, JwtAuthenticator, StaticKeys};
+    use tower_api_guard::testing::TestIssuer;
+    use tower_api_guard::upstream::{IdentityHeadersLayer, InternalJwtIssuer};
+
+    let up = upstream().await;
+    let issuer = TestIssuer::new("https://issuer.example");
+    let jwt = JwtAuthenticator::builder(issuer.issuer(), "api")
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let internal =
+        InternalJwtIssuer::generate(Algorithm::EdDSA, "https://gw.example", "upstream").unwrap();
+    let identity = IdentityHeadersLayer::new("x-auth-")
+        .unwrap()
+        .subject("x-auth-subject")
+        .unwrap()
+        .scopes("x-auth-scopes")
+        .unwrap()
+        .strip_header("x-api-key")
+        .unwrap()
+        .internal_jwt(internal.clone());
+    let proxy = proxy::Proxy::new(&format!("http://{up}"), "/api").unwrap();
+    let app = Router::new()
+        .route(
+            "/api/{*rest}",
+            any(move |request: Request| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(request).await }
+            })
+            .layer(identity),
+        )
+        .route_layer(AuthLayer::new(jwt));
+    let gw = serve(app).await;
+    let token = issuer
+        .token()
+        .subject("alice")
+        .audience("api")
+        .scope("items:read")
+        .mint();
+    let request = http::Request::get(format!("http://{gw}/api/x"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("X-AUTH-Subject", "root")
+        .header("x-auth-subject", "admin")
+        .header("X-Auth-Roles", "admin")
+        .header("x-api-key", "sk_should_not_pass")
+        .body(Body::empty())
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&seen).unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    assert_eq!(headers["x-auth-subject"], "alice");
+    assert_eq!(headers["x-auth-scopes"], "items:read");
+    assert!(!headers.contains_key("x-auth-roles"));
+    assert!(!headers.contains_key("x-api-key"));
+    // The upstream's credential is the internal JWT, not the caller's token.
+    let bearer = headers["authorization"].as_str().unwrap();
+    let internal_token = bearer.strip_prefix("Bearer ").unwrap();
+    assert_ne!(internal_token, token);
+    let upstream_jwt = JwtAuthenticator::builder("https://gw.example", "upstream")
+        .keys(StaticKeys::from_jwks_json(internal.jwks_json().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let verified = upstream_jwt.verify(internal_token).await.unwrap();
+    assert_eq!(verified.subject(), "alice");
+    // No credential: 401, nothing forwarded.
+    let request = http::Request::get(format!("http://{gw}/api/x"))
+        .header("x-auth-subject", "root")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        client().request(request).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
