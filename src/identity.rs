@@ -46,6 +46,11 @@ pub enum Source {
         /// `x5t#S256`).
         x5t_s256: String,
     },
+    /// An opaque token that the issuer's introspection endpoint (RFC 7662) said is active.
+    Introspection {
+        /// The `iss` of the introspection response, when it had one.
+        issuer: Option<String>,
+    },
     /// A credential checked by an authenticator outside this crate.
     Custom {
         /// A name for the mechanism, for logs and handlers.
@@ -59,6 +64,7 @@ impl fmt::Display for Source {
             Source::Jwt { .. } => f.write_str("jwt"),
             Source::ApiKey { .. } => f.write_str("api_key"),
             Source::ClientCertificate { .. } => f.write_str("client_certificate"),
+            Source::Introspection { .. } => f.write_str("introspection"),
             Source::Custom { mechanism } => write!(f, "custom:{mechanism}"),
         }
     }
@@ -179,6 +185,8 @@ impl Identity {
     /// - [`Source::ClientCertificate`]: `client_certificate:` + the subject (the SPIFFE ID,
     ///   DNS name or common name). The thumbprint is left out for the same reason: a
     ///   renewed certificate of one service is the same caller.
+    /// - [`Source::Introspection`]: `introspection:` + the issuer, when the response named
+    ///   one, + the subject.
     /// - [`Source::Custom`]: `custom:` + the mechanism + the subject.
     ///
     /// Every variable part but the last is written with its length in bytes before it
@@ -197,6 +205,9 @@ impl Identity {
                 Source::Jwt { issuer } => ("jwt", Some(issuer.as_str())),
                 Source::ApiKey { .. } => ("api_key", None),
                 Source::ClientCertificate { .. } => ("client_certificate", None),
+                Source::Introspection { issuer } => {
+                    ("introspection", Some(issuer.as_deref().unwrap_or_default()))
+                }
                 Source::Custom { mechanism } => ("custom", Some(mechanism.as_str())),
             };
             let mut key = String::with_capacity(

@@ -117,6 +117,10 @@ pub mod mtls;
 #[cfg_attr(docsrs, doc(cfg(feature = "upstream")))]
 pub mod upstream;
 
+#[cfg(feature = "introspection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+pub mod introspection;
+
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -31,7 +31,10 @@ fn invalid(reason: &'static str) -> AuthError {
 
 /// A NumericDate: a finite, non-negative JSON number no larger than [`MAX_NUMERIC_DATE`].
 /// `Ok(None)` when absent; any other JSON type is an error, never "absent".
-fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, AuthError> {
+pub(crate) fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<f64>, AuthError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -42,7 +45,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
     }
 }
 
-fn optional_string<'a>(
+pub(crate) fn optional_string<'a>(
     claims: &'a Map<String, Value>,
     name: &'static str,
 ) -> Result<Option<&'a str>, AuthError> {
@@ -108,7 +111,21 @@ pub(crate) fn validate(
     if !aud_ok {
         return Err(invalid("aud does not match"));
     }
+    let source = Source::Jwt {
+        issuer: rules.issuer.to_owned(),
+    };
+    identity_from(claims, rules, source, Some(exp))
+}
 
+/// Build the identity from claims whose time, issuer and audience were checked: the
+/// subject (configured claims in order), scopes, roles, tenant, plan and role model of
+/// `rules`. Shared by JWTs and introspection responses.
+pub(crate) fn identity_from(
+    claims: Map<String, Value>,
+    rules: &ClaimRules<'_>,
+    source: Source,
+    exp: Option<f64>,
+) -> Result<Identity, AuthError> {
     for name in ["sub", "jti", "client_id", "azp"] {
         optional_string(&claims, name)?;
     }
@@ -178,15 +195,12 @@ pub(crate) fn validate(
     let tenant = string_at(&claims, rules.tenant_claim, "tenant claim is not a string")?;
     let plan = string_at(&claims, rules.plan_claim, "plan claim is not a string")?;
 
-    let mut builder = Identity::builder(
-        subject,
-        Source::Jwt {
-            issuer: rules.issuer.to_owned(),
-        },
-    )
-    .scopes(scopes)
-    .roles(roles)
-    .expires_at(UNIX_EPOCH + Duration::from_secs_f64(exp));
+    let mut builder = Identity::builder(subject, source)
+        .scopes(scopes)
+        .roles(roles);
+    if let Some(exp) = exp {
+        builder = builder.expires_at(UNIX_EPOCH + Duration::from_secs_f64(exp));
+    }
     if let Some(t) = tenant {
         builder = builder.tenant(t);
     }

@@ -54,12 +54,12 @@
 
 mod algorithm;
 mod authenticator;
-mod claims;
+pub(crate) mod claims;
 pub mod dpop;
 mod issuers;
-mod jose;
+pub(crate) mod jose;
 pub(crate) mod keys;
-mod remote;
+pub(crate) mod remote;
 mod replay;
 mod revocation;
 

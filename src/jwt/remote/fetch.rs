@@ -160,26 +160,9 @@ mod reqwest_fetcher {
         /// # Errors
         /// When the TLS backend cannot be initialised.
         pub fn new() -> Result<Self, ConfigError> {
-            let policy = reqwest::redirect::Policy::custom(|attempt| {
-                let same_origin = attempt.previous().first().is_some_and(|first| {
-                    first.scheme() == attempt.url().scheme()
-                        && first.host_str() == attempt.url().host_str()
-                        && first.port_or_known_default() == attempt.url().port_or_known_default()
-                });
-                if attempt.previous().len() > 3 {
-                    attempt.error("too many redirects")
-                } else if same_origin {
-                    attempt.follow()
-                } else {
-                    attempt.error("redirect to another origin")
-                }
-            });
-            let client = reqwest::Client::builder()
-                .redirect(policy)
-                .user_agent(concat!("tower-api-guard/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| ConfigError::unavailable("cannot build the HTTP client", e))?;
-            Ok(Self { client })
+            Ok(Self {
+                client: hardened_client()?,
+            })
         }
 
         /// A fetcher over your client (proxy, mTLS). Configure its redirect policy to stay
@@ -222,61 +205,99 @@ mod reqwest_fetcher {
                     200 => {}
                     status => return Err(FetchError::new(format!("HTTP status {status}"))),
                 }
-                let is_json = headers
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|ct| {
-                        let essence = ct
-                            .split(';')
-                            .next()
-                            .unwrap_or("")
-                            .trim()
-                            .to_ascii_lowercase();
-                        essence == "application/json" || essence.ends_with("+json")
-                    });
-                if !is_json {
-                    return Err(FetchError::new("content type is not JSON"));
-                }
-                let declared = headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if declared.is_some_and(|len| len > request.max_body as u64) {
-                    return Err(FetchError::new("body larger than the cap"));
-                }
                 let etag = headers
                     .get(ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let mut body = Vec::new();
-                loop {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => {
-                            if body.len() + chunk.len() > request.max_body {
-                                return Err(FetchError::new("body larger than the cap"));
-                            }
-                            body.extend_from_slice(&chunk);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let reason = if e.is_timeout() {
-                                "timeout"
-                            } else {
-                                "body read failed"
-                            };
-                            return Err(FetchError::new(reason).with_source(e.without_url()));
-                        }
-                    }
-                }
+                let body = json_body(&mut response, request.max_body).await?;
                 Ok(FetchResponse::Modified {
-                    body: Bytes::from(body),
+                    body,
                     etag,
                     max_age,
                 })
             })
         }
     }
+
+    /// The HTTP client of every outbound call of this crate: rustls, at most 3 redirects,
+    /// none to another origin.
+    pub(crate) fn hardened_client() -> Result<reqwest::Client, ConfigError> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt.previous().first().is_some_and(|first| {
+                first.scheme() == attempt.url().scheme()
+                    && first.host_str() == attempt.url().host_str()
+                    && first.port_or_known_default() == attempt.url().port_or_known_default()
+            });
+            if attempt.previous().len() > 3 {
+                attempt.error("too many redirects")
+            } else if same_origin {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to another origin")
+            }
+        });
+        reqwest::Client::builder()
+            .redirect(policy)
+            .user_agent(concat!("tower-api-guard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::unavailable("cannot build the HTTP client", e))
+    }
+
+    /// The body of a JSON response, read up to `max_body` bytes (a declared or actual
+    /// length over it is an error). Errors keep their cause without its URL.
+    pub(crate) async fn json_body(
+        response: &mut reqwest::Response,
+        max_body: usize,
+    ) -> Result<Bytes, FetchError> {
+        let headers = response.headers();
+        let is_json = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let essence = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            });
+        if !is_json {
+            return Err(FetchError::new("content type is not JSON"));
+        }
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max_body as u64) {
+            return Err(FetchError::new("body larger than the cap"));
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > max_body {
+                        return Err(FetchError::new("body larger than the cap"));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "body read failed"
+                    };
+                    return Err(FetchError::new(reason).with_source(e.without_url()));
+                }
+            }
+        }
+        Ok(Bytes::from(body))
+    }
 }
+
+#[cfg(feature = "reqwest")]
+pub(crate) use reqwest_fetcher::{hardened_client, json_body};
 
 #[cfg(feature = "reqwest")]
 pub(super) fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {

@@ -24,10 +24,14 @@ use crate::error::ConfigError;
 
 pub use cache::KeySourceStatus;
 use cache::{SharedRefresh, Snapshot};
+#[cfg_attr(not(feature = "introspection"), allow(unused_imports))]
+pub(crate) use discovery::discovery_urls;
 #[cfg(feature = "reqwest")]
 pub use fetch::ReqwestFetcher;
 use fetch::default_fetcher;
 pub use fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, parse_max_age};
+#[cfg(all(feature = "reqwest", feature = "introspection"))]
+pub(crate) use fetch::{hardened_client, json_body};
 
 /// Where the key set lives.
 #[derive(Debug, Clone)]
