@@ -43,6 +43,12 @@
 //!   authenticated as the certificate's SPIFFE ID, DNS name or common name (source
 //!   `client_certificate`, no scopes or roles: `GET /me` answers it).
 //!
+//! Opaque tokens: `GUARD_INTROSPECTION_URL` (the issuer's RFC 7662 endpoint; or, without it,
+//! discovery on `GUARD_ISSUER` when `GUARD_CLIENT_ID` is set), with `GUARD_CLIENT_ID` and
+//! `GUARD_CLIENT_SECRET` (sent as `client_secret_basic`): bearer tokens that are not
+//! JWS-shaped are introspected (cached, one call per token at a time), on the same routes;
+//! JWS-shaped ones still go to the JWT verifier.
+//!
 //! The gateway pattern: `GUARD_UPSTREAM=http://host:port` forwards every authenticated
 //! request under `/api/` there (any method; the path after `/api` kept, bodies streamed),
 //! with the identity in `X-Auth-Subject`, `X-Auth-Source`, `X-Auth-Scopes` and
@@ -68,8 +74,9 @@ use serde_json::{Value, json};
 use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
 };
-use tower_api_guard::auth::AuthenticatorExt;
+use tower_api_guard::auth::{Authenticator, AuthenticatorExt};
 use tower_api_guard::authz::RequireLayer;
+use tower_api_guard::introspection::{ClientAuth, IntrospectionAuthenticator, JwtOrOpaque};
 use tower_api_guard::jwt::{
     Algorithm, DpopConfig, DpopMode, DpopNonces, ExternalOrigin, JwtAuthenticator, KeySource,
     RemoteJwks, StaticKeys,
@@ -267,16 +274,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let certificates = ClientCertAuthenticator::builder()
         .build()
         .map_err(|e| format!("client certificate identities: {e}"))?;
-    let authenticate = jwt.clone().or(api_keys).or_else(certificates);
-    let mut guard = GuardLayer::new(authenticate).rate_limit(rate_limit);
     let failure_limit =
         std::env::var("GUARD_AUTH_FAILURE_LIMIT").unwrap_or_else(|_| "20/min".into());
-    if failure_limit != "off" {
-        let failures = Quota::parse(&failure_limit).map_err(|e| {
+    let failures = match failure_limit.as_str() {
+        "off" => None,
+        limit => Some(Quota::parse(limit).map_err(|e| {
             format!("GUARD_AUTH_FAILURE_LIMIT (a quota such as 20/min, or off): {e}")
-        })?;
-        guard = guard.brute_force(failures);
-    }
+        })?),
+    };
+    let introspection = introspection().await?;
     let protected = Router::new()
         .route("/me", get(me))
         // Each handler gets its own guard (a MethodRouter's `layer` would cover every
@@ -345,7 +351,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // One route_layer for the whole stack (axum boxes every route_layer), so unknown routes
     // stay 404 instead of becoming 401.
-    let protected = protected.route_layer(guard);
+    let protected = match introspection {
+        // Opaque tokens too: JWS-shaped bearer tokens to the JWT verifier, others to the
+        // introspection endpoint.
+        Some(opaque) => protected.route_layer(guard(
+            JwtOrOpaque::new(jwt.clone(), opaque)
+                .or(api_keys)
+                .or_else(certificates),
+            rate_limit,
+            failures,
+        )),
+        None => protected.route_layer(guard(
+            jwt.clone().or(api_keys).or_else(certificates),
+            rate_limit,
+            failures,
+        )),
+    };
     let mut app = Router::new().route("/health", get(health)).merge(protected);
     if let Some(issuer) = internal_jwt {
         let jwks = issuer.jwks_json();
@@ -379,6 +400,61 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// The usual stack in one layer, in the fast order: the brute-force guard per client address
+/// (when `failures` is set), then authentication, then the per-identity rate limit.
+fn guard<A: Authenticator>(
+    authenticate: A,
+    rate_limit: RateLimiterLayer,
+    failures: Option<Quota>,
+) -> GuardLayer<A> {
+    let guard = GuardLayer::new(authenticate).rate_limit(rate_limit);
+    match failures {
+        Some(failures) => guard.brute_force(failures),
+        None => guard,
+    }
+}
+
+/// `GUARD_INTROSPECTION_URL` (or discovery on `GUARD_ISSUER` when only `GUARD_CLIENT_ID` is
+/// set), with `GUARD_CLIENT_ID` / `GUARD_CLIENT_SECRET` as `client_secret_basic`: opaque
+/// tokens accepted on the same routes. With `GUARD_ISSUER` (and `GUARD_AUDIENCE`), the
+/// answer's `iss` (and `aud`) must match.
+async fn introspection() -> Result<Option<IntrospectionAuthenticator>, String> {
+    let url = std::env::var("GUARD_INTROSPECTION_URL").ok();
+    let id = std::env::var("GUARD_CLIENT_ID").ok();
+    let issuer = std::env::var("GUARD_ISSUER").ok();
+    let mut builder = match (url, &id, &issuer) {
+        (Some(url), _, _) => IntrospectionAuthenticator::builder(url),
+        (None, Some(_), Some(issuer)) => IntrospectionAuthenticator::discover(issuer.clone())
+            .discover()
+            .await
+            .map_err(|e| {
+                format!("GUARD_CLIENT_ID (introspection through discovery on GUARD_ISSUER): {e}")
+            })?,
+        (None, Some(_), None) => {
+            return Err("GUARD_CLIENT_ID needs GUARD_INTROSPECTION_URL or GUARD_ISSUER".into());
+        }
+        (None, None, _) => return Ok(None),
+    };
+    if let Some(id) = id {
+        let secret = std::env::var("GUARD_CLIENT_SECRET")
+            .map_err(|_| "GUARD_CLIENT_ID is set, so GUARD_CLIENT_SECRET must be set too")?;
+        builder = builder.client_auth(ClientAuth::basic(id, secret));
+    }
+    if let Some(issuer) = issuer {
+        builder = builder.issuer(issuer);
+        if let Ok(audience) = std::env::var("GUARD_AUDIENCE") {
+            builder = builder.audience(audience);
+        }
+    }
+    let opaque = builder
+        .scope_claims(["scope", "scp"])
+        .role_claims(["roles", "realm_access.roles"])
+        .build()
+        .map_err(|e| format!("GUARD_INTROSPECTION_URL: {e}"))?;
+    println!("Opaque tokens through {}", opaque.endpoint());
+    Ok(Some(opaque))
 }
 
 fn authenticator(
