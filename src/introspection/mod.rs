@@ -16,7 +16,7 @@
 //!   exact when configured; `aud` must hold ours when configured; `exp` / `nbf` with leeway
 //!   on the injectable clock; wrong JSON types are errors; `scope` space-delimited; the
 //!   subject, roles, tenant, plan and role model as the JWT authenticator makes them. The
-//!   identity's source is [`Source::Introspection`](crate::Source::Introspection).
+//!   identity's source is [`Source::Introspection`].
 //! * **The cache:** keyed by SHA-256 of the token (never the token): an active token is
 //!   remembered `min(max TTL (60 s), exp − now)`, an inactive one 5 s; bounded; a burst of
 //!   requests with one new token makes **one** call (single flight); a hit answers without
