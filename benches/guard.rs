@@ -708,6 +708,84 @@ fn upstream_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// An introspection cache hit through `AuthLayer`, against a JWT verified-token cache hit
+/// through `AuthLayer` (target: within 1.5×). The endpoint is an in-process fake: only
+/// hits are measured.
+fn introspection_benches(c: &mut Criterion) {
+    use tower_api_guard::introspection::{
+        IntrospectionAuthenticator, IntrospectionClient, IntrospectionFuture, IntrospectionRequest,
+    };
+
+    #[derive(Debug)]
+    struct Fixed;
+    impl IntrospectionClient for Fixed {
+        fn introspect(&self, _: IntrospectionRequest) -> IntrospectionFuture {
+            Box::pin(async {
+                Ok(bytes::Bytes::from_static(
+                    br#"{"active":true,"sub":"alice","scope":"items:read","exp":4000000000}"#,
+                ))
+            })
+        }
+        fn get(&self, _: String, _: Duration) -> IntrospectionFuture {
+            Box::pin(async { Ok(bytes::Bytes::new()) })
+        }
+    }
+
+    let opaque = IntrospectionAuthenticator::builder("https://idp.example/introspect")
+        .client(Fixed)
+        .build()
+        .unwrap();
+    let mut opaque_service =
+        AuthLayer::new(opaque).layer(service_fn(inner as fn(Request<()>) -> _));
+    let issuer = TestIssuer::new(ISSUER);
+    let jwt = JwtAuthenticator::builder(ISSUER, AUDIENCE)
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let mut jwt_service: Svc = AuthLayer::new(jwt).layer(service_fn(inner as fn(Request<()>) -> _));
+    let token = issuer.token().audience(AUDIENCE).mint();
+    let opaque_token = "2YotnFZFEjr1zCsicMWpAA-an-opaque-access-token";
+    let request = |t: &str| {
+        Request::get("/items")
+            .header("authorization", format!("Bearer {t}"))
+            .body(())
+            .unwrap()
+    };
+    // Warm both caches (the introspection fake answers at once).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    assert_eq!(
+        runtime
+            .block_on(opaque_service.call(request(opaque_token)))
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        now(jwt_service.call(request(&token))).unwrap().status(),
+        StatusCode::OK
+    );
+    let mut group = c.benchmark_group("introspection");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cache_hit_full_call", |b| {
+        b.iter_batched(
+            || request(opaque_token),
+            |req| black_box(now(opaque_service.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("jwt_cache_hit_full_call", |b| {
+        b.iter_batched(
+            || request(&token),
+            |req| black_box(now(jwt_service.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn base64_url(text: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -722,5 +800,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches, introspection_benches }
 criterion_main!(benches);

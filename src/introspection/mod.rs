@@ -23,7 +23,9 @@
 //!   waiting. A configured revocation store is asked on hits too.
 //! * **Failures:** endpoint down, 5xx, not JSON, too big, slow: `503` with `Retry-After`
 //!   once the time budget (2 s) is spent — never a hang, never a 200. Every failure emits a
-//!   `tracing` event (target `tower_api_guard::introspection`) without the token.
+//!   `tracing` event (target `tower_api_guard::introspection`) without the token. The
+//!   budget is a Tokio timer: a call that misses the cache must run on a Tokio runtime with
+//!   its time driver (every server runtime has it; a bare `Builder` needs `enable_time`).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tower_api_guard::ConfigError> {
