@@ -378,3 +378,25 @@ async fn jws_shaped_tokens_go_to_the_jwt_verifier_and_never_fall_through() {
     assert_eq!(send(&layer, "good").await.body(), "alice|introspection");
     assert_eq!(s.seen.calls("good"), 1);
 }
+
+/// A configured revocation store is asked on cache hits too.
+#[tokio::test]
+async fn revocations_apply_to_cache_hits() {
+    use tower_api_guard::FailurePolicy;
+    use tower_api_guard::jwt::{MemoryRevocations, RevocationStore};
+
+    let revocations = MemoryRevocations::new();
+    let store = revocations.clone();
+    let s = setup_with(move |b| b.revocation(store, FailurePolicy::Closed)).await;
+    assert_eq!(s.send("good").await.status(), StatusCode::OK);
+    revocations
+        .revoke_subject("alice", std::time::SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(s.send("good").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.seen.calls("good"),
+        1,
+        "refused from the cache, not asked again"
+    );
+}
