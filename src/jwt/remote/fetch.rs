@@ -296,7 +296,7 @@ mod reqwest_fetcher {
     }
 }
 
-#[cfg(feature = "reqwest")]
+#[cfg(all(feature = "reqwest", feature = "introspection"))]
 pub(crate) use reqwest_fetcher::{hardened_client, json_body};
 
 #[cfg(feature = "reqwest")]
