@@ -16,6 +16,8 @@
 //! | `GET /items` | scope `items:read` |
 //! | `POST /items` | scope `items:write` |
 //! | `GET /admin` | role `admin` |
+//! | any method `/api/…` | with `GUARD_UPSTREAM`: any valid identity; forwarded upstream with `X-Auth-*` identity headers |
+//! | `GET /.well-known/internal-jwks.json` | nothing; with `GUARD_INTERNAL_JWT=on`: the internal JWT's public keys |
 //!
 //! To protect the same routes with a real identity provider, set `GUARD_ISSUER` and
 //! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
