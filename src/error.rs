@@ -22,6 +22,9 @@ pub enum AuthErrorKind {
     InvalidToken,
     /// Authenticated, but not allowed. 403.
     InsufficientScope,
+    /// Authenticated, but not allowed to touch this resource: not its owner, or a policy
+    /// said no. 403 without a `WWW-Authenticate` challenge (no scope would help).
+    Forbidden,
     /// Too many requests. 429.
     RateLimited,
     /// The key set or key store is unavailable. 503.
@@ -43,7 +46,7 @@ impl AuthErrorKind {
             | AuthErrorKind::InvalidDpopProof
             | AuthErrorKind::UseDpopNonce => StatusCode::UNAUTHORIZED,
             AuthErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
-            AuthErrorKind::InsufficientScope => StatusCode::FORBIDDEN,
+            AuthErrorKind::InsufficientScope | AuthErrorKind::Forbidden => StatusCode::FORBIDDEN,
             AuthErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             AuthErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -57,7 +60,7 @@ impl AuthErrorKind {
             | AuthErrorKind::InvalidToken
             | AuthErrorKind::InvalidDpopProof
             | AuthErrorKind::UseDpopNonce => 16,
-            AuthErrorKind::InsufficientScope => 7,
+            AuthErrorKind::InsufficientScope | AuthErrorKind::Forbidden => 7,
             AuthErrorKind::RateLimited => 8,
             AuthErrorKind::Unavailable => 14,
         }
@@ -82,6 +85,7 @@ impl AuthErrorKind {
             AuthErrorKind::InvalidRequest => "The request is malformed.",
             AuthErrorKind::InvalidToken => "The access token is invalid.",
             AuthErrorKind::InsufficientScope => "The access token does not grant this request.",
+            AuthErrorKind::Forbidden => "Access to this resource is not allowed.",
             AuthErrorKind::RateLimited => "Too many requests.",
             AuthErrorKind::Unavailable => "Authentication is temporarily unavailable.",
             AuthErrorKind::InvalidDpopProof => "The DPoP proof is invalid.",
@@ -216,6 +220,12 @@ impl AuthError {
         let mut e = Self::new(AuthErrorKind::InsufficientScope, "insufficient scope");
         e.scope = Some(scope.into());
         e
+    }
+
+    /// Authenticated but not allowed to touch this resource (not its owner, or a policy
+    /// said no). `reason` is for logs only.
+    pub fn forbidden(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(AuthErrorKind::Forbidden, reason)
     }
 
     /// Too many requests; retry after `retry_after`.

@@ -79,7 +79,7 @@ pub mod auth;
 pub mod body;
 #[cfg(feature = "jwt")]
 mod cert;
-#[cfg(any(feature = "jwt", feature = "rate-limit"))]
+#[cfg(any(feature = "jwt", feature = "rate-limit", feature = "policy"))]
 mod client;
 pub mod clock;
 pub mod error;
@@ -100,6 +100,10 @@ pub mod axum;
 #[cfg(feature = "authz")]
 #[cfg_attr(docsrs, doc(cfg(feature = "authz")))]
 pub mod authz;
+
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod policy;
 
 #[cfg(feature = "api-key")]
 #[cfg_attr(docsrs, doc(cfg(feature = "api-key")))]
@@ -137,8 +141,11 @@ mod redis_conn;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use cert::ClientCertificate;
-#[cfg(any(feature = "jwt", feature = "rate-limit"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "jwt", feature = "rate-limit"))))]
+#[cfg(any(feature = "jwt", feature = "rate-limit", feature = "policy"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "jwt", feature = "rate-limit", feature = "policy")))
+)]
 pub use client::ClientAddr;
 pub use error::{
     AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, DpopChallenge, FailurePolicy,

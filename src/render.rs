@@ -9,6 +9,7 @@
 //! | [`InvalidRequest`](AuthErrorKind::InvalidRequest) | 400 | `error="invalid_request"` | 16 `UNAUTHENTICATED` |
 //! | [`InvalidToken`](AuthErrorKind::InvalidToken) | 401 | `error="invalid_token"` | 16 `UNAUTHENTICATED` |
 //! | [`InsufficientScope`](AuthErrorKind::InsufficientScope) | 403 | `error="insufficient_scope", scope="…"` | 7 `PERMISSION_DENIED` |
+//! | [`Forbidden`](AuthErrorKind::Forbidden) | 403 | — | 7 `PERMISSION_DENIED` |
 //! | [`RateLimited`](AuthErrorKind::RateLimited) | 429 + `Retry-After` | — | 8 `RESOURCE_EXHAUSTED` |
 //! | [`Unavailable`](AuthErrorKind::Unavailable) | 503 + `Retry-After` | — | 14 `UNAVAILABLE` |
 //! | [`InvalidDpopProof`](AuthErrorKind::InvalidDpopProof) | 401 | `DPoP error="invalid_dpop_proof", algs="…"` | 16 `UNAUTHENTICATED` |
@@ -183,7 +184,7 @@ impl DefaultRenderer {
         let kind = error.kind();
         if matches!(
             kind,
-            AuthErrorKind::RateLimited | AuthErrorKind::Unavailable
+            AuthErrorKind::RateLimited | AuthErrorKind::Unavailable | AuthErrorKind::Forbidden
         ) {
             return;
         }

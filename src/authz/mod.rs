@@ -11,7 +11,12 @@
 //! | [`Requirement::any_scope`] | holds at least one of them |
 //! | [`Requirement::any_role`] / [`Requirement::all_roles`] | holds one / all of the roles (after the [`RoleModel`](crate::RoleModel) hierarchy) |
 //! | [`Requirement::expr`] | satisfies an expression such as `items:write and (admin or support) and not suspended`, parsed once at start-up; an atom is held when it is a scope, permission or role |
-//! | [`Requirement::predicate`] | an async check of your own over the identity and the request head (resource-level rules) |
+//! | [`Requirement::authenticated`] | any identity |
+//! | [`Requirement::predicate`] | an async check of your own over the identity and the request head |
+//! | [`Requirement::check`] | a *fallible* async check of your own: allow, deny (403), or could not decide (503 with `Retry-After`, or let through if the layer [fails open](RequireLayer::on_error)), within a [time budget](RequireLayer::budget) |
+//! | [`Requirement::owner`] | a path parameter (or your extractor's value) equals the caller's subject, tenant or a claim ([`Ownership`]), unless the caller has an overriding role |
+//! | [`Requirement::routes`] | the requirement of the request's route in a [`RouteTable`]; deny by default for a route the table does not list |
+//! | `Requirement::policy` | a policy engine (Cedar, Rego, an OPA sidecar) decides; feature `policy` |
 //!
 //! Matching is exact and case-sensitive: `admin` never matches `admin:read`, `notadmin` or
 //! `Admin`. Wildcard grants (`posts:*`, `*`) count only when enabled with
@@ -19,9 +24,12 @@
 //!
 //! A request without an identity gets `401`; an identity that is not allowed gets `403`
 //! with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` naming what was
-//! required, or gRPC `PERMISSION_DENIED`. Every denial is a `tracing` event (target
-//! `tower_api_guard::authz`). In [dry-run mode](RequireLayer::dry_run) the denial is only
-//! logged and the request goes through, to roll out a new rule safely.
+//! required (scopes, roles, expressions, predicates), or a plain `403` for resource-level
+//! denials (ownership, checks, policies, unlisted routes), or gRPC `PERMISSION_DENIED`. A
+//! check that could not decide is a `503` with `Retry-After` (gRPC `UNAVAILABLE`): fail
+//! closed, unless the layer was told to fail open. Every denial is a `tracing` event
+//! (target `tower_api_guard::authz`). In [dry-run mode](RequireLayer::dry_run) denials and
+//! errors are only logged and the request goes through, to roll out a new rule safely.
 //!
 //! # Performance
 //! A scope, role or expression check is a few binary searches over the identity's sorted
@@ -61,18 +69,26 @@
 //! # });
 //! ```
 
+mod check;
 mod expr;
+mod owner;
+pub(crate) mod routes;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 
+pub(crate) use check::Outcome;
+pub use check::{CheckError, CheckFuture};
 pub use expr::Expr;
+pub use owner::Ownership;
+pub use routes::{RouteMatch, RouteTable};
 
-use crate::error::{AuthError, ConfigError};
+use crate::error::{AuthError, ConfigError, FailurePolicy};
 use crate::gate::{Check, Gate, GateLayer, LayerKind, Rejection, Step, Verdict};
 use crate::head::RequestHead;
 use crate::identity::Identity;
@@ -81,15 +97,25 @@ use crate::identity::Identity;
 pub type PredicateFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 type PredicateFn = dyn Fn(&Identity, &RequestHead<'_>) -> PredicateFuture + Send + Sync;
+type CheckFn = dyn Fn(&Identity, &RequestHead<'_>) -> CheckFuture + Send + Sync;
 
 enum Kind {
+    Authenticated,
     AllScopes(Vec<String>),
     AnyScope(Vec<String>),
     AnyRole(Vec<String>),
     AllRoles(Vec<String>),
     Expr(Expr),
     Predicate(Arc<PredicateFn>),
+    Check(Arc<CheckFn>),
+    Owner(Ownership),
+    Routes(RouteTable),
+    #[cfg(feature = "policy")]
+    Policy(crate::policy::PolicyRequirement),
 }
+
+/// The future of a requirement that waits.
+pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// What a [`RequireLayer`] demands. See the [module docs](self).
 #[derive(Clone)]
@@ -102,6 +128,12 @@ pub struct Requirement {
 impl fmt::Debug for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &*self.kind {
+            Kind::Authenticated => "authenticated",
+            Kind::Check(_) => "check",
+            Kind::Owner(_) => "owner",
+            Kind::Routes(_) => "routes",
+            #[cfg(feature = "policy")]
+            Kind::Policy(_) => "policy",
             Kind::AllScopes(_) => "all_scopes",
             Kind::AnyScope(_) => "any_scope",
             Kind::AnyRole(_) => "any_role",
@@ -182,19 +214,87 @@ impl Requirement {
         Self::new(Kind::Predicate(Arc::new(check)), description.to_owned())
     }
 
+    /// Any authenticated identity.
+    pub fn authenticated() -> Self {
+        Self::new(Kind::Authenticated, String::new())
+    }
+
+    /// A fallible async check of your own: `Ok(true)` allows, `Ok(false)` denies with a
+    /// plain 403, `Err(CheckError)` could not decide (503 with `Retry-After`, unless the
+    /// layer [fails open](RequireLayer::on_error)). The layer's
+    /// [time budget](RequireLayer::budget) bounds it. The closure runs synchronously with
+    /// the identity and the request head; copy what the check needs into the future.
+    ///
+    /// `description` is what denials are logged as requiring.
+    ///
+    /// ```
+    /// use tower_api_guard::authz::{CheckError, RequireLayer, Requirement};
+    ///
+    /// let layer = RequireLayer::new(Requirement::check("active account", |identity, _head| {
+    ///     let subject = identity.subject().to_owned();
+    ///     Box::pin(async move {
+    ///         // Ask the database; a failure is a 503, never an allow.
+    ///         let active: Result<bool, std::io::Error> = Ok(subject != "suspended");
+    ///         active.map_err(|e| CheckError::new(format!("account lookup: {e}")))
+    ///     })
+    /// }));
+    /// ```
+    pub fn check<F>(description: &str, check: F) -> Self
+    where
+        F: Fn(&Identity, &RequestHead<'_>) -> CheckFuture + Send + Sync + 'static,
+    {
+        Self::new(Kind::Check(Arc::new(check)), description.to_owned())
+    }
+
+    /// The caller must own the resource the request names; see [`Ownership`].
+    pub fn owner(ownership: Ownership) -> Self {
+        let required = ownership.describe();
+        Self::new(Kind::Owner(ownership), required)
+    }
+
+    /// The requirement of the request's route in `table`; see [`RouteTable`].
+    pub fn routes(table: RouteTable) -> Self {
+        Self::new(Kind::Routes(table), "route table".to_owned())
+    }
+
+    /// A policy engine decides; see [`crate::policy`].
+    #[cfg(feature = "policy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+    pub fn policy(policy: crate::policy::PolicyRequirement) -> Self {
+        Self::new(Kind::Policy(policy), "policy".to_owned())
+    }
+
     /// What a 403 names as required.
     pub fn required(&self) -> &str {
         &self.required
     }
 
-    /// Decide at once, or hand back the predicate's future.
-    fn decide(&self, identity: &Identity, head: &RequestHead<'_>, wildcards: bool) -> Decision {
+    /// Whether deciding needs the route and path parameters.
+    fn needs_target(&self) -> bool {
+        match &*self.kind {
+            Kind::Owner(ownership) => ownership.needs_target(),
+            Kind::Routes(_) => true,
+            #[cfg(feature = "policy")]
+            Kind::Policy(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Decide at once, or hand back a future.
+    fn decide(
+        &self,
+        identity: &Identity,
+        head: &RequestHead<'_>,
+        target: &mut routes::Target,
+        wildcards: bool,
+    ) -> Decision {
         let grants = |s: &str| {
             identity.has_scope(s)
                 || identity.has_permission(s)
                 || (wildcards && wildcard_grants(identity, s))
         };
         let allowed = match &*self.kind {
+            Kind::Authenticated => true,
             Kind::AllScopes(scopes) => scopes.iter().all(|s| grants(s)),
             Kind::AnyScope(scopes) => scopes.iter().any(|s| grants(s)),
             Kind::AnyRole(roles) => roles.iter().any(|r| identity.has_role(r)),
@@ -202,15 +302,82 @@ impl Requirement {
             Kind::Expr(expr) => {
                 expr.eval(&mut |atom: &str| grants(atom) || identity.has_role(atom))
             }
-            Kind::Predicate(check) => return Decision::Pending(check(identity, head)),
+            Kind::Predicate(check) => {
+                let check = check(identity, head);
+                let required = self.required.clone();
+                return Decision::Wait {
+                    future: Box::pin(async move {
+                        if check.await {
+                            Outcome::Allow
+                        } else {
+                            Outcome::Deny(AuthError::insufficient_scope(required.to_string()))
+                        }
+                    }),
+                    budgeted: false,
+                };
+            }
+            Kind::Check(check) => {
+                let check = check(identity, head);
+                return Decision::Wait {
+                    future: Box::pin(async move {
+                        match check.await {
+                            Ok(true) => Outcome::Allow,
+                            Ok(false) => Outcome::Deny(AuthError::forbidden("check denied")),
+                            Err(error) => Outcome::Error(error),
+                        }
+                    }),
+                    budgeted: true,
+                };
+            }
+            Kind::Owner(ownership) => {
+                return Decision::Now(match ownership.decide(identity, head, Some(target)) {
+                    Ok(()) => Outcome::Allow,
+                    Err(reason) => Outcome::Deny(AuthError::forbidden(reason)),
+                });
+            }
+            Kind::Routes(table) => {
+                return match table.select(head.method, head.uri.path(), target) {
+                    Some(requirement) => requirement.decide(identity, head, target, wildcards),
+                    None if table.allows_unlisted() => Decision::Now(Outcome::Allow),
+                    None => {
+                        tracing::warn!(
+                            target: "tower_api_guard::authz",
+                            method = %head.method,
+                            route = target.route.as_deref().unwrap_or(""),
+                            "route is not in the route table (denied)"
+                        );
+                        Decision::Now(Outcome::Deny(AuthError::forbidden(
+                            "route is not in the route table",
+                        )))
+                    }
+                };
+            }
+            #[cfg(feature = "policy")]
+            Kind::Policy(policy) => {
+                return match policy.decide(identity, head, target) {
+                    Ok(outcome) => Decision::Now(outcome),
+                    Err(future) => Decision::Wait {
+                        future,
+                        budgeted: true,
+                    },
+                };
+            }
         };
-        Decision::Now(allowed)
+        Decision::Now(if allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny(AuthError::insufficient_scope(self.required.to_string()))
+        })
     }
 }
 
 enum Decision {
-    Now(bool),
-    Pending(PredicateFuture),
+    Now(Outcome),
+    /// `budgeted`: bounded by the layer's time budget (fallible checks and policies).
+    Wait {
+        future: OutcomeFuture,
+        budgeted: bool,
+    },
 }
 
 /// Whether a wildcard grant (`*`, or `prefix:*` for a `prefix:…` requirement) covers `s`.
@@ -230,6 +397,9 @@ pub struct Authorize {
     requirement: Requirement,
     dry_run: bool,
     wildcards: bool,
+    budget: Duration,
+    on_error: FailurePolicy,
+    retry_after: Duration,
 }
 
 impl fmt::Debug for Authorize {
@@ -238,6 +408,8 @@ impl fmt::Debug for Authorize {
             .field("requirement", &self.requirement)
             .field("dry_run", &self.dry_run)
             .field("wildcards", &self.wildcards)
+            .field("budget", &self.budget)
+            .field("on_error", &self.on_error)
             .finish()
     }
 }
@@ -261,6 +433,9 @@ impl RequireLayer {
             requirement,
             dry_run: false,
             wildcards: false,
+            budget: Duration::from_secs(2),
+            on_error: FailurePolicy::Closed,
+            retry_after: Duration::from_secs(1),
         })
     }
 
@@ -282,8 +457,25 @@ impl RequireLayer {
         Ok(Self::new(Requirement::expr(text)?))
     }
 
-    /// Log denials (`tracing`, target `tower_api_guard::authz`) but let the requests
-    /// through: for rolling out a new rule.
+    /// Ownership: `RequireLayer::new(Requirement::owner(..))`.
+    pub fn owner(ownership: Ownership) -> Self {
+        Self::new(Requirement::owner(ownership))
+    }
+
+    /// A route table: `RequireLayer::new(Requirement::routes(..))`.
+    pub fn routes(table: RouteTable) -> Self {
+        Self::new(Requirement::routes(table))
+    }
+
+    /// A policy engine: `RequireLayer::new(Requirement::policy(..))`.
+    #[cfg(feature = "policy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+    pub fn policy(policy: crate::policy::PolicyRequirement) -> Self {
+        Self::new(Requirement::policy(policy))
+    }
+
+    /// Log denials and errors (`tracing`, target `tower_api_guard::authz`) but let the
+    /// requests through: for rolling out a new rule.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.check_mut().dry_run = dry_run;
         self
@@ -293,6 +485,28 @@ impl RequireLayer {
     /// Off by default.
     pub fn wildcards(mut self, enabled: bool) -> Self {
         self.check_mut().wildcards = enabled;
+        self
+    }
+
+    /// The time a [fallible check](Requirement::check) or a policy (with its resource
+    /// loader) may take; past it the check could not decide. Default 2 s. Needs Tokio's
+    /// time driver (any multi-feature runtime, `#[tokio::main]`, axum, tonic).
+    pub fn budget(mut self, budget: Duration) -> Self {
+        self.check_mut().budget = budget;
+        self
+    }
+
+    /// What a check that could not decide does: [`FailurePolicy::Closed`] (default: 503
+    /// with `Retry-After`, gRPC `UNAVAILABLE`), or [`FailurePolicy::Open`] (let through,
+    /// logged at `warn`) — only by explicit choice.
+    pub fn on_error(mut self, policy: FailurePolicy) -> Self {
+        self.check_mut().on_error = policy;
+        self
+    }
+
+    /// The `Retry-After` of a 503 when the error does not say (default 1 s).
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.check_mut().retry_after = retry_after;
         self
     }
 
@@ -315,59 +529,98 @@ impl<S> Require<S> {
 }
 
 impl Authorize {
-    /// A denial: the rejection, or `None` in a dry run (logged, let through).
-    fn deny(&self, identity: Option<&Identity>) -> Option<Rejection> {
-        if self.dry_run {
-            tracing::warn!(
-                target: "tower_api_guard::authz",
-                subject = identity.map_or("", Identity::subject),
-                required = %self.requirement.required(),
-                dry_run = true,
-                "request would be denied (dry run: let through)"
-            );
-            return None;
+    /// Turn an outcome into a rejection, or `None` to let the request through (allowed,
+    /// dry run, or failing open).
+    fn settle(&self, outcome: Outcome, identity: Option<&Identity>) -> Option<Rejection> {
+        let subject = identity.map_or("", Identity::subject);
+        match outcome {
+            Outcome::Allow => None,
+            Outcome::Deny(error) if self.dry_run => {
+                tracing::warn!(
+                    target: "tower_api_guard::authz",
+                    subject,
+                    required = %self.requirement.required(),
+                    reason = %error.reason(),
+                    dry_run = true,
+                    "request would be denied (dry run: let through)"
+                );
+                None
+            }
+            Outcome::Deny(error) => Some(error.into()),
+            Outcome::Error(error) if self.dry_run || self.on_error == FailurePolicy::Open => {
+                tracing::warn!(
+                    target: "tower_api_guard::authz",
+                    subject,
+                    required = %self.requirement.required(),
+                    reason = %error.reason(),
+                    dry_run = self.dry_run,
+                    "the check could not decide (let through: dry run or failing open)"
+                );
+                None
+            }
+            Outcome::Error(error) => {
+                let retry = error.retry_after_hint().unwrap_or(self.retry_after);
+                Some(AuthError::unavailable(error.reason().to_owned(), retry).into())
+            }
         }
-        let error = match identity {
-            None => AuthError::missing_credentials(),
-            Some(_) => AuthError::insufficient_scope(self.requirement.required().to_owned()),
-        };
-        Some(error.into())
+    }
+
+    /// Bound `future` by the budget.
+    fn budgeted(&self, future: OutcomeFuture) -> OutcomeFuture {
+        let budget = self.budget;
+        Box::pin(async move {
+            match tokio::time::timeout(budget, future).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::Error(CheckError::new(format!(
+                    "the check took longer than its budget of {budget:?}"
+                ))),
+            }
+        })
     }
 }
 
 impl Check for Authorize {
     type Ticket = ();
-    type Wait = PredicateFuture;
+    type Wait = OutcomeFuture;
     const LAYER: LayerKind = LayerKind::Authz;
 
-    fn check<B>(&self, request: &mut Request<B>) -> Step<(), PredicateFuture> {
-        let identity = request.extensions().get::<Identity>();
-        let allowed = match identity {
-            None => false,
-            Some(identity) => {
-                match self
-                    .requirement
-                    .decide(identity, &RequestHead::of(request), self.wildcards)
-                {
-                    Decision::Now(allowed) => allowed,
-                    Decision::Pending(check) => return Step::Wait(check),
-                }
+    fn check<B>(&self, request: &mut Request<B>) -> Step<(), OutcomeFuture> {
+        if request.extensions().get::<Identity>().is_none() {
+            return match self.settle(Outcome::Deny(AuthError::missing_credentials()), None) {
+                Some(rejection) => Step::Deny(rejection),
+                None => Step::Allow(()),
+            };
+        }
+        let mut target = if self.requirement.needs_target() {
+            routes::Target::of(request)
+        } else {
+            routes::Target::default()
+        };
+        let Some(identity) = request.extensions().get::<Identity>() else {
+            return Step::Allow(()); // unreachable: checked above
+        };
+        let head = RequestHead::of(request);
+        let outcome = match self
+            .requirement
+            .decide(identity, &head, &mut target, self.wildcards)
+        {
+            Decision::Now(outcome) => outcome,
+            Decision::Wait { future, budgeted } => {
+                return Step::Wait(if budgeted {
+                    self.budgeted(future)
+                } else {
+                    future
+                });
             }
         };
-        if allowed {
-            return Step::Allow(());
-        }
-        match self.deny(identity) {
+        match self.settle(outcome, Some(identity)) {
             Some(rejection) => Step::Deny(rejection),
             None => Step::Allow(()),
         }
     }
 
-    fn resume<B>(&self, allowed: bool, request: &mut Request<B>) -> Verdict<()> {
-        if allowed {
-            return Verdict::Allow(());
-        }
-        match self.deny(request.extensions().get::<Identity>()) {
+    fn resume<B>(&self, outcome: Outcome, request: &mut Request<B>) -> Verdict<()> {
+        match self.settle(outcome, request.extensions().get::<Identity>()) {
             Some(rejection) => Verdict::Deny(rejection),
             None => Verdict::Allow(()),
         }

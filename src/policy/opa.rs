@@ -1,0 +1,1 @@
+//! An OPA sidecar as the policy engine (placeholder: being written).
