@@ -56,6 +56,9 @@ impl RouteMatch {
     }
 }
 
+/// Decoded path parameters, in order.
+type Params = Vec<(Arc<str>, String)>;
+
 /// Where a request is going: its route template and path parameters, as the router (or
 /// the route table) found them.
 #[derive(Debug, Clone, Default)]
@@ -196,7 +199,7 @@ impl Template {
 
     /// Match a raw (percent-encoded) path; the parameters come back decoded. A parameter
     /// that decodes to invalid UTF-8, or is empty, does not match.
-    fn matches(&self, path: &str) -> Option<Vec<(Arc<str>, String)>> {
+    fn matches(&self, path: &str) -> Option<Params> {
         let rest = path.strip_prefix('/')?;
         let mut parts = if rest.is_empty() {
             Vec::new()
@@ -445,7 +448,7 @@ impl RouteTable {
                     .iter()
                     .find(|e| e.serves(method) && e.template.text() == &**route);
             }
-            let mut best: Option<(&Entry, Vec<(Arc<str>, String)>, Vec<u8>)> = None;
+            let mut best: Option<(&Entry, Params, Vec<u8>)> = None;
             for entry in self.entries.iter().filter(|e| e.serves(method)) {
                 if let Some(params) = entry.template.matches(path) {
                     let rank = entry.template.rank();

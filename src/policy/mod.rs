@@ -67,6 +67,34 @@ pub trait PolicyEngine: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// A closure is an engine (named `"custom"`): policies written in Rust, and tests.
+///
+/// ```
+/// use tower_api_guard::policy::{Evaluation, Policy, PolicyDecision, PolicyInput};
+///
+/// let policy = Policy::new(|input: &PolicyInput| {
+///     let owner = input.resource.attributes.get("owner").and_then(|o| o.as_str());
+///     Evaluation::Ready(Ok(if owner == Some(input.principal.id.as_str()) {
+///         PolicyDecision::allow(["owner"])
+///     } else {
+///         PolicyDecision::deny(Vec::<String>::new())
+///     }))
+/// });
+/// assert_eq!(policy.engine_name(), "custom");
+/// ```
+impl<F> PolicyEngine for F
+where
+    F: Fn(&PolicyInput) -> Evaluation + Send + Sync + 'static,
+{
+    fn evaluate(&self, input: &PolicyInput) -> Evaluation {
+        self(input)
+    }
+
+    fn name(&self) -> &'static str {
+        "custom"
+    }
+}
+
 /// The future of an [`Evaluation::Pending`].
 pub type EvaluationFuture =
     Pin<Box<dyn Future<Output = Result<PolicyDecision, PolicyError>> + Send + 'static>>;
