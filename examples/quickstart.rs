@@ -16,6 +16,8 @@
 //! | `GET /items` | scope `items:read` |
 //! | `POST /items` | scope `items:write` |
 //! | `GET /admin` | role `admin` |
+//! | `GET` / `PUT /documents/{id}` | the policy in `GUARD_POLICY`: the document's owner reads and writes, role `auditor` reads any; documents `1`–`3` belong to `demo-user`, `4` to `other-user` |
+//! | `GET /users/{id}/orders` | subject `{id}`, or role `admin` |
 //! | any method `/api/…` | with `GUARD_UPSTREAM`: any valid identity; forwarded upstream with `X-Auth-*` identity headers |
 //! | `GET /.well-known/internal-jwks.json` | nothing; with `GUARD_INTERNAL_JWT=on`: the internal JWT's public keys |
 //!
@@ -28,6 +30,15 @@
 //! is read once at start; a bad value stops the server with a message naming the variable.
 //! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
 //! also logs each authenticated request).
+//!
+//! Policies: `GUARD_POLICY` is the policy file of `/documents/{id}`, Cedar (`.cedar`, validated
+//! against the `.cedarschema` file beside it) or Rego (`.rego`, query `data.<package>.allow`);
+//! default `examples/policies/documents.cedar` (`examples/policies/documents.rego` means the
+//! same). The policy sees the principal (subject as `id`, roles), the action (`read` for GET,
+//! `write` for PUT), the resource (type `Document`, id from the path, attribute `owner`) and
+//! the context (client address, time, scopes, claims). The file is polled every second and
+//! reloaded when it changes, and on `SIGHUP`; a file that does not parse or validate keeps
+//! the previous policy in force (and logs why). A policy error is a 503, a denial a 403.
 //!
 //! Sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mutual TLS) work on the same routes:
 //!
@@ -69,6 +80,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::Path;
 use axum::handler::Handler;
 use axum::routing::{any, get};
 use axum::{Json, Router};
@@ -77,13 +89,14 @@ use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
 };
 use tower_api_guard::auth::{Authenticator, AuthenticatorExt};
-use tower_api_guard::authz::RequireLayer;
+use tower_api_guard::authz::{Ownership, RequireLayer};
 use tower_api_guard::introspection::{ClientAuth, IntrospectionAuthenticator, JwtOrOpaque};
 use tower_api_guard::jwt::{
     Algorithm, DpopConfig, DpopMode, DpopNonces, ExternalOrigin, JwtAuthenticator, KeySource,
     RemoteJwks, StaticKeys,
 };
 use tower_api_guard::mtls::{ClientCertAuthenticator, serve_tls_with_shutdown, server_config};
+use tower_api_guard::policy::{Policy, PolicyRequirement, ResourceLoading};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::upstream::{IdentityHeadersLayer, InternalJwtIssuer};
@@ -285,6 +298,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?),
     };
     let introspection = introspection().await?;
+
+    // GUARD_POLICY: the policy of /documents/{id}, Cedar (.cedar, with the .cedarschema
+    // beside it) or Rego (.rego); reloaded when the file changes and on SIGHUP.
+    let (documents, _policy_watch) = documents_policy()?;
     let protected = Router::new()
         .route("/me", get(me))
         // Each handler gets its own guard (a MethodRouter's `layer` would cover every
@@ -297,6 +314,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/admin",
             get(admin.layer(RequireLayer::any_role(["admin"]))),
+        )
+        .route(
+            "/documents/{id}",
+            get(read_document.layer(documents.clone())).put(write_document.layer(documents)),
+        )
+        // Only the user the path names, or an admin.
+        .route(
+            "/users/{id}/orders",
+            get(orders.layer(RequireLayer::owner(
+                Ownership::path_param("id").unless_role("admin"),
+            ))),
         );
     // GUARD_UPSTREAM: every authenticated request under /api/ goes to the upstream (the path
     // after /api kept), with the identity in X-Auth-* headers, any X-Auth-* the client sent
@@ -476,6 +504,62 @@ fn authenticator(
 /// A DPoP-bound token and fresh proofs for it, minted with the crate's `testing` tools
 /// (`TestIssuer::dpop_key`, `TokenBuilder::dpop_bound`, `DpopKey::proof`): each proof is
 /// good once, for 60 s.
+/// The demo documents: 1–3 owned by `demo-user`, 4 by `other-user`.
+fn document_owner(id: &str) -> Option<&'static str> {
+    match id {
+        "1" | "2" | "3" => Some("demo-user"),
+        "4" => Some("other-user"),
+        _ => None,
+    }
+}
+
+/// `GUARD_POLICY` (default `examples/policies/documents.cedar`) as the guard of
+/// `/documents/{id}`: GET is the action `read`, PUT `write`, the resource a `Document` whose
+/// `owner` attribute comes from [`document_owner`]. The file is polled every second and
+/// reloaded on change, and on SIGHUP; a broken file keeps the previous policy.
+fn documents_policy()
+-> Result<(RequireLayer, tower_api_guard::policy::WatchHandle), Box<dyn std::error::Error>> {
+    let path = std::env::var("GUARD_POLICY").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/policies/documents.cedar"
+        )
+        .into()
+    });
+    let policy = Policy::from_file(&path).map_err(|e| format!("GUARD_POLICY ({path}): {e}"))?;
+    println!(
+        "# GUARD_POLICY: /documents/{{id}} is guarded by {path} ({}), reloaded on change and on SIGHUP",
+        policy.engine_name()
+    );
+    let watch = policy.watch(Duration::from_secs(1));
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())?;
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let policy = policy.clone();
+                // The outcome (reloaded, or kept the previous policy) is logged.
+                let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
+            }
+        });
+    }
+    let requirement = PolicyRequirement::new(policy)
+        .resource("Document", "id")
+        .action(axum::http::Method::GET, "read")
+        .action(axum::http::Method::HEAD, "read")
+        .action(axum::http::Method::PUT, "write")
+        .loader(|_kind: &str, id: &str| {
+            let mut attributes = serde_json::Map::new();
+            if let Some(owner) = document_owner(id) {
+                attributes.insert("owner".into(), owner.into());
+            }
+            ResourceLoading::Ready(Ok(attributes))
+        });
+    Ok((RequireLayer::policy(requirement), watch))
+}
+
 fn print_dpop_demo(
     issuer: &TestIssuer,
     origin: &ExternalOrigin,
@@ -531,6 +615,13 @@ fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr, scheme: &st
     };
     let admin = mint("items:read items:write", &["admin"]);
     let reader = mint("items:read", &[]);
+    let auditor = issuer
+        .token()
+        .subject("auditor-user")
+        .audience(DEV_AUDIENCE)
+        .roles(["auditor"])
+        .expires_in(Duration::from_secs(3600))
+        .mint();
     println!("tower-api-guard quickstart on {scheme}://{addr}");
     println!("Embedded dev issuer {DEV_ISSUER}, JWKS at {jwks_url}; tokens valid for 1 hour.\n");
     println!("# no credentials: 401");
@@ -544,6 +635,26 @@ fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr, scheme: &st
     println!("READER={reader}");
     println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items");
     println!("curl -i -X POST -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items\n");
+    println!("# the document policy (GUARD_POLICY): demo-user owns documents 1-3, other-user 4");
+    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
+    println!("curl -i -X PUT -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
+    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/4   # 403");
+    println!("# role auditor (subject auditor-user): reads any document, writes none");
+    println!("AUDITOR={auditor}");
+    println!("curl -i -H \"Authorization: Bearer $AUDITOR\" {scheme}://{addr}/documents/4");
+    println!(
+        "curl -i -X PUT -H \"Authorization: Bearer $AUDITOR\" {scheme}://{addr}/documents/4   # 403\n"
+    );
+    println!("# ownership: only the user the path names, or role admin");
+    println!(
+        "curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/users/demo-user/orders"
+    );
+    println!(
+        "curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/users/other-user/orders   # 403"
+    );
+    println!(
+        "curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/users/other-user/orders\n"
+    );
 }
 
 /// What `GET /me` answers: borrowed from the identity, serialized once (no JSON tree).
@@ -572,6 +683,27 @@ async fn list_items() -> Json<Value> {
 
 async fn create_item(identity: Identity) -> Json<Value> {
     Json(json!({ "created": { "id": 2, "by": identity.subject() } }))
+}
+
+async fn read_document(Path(id): Path<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match document_owner(&id) {
+        Some(owner) => Json(json!({ "id": id, "owner": owner, "title": format!("Document {id}") }))
+            .into_response(),
+        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn write_document(Path(id): Path<String>, identity: Identity) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match document_owner(&id) {
+        Some(_) => Json(json!({ "updated": id, "by": identity.subject() })).into_response(),
+        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn orders(Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "user": id, "orders": [{ "id": 1, "total": 42 }] }))
 }
 
 async fn admin(identity: Identity) -> Json<Value> {
