@@ -3,7 +3,7 @@
 //! default, the start-up check, with and without axum), policies through `Requirement::policy`
 //! (the facts an engine sees, resource loaders, errors), atomic reload under concurrent
 //! requests, a broken source keeping the previous policy, the file watch, and a real tonic
-//! service guarded by a policy.
+//! service guarded by a policy. Rows 37 and 38 of docs/security-cases.md.
 #![cfg(all(
     feature = "policy",
     feature = "jwt",
@@ -92,6 +92,7 @@ fn checked(layer: RequireLayer) -> Router {
         .route_layer(layer)
 }
 
+// Row 38: a check that cannot decide fails closed.
 #[tokio::test]
 async fn a_fallible_check_allows_denies_and_fails_closed() {
     let app = checked(RequireLayer::new(account_check()));
@@ -207,7 +208,7 @@ async fn ownership_follows_the_router_and_never_yields_to_a_tampered_path() {
         StatusCode::OK
     );
 
-    // Alice tries to reach Bob's orders (or anyone's but hers): whatever the router makes of
+    // Row 37: Alice tries to reach Bob's orders (or anyone's but hers): whatever the router makes of
     // the path, the request is refused or the handler is given "alice" itself.
     for path in [
         "/users/ALICE/orders",
