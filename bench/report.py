@@ -206,6 +206,10 @@ def quickstart_targets(by, med, cpu_us, specs, clk_tck):
                 "(run `peer-qs`)")
             print(f"- qs-items / {peer} throughput ≥ 2.7: {got:.3f} — {result}; "
                   f"p99 {a:,.0f} µs (qs-items) vs {b:,.0f} µs ({peer})")
+    if "qs-doc" in by and "qs-items" in by:
+        got = med("qs-doc", "rps") / med("qs-items", "rps")
+        print(f"- qs-doc (Cedar policy) / qs-items (scope check) throughput ≥ 0.70: {got:.3f} — "
+              f"{verdict(got >= 0.70)}")
     if "qs-items" in by:
         # The CPU time's resolution: one clock tick over the requests of one load.
         reqs = statistics.median(int(r["requests"]) for r in by["qs-items"])

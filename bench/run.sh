@@ -6,15 +6,17 @@
 #   target/bench-results/report.md
 #
 # Settings (environment): ROUNDS (3), DURATION seconds per load (10), WARMUP seconds (2),
-# CONNECTIONS (32), THREADS (1), VARIANTS (the twelve below), MICRO=0 to skip the criterion
+# CONNECTIONS (32), THREADS (1), VARIANTS (the thirteen below), MICRO=0 to skip the criterion
 # part, REDIS_URL (redis://127.0.0.1:6379; started here when not running).
 #
 # Variants (server, path, credential pool; see variant_spec below):
 #   bare ours-jwt ours-jwt-nocache ours-apikey ours-redis ours-redis-lease peer
 #       guard-bench / the peer on GET /items, the 1,000 identities (RS256 and ES256)
-#   qs-health qs-me qs-items
+#   qs-health qs-me qs-items qs-doc
 #       the release quickstart itself (examples/quickstart.rs, as users build it) on
-#       GET /health (no credential), GET /me and GET /items (200 identities, RS256)
+#       GET /health (no credential), GET /me, GET /items (a scope check) and
+#       GET /documents/1 (its default Cedar policy; the pool's role auditor may read)
+#       (200 identities, RS256)
 #   bare-qs peer-qs
 #       their baselines on the same load: the quickstart's list_items with no middleware,
 #       and the peer, GET /items with the same 200 RS256 tokens
@@ -30,7 +32,7 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 ALL="bare ours-jwt ours-jwt-nocache ours-apikey ours-redis ours-redis-lease peer"
-ALL+=" bare-qs qs-health qs-me qs-items peer-qs"
+ALL+=" bare-qs qs-health qs-me qs-items qs-doc peer-qs"
 VARIANTS=${VARIANTS:-$ALL}
 MICRO=${MICRO:-1}
 QS_RATE=${QS_RATE:-1000000/s}
@@ -91,6 +93,7 @@ variant_spec() { # variant -> "server path pool"
         qs-health) echo "quickstart /health none" ;;
         qs-me) echo "quickstart /me rs256" ;;
         qs-items) echo "quickstart /items rs256" ;;
+        qs-doc) echo "quickstart /documents/1 rs256" ;;
         *) say "unknown variant $1"; return 1 ;;
     esac
 }

@@ -299,6 +299,106 @@ fn authz_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// The quickstart's document policy (examples/policies/documents.{cedar,rego}): an engine's
+/// decision alone, and the whole `RequireLayer` call (facts, resource loader, decision, inner
+/// call) against the same call guarded by a scope check, in the same run.
+fn policy_benches(c: &mut Criterion) {
+    use serde_json::{Map, Value};
+    use tower_api_guard::authz::{RequireLayer, RouteMatch};
+    use tower_api_guard::policy::cedar::CedarEngine;
+    use tower_api_guard::policy::rego::RegoEngine;
+    use tower_api_guard::policy::{
+        Action, Evaluation, Policy, PolicyEngine, PolicyInput, PolicyRequirement, Resource,
+        ResourceLoading,
+    };
+    use tower_api_guard::{Identity, Source};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
+    let cedar = CedarEngine::from_files(
+        format!("{dir}/documents.cedar").as_ref(),
+        Some(format!("{dir}/documents.cedarschema").as_ref()),
+    )
+    .unwrap();
+    let rego = RegoEngine::from_file(format!("{dir}/documents.rego").as_ref()).unwrap();
+    let identity = Identity::builder(
+        "demo-user",
+        Source::Jwt {
+            issuer: ISSUER.into(),
+        },
+    )
+    .scopes(["items:read"])
+    .build();
+    let mut owner = Map::new();
+    owner.insert("owner".into(), Value::from("demo-user"));
+    let input = PolicyInput::new(
+        &identity,
+        Action::new("read", "GET", Some("/documents/{id}".into())),
+        Resource::new("Document", Some("1".into())).with_attributes(owner.clone()),
+        1_800_000_000,
+    );
+    let allowed = |e: &dyn PolicyEngine| matches!(e.evaluate(&input), Evaluation::Ready(Ok(d)) if d.is_allowed());
+    assert!(allowed(&cedar) && allowed(&rego));
+
+    let mut group = c.benchmark_group("policy");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cedar_decision", |b| {
+        b.iter(|| black_box(cedar.evaluate(black_box(&input))))
+    });
+    group.bench_function("rego_decision", |b| {
+        b.iter(|| black_box(rego.evaluate(black_box(&input))))
+    });
+
+    let request = || {
+        let mut req = Request::get("/documents/1").body(()).unwrap();
+        req.extensions_mut().insert(identity.clone());
+        req.extensions_mut()
+            .insert(RouteMatch::new("/documents/{id}", [("id", "1")]));
+        req
+    };
+    let guarded = |policy: Policy| {
+        let owner = owner.clone();
+        let requirement = PolicyRequirement::new(policy)
+            .resource("Document", "id")
+            .action(http::Method::GET, "read")
+            .loader(move |_: &str, _: &str| ResourceLoading::Ready(Ok(owner.clone())));
+        RequireLayer::policy(requirement).layer(service_fn(inner as fn(_) -> _))
+    };
+    let mut scope = RequireLayer::all_scopes(["items:read"]).layer(service_fn(inner as fn(_) -> _));
+    let mut with_cedar = guarded(Policy::new(cedar));
+    let mut with_rego = guarded(Policy::new(rego));
+    assert_eq!(now(scope.call(request())).unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        now(with_cedar.call(request())).unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        now(with_rego.call(request())).unwrap().status(),
+        StatusCode::OK
+    );
+    group.bench_function("scope_check_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(scope.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("cedar_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(with_cedar.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("rego_call", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(with_rego.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 /// The API-key path (extract, checksum, digest, cached lookup, identity, inner call) against a
 /// bare inner call, and a miss against SQLite.
 fn api_key_benches(c: &mut Criterion) {
@@ -800,5 +900,5 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches, introspection_benches }
+criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, policy_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches, introspection_benches }
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 //! guard-bench server <variant> <dir> <addr>
 //! ```
 //!
-//! `issuer` mints 1,000 identities (RS256 and ES256 alternately, scope `items:read`, valid
+//! `issuer` mints 1,000 identities (RS256 and ES256 alternately, scope `items:read`, role
+//! `auditor` for the quickstart's document policy, valid
 //! for two hours), creates 1,000 API keys in `<dir>/keys.db` (SQLite), writes
 //! `<dir>/jwks_url`, `<dir>/issuer`, `<dir>/audience`, `<dir>/tokens.txt`,
 //! `<dir>/tokens-rs256.txt` (the first 200 RS256 identities of the pool: the quickstart's
@@ -91,6 +92,9 @@ async fn issuer(dir: &Path) -> Result<(), Error> {
                 .subject(format!("user-{i:04}"))
                 .audience(AUDIENCE)
                 .scope(SCOPE)
+                // Role `auditor` lets the pool read the quickstart's policy-guarded
+                // documents (`qs-doc`); no other variant reads roles.
+                .roles(["auditor"])
                 .expires_in(Duration::from_secs(2 * 3600))
                 .mint()
         })
