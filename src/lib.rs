@@ -5,7 +5,7 @@
 //! identity and never cares which credential produced it.
 //!
 //! ```text
-//! request ─► [Auth: JWT | API key | both] ─► [Require: scopes / roles] ─► handler
+//! request ─► [Auth: JWT | API key | both] ─► [Require: scopes / roles / ownership / policy] ─► handler
 //! ```
 //!
 //! * [`auth`]: [`AuthLayer`](auth::AuthLayer), the [`Authenticator`](auth::Authenticator)
@@ -23,7 +23,10 @@
 //! * `GuardLayer` (feature `rate-limit`): the usual stack in one layer — the brute-force
 //!   guard (`auth::BruteForceGuardLayer`), authentication, the rate limit — for one axum
 //!   `route_layer`.
-//! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards.
+//! * `authz` (feature `authz`): `RequireLayer`, scope / role / expression / predicate guards,
+//!   fallible async checks, ownership, and the route table.
+//! * `policy` (features `policy`, `cedar`, `rego`, `opa`): policy engines behind
+//!   `RequireLayer` (Cedar, Rego in process, an OPA sidecar), reloaded without a deploy.
 //! * `axum` (feature `axum`): extractors for [`Identity`] and `Claims<T>`.
 //! * `testing` (feature `testing`): `TestIssuer`, key pairs, token minting and a JWKS server;
 //!   `caller`, `with_identity` and `IdentityLayer`, to test guards and limiters without a
