@@ -457,17 +457,21 @@ async fn the_route_table_matches_by_itself_in_front_of_a_router_or_without_one()
     // No router at all: a plain tower service.
     let svc = ServiceBuilder::new()
         .layer(RequireLayer::routes(table()))
-        .service_fn(|_request: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        .service_fn(|request: Request<()>| async move {
+            // What the table found rides on the request.
+            let found = request.extensions().get::<RouteMatch>().cloned();
+            let text = found.map_or(String::new(), |f| {
+                format!("{} {}", f.route(), f.param("id").unwrap_or(""))
+            });
+            Ok::<_, Infallible>(Response::new(text))
         });
     let call = |path: &str, subject: &str| {
         let request = with_identity(Request::get(path).body(()).unwrap(), who(subject));
         svc.clone().oneshot(request)
     };
-    assert_eq!(
-        call("/users/ann/orders", "ann").await.unwrap().status(),
-        StatusCode::OK
-    );
+    let response = call("/users/ann/orders", "ann").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls::body_text(response).await, "/users/{id}/orders ann");
     assert_eq!(
         call("/users/ann/orders", "bob").await.unwrap().status(),
         StatusCode::FORBIDDEN

@@ -596,14 +596,22 @@ impl Check for Authorize {
         } else {
             routes::Target::default()
         };
-        let Some(identity) = request.extensions().get::<Identity>() else {
-            return Step::Allow(()); // unreachable: checked above
+        let decision = {
+            let Some(identity) = request.extensions().get::<Identity>() else {
+                return Step::Allow(()); // unreachable: checked above
+            };
+            let head = RequestHead::of(request);
+            self.requirement
+                .decide(identity, &head, &mut target, self.wildcards)
         };
-        let head = RequestHead::of(request);
-        let outcome = match self
-            .requirement
-            .decide(identity, &head, &mut target, self.wildcards)
-        {
+        if target.matched_here {
+            // The route table matched the request itself: handlers and later layers can
+            // read what it found.
+            if let Some(found) = target.route_match() {
+                request.extensions_mut().insert(found);
+            }
+        }
+        let outcome = match decision {
             Decision::Now(outcome) => outcome,
             Decision::Wait { future, budgeted } => {
                 return Step::Wait(if budgeted {
@@ -613,7 +621,7 @@ impl Check for Authorize {
                 });
             }
         };
-        match self.settle(outcome, Some(identity)) {
+        match self.settle(outcome, request.extensions().get::<Identity>()) {
             Some(rejection) => Step::Deny(rejection),
             None => Step::Allow(()),
         }

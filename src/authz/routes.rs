@@ -67,6 +67,8 @@ pub(crate) struct Target {
     pub(crate) params: Vec<(Arc<str>, String)>,
     /// The action name given by the route table.
     pub(crate) action: Option<Arc<str>>,
+    /// Whether the route table matched the path itself (no router had).
+    pub(crate) matched_here: bool,
 }
 
 impl Target {
@@ -78,6 +80,7 @@ impl Target {
                 route: Some(found.route.clone()),
                 params: found.params.clone(),
                 action: None,
+                matched_here: false,
             };
         }
         #[cfg(feature = "axum")]
@@ -90,9 +93,18 @@ impl Target {
                 route: Some(matched),
                 params: axum_params(request),
                 action: None,
+                matched_here: false,
             };
         }
         Self::default()
+    }
+
+    /// What the route table found, for the request's extensions.
+    pub(crate) fn route_match(&self) -> Option<RouteMatch> {
+        Some(RouteMatch {
+            route: self.route.clone()?,
+            params: self.params.clone(),
+        })
     }
 
     pub(crate) fn param(&self, name: &str) -> Option<&str> {
@@ -460,6 +472,7 @@ impl RouteTable {
             let (entry, params, _) = best?;
             target.route = Some(entry.template.text.clone());
             target.params = params;
+            target.matched_here = true;
             Some(entry)
         };
         let entry = find(method, target).or_else(|| {
