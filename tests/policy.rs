@@ -878,3 +878,59 @@ fn a_route_match_reads_its_params() {
         ("/users/{id}", Some("ann"), None)
     );
 }
+
+// --- an OPA sidecar ----------------------------------------------------------------------
+
+/// A stand-in for OPA on 127.0.0.1:0: `POST /v1/data/guard/allow` answers by the principal.
+#[cfg(feature = "opa")]
+async fn fake_opa() -> String {
+    use axum::Json;
+    use axum::routing::post;
+
+    async fn decide(Json(body): Json<Value>) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match body["input"]["principal"]["id"].as_str() {
+            Some("alice") => Json(json!({"result": true})).into_response(),
+            Some("bob") => Json(json!({"result": false})).into_response(),
+            Some("nobody") => Json(json!({})).into_response(),
+            Some("weird") => Json(json!({"result": "yes"})).into_response(),
+            Some("slow") => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Json(json!({"result": true})).into_response()
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/v1/data/guard/allow", post(decide));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+// Row 38: an OPA sidecar that is down, slow or answers nonsense fails closed.
+#[cfg(feature = "opa")]
+#[tokio::test]
+async fn an_opa_sidecar_through_the_layer() {
+    use tower_api_guard::policy::opa::OpaClient;
+
+    let opa = OpaClient::new(&fake_opa().await, "guard/allow")
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    let app = Router::new()
+        .route("/documents/{id}", get(|| async { "doc" }))
+        .route_layer(RequireLayer::policy(
+            PolicyRequirement::new(Policy::new(opa)).resource("Document", "id"),
+        ));
+    for (subject, expected) in [
+        ("alice", StatusCode::OK),
+        ("bob", StatusCode::FORBIDDEN),
+        ("nobody", StatusCode::FORBIDDEN),
+        ("weird", StatusCode::SERVICE_UNAVAILABLE),
+        ("slow", StatusCode::SERVICE_UNAVAILABLE),
+        ("crash", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (status, _, _) = send(&app, "GET", "/documents/1", Some(who(subject))).await;
+        assert_eq!(status, expected, "{subject}");
+    }
+}
