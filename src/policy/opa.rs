@@ -31,7 +31,9 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Evaluation, PolicyDecision, PolicyEngine, PolicyError, PolicyErrorKind, PolicyInput};
+use super::{
+    Evaluation, PolicyDecision, PolicyEngine, PolicyError, PolicyErrorKind, PolicyInput, truncate,
+};
 
 /// The time allowed for a decision by default (connection, request and answer): 500 ms.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -294,18 +296,6 @@ fn decide(answer: &[u8], endpoint: &reqwest::Url, id: &str) -> Result<PolicyDeci
             Err(invalid(&format!("the result is {kind}, not a boolean")))
         }
     }
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

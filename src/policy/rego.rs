@@ -31,7 +31,9 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Evaluation, PolicyDecision, PolicyEngine, PolicyError, PolicyErrorKind, PolicyInput};
+use super::{
+    Evaluation, PolicyDecision, PolicyEngine, PolicyError, PolicyErrorKind, PolicyInput, truncate,
+};
 
 /// The largest Rego module accepted, in bytes (1 MiB).
 pub const MAX_POLICY_LEN: usize = 1024 * 1024;
@@ -284,18 +286,6 @@ fn compact(message: &str) -> String {
         _ => lines.join(" "),
     };
     truncate(&text, MAX_MESSAGE_LEN).to_owned()
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
