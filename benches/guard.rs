@@ -300,7 +300,7 @@ fn authz_benches(c: &mut Criterion) {
 }
 
 /// The quickstart's document policy (examples/policies/documents.{cedar,rego}): an engine's
-/// decision alone, and the whole `RequireLayer` call (facts, resource loader, decision, inner
+/// decision alone (Cedar without and with its decision cache), and the whole `RequireLayer` call (facts, resource loader, decision, inner
 /// call) against the same call guarded by a scope check, in the same run.
 fn policy_benches(c: &mut Criterion) {
     use serde_json::{Map, Value};
@@ -320,6 +320,13 @@ fn policy_benches(c: &mut Criterion) {
     )
     .unwrap();
     let rego = RegoEngine::from_file(format!("{dir}/documents.rego").as_ref()).unwrap();
+    // The evaluator itself: no decision cache.
+    let uncached = CedarEngine::from_files(
+        format!("{dir}/documents.cedar").as_ref(),
+        Some(format!("{dir}/documents.cedarschema").as_ref()),
+    )
+    .unwrap()
+    .decision_cache(0);
     let identity = Identity::builder(
         "demo-user",
         Source::Jwt {
@@ -337,11 +344,14 @@ fn policy_benches(c: &mut Criterion) {
         1_800_000_000,
     );
     let allowed = |e: &dyn PolicyEngine| matches!(e.evaluate(&input), Evaluation::Ready(Ok(d)) if d.is_allowed());
-    assert!(allowed(&cedar) && allowed(&rego));
+    assert!(allowed(&cedar) && allowed(&rego) && allowed(&uncached));
 
     let mut group = c.benchmark_group("policy");
     group.throughput(Throughput::Elements(1));
     group.bench_function("cedar_decision", |b| {
+        b.iter(|| black_box(uncached.evaluate(black_box(&input))))
+    });
+    group.bench_function("cedar_decision_cached", |b| {
         b.iter(|| black_box(cedar.evaluate(black_box(&input))))
     });
     group.bench_function("rego_decision", |b| {

@@ -134,7 +134,12 @@ pub struct CedarEngine {
     action_type: EntityTypeName,
     principal_type: EntityTypeName,
     role_type: EntityTypeName,
+    /// Decisions by the facts the policies can observe ([`CedarEngine::decision_cache`]).
+    decisions: Option<quick_cache::sync::Cache<String, PolicyDecision>>,
 }
+
+/// The default capacity of the decision cache.
+pub const DEFAULT_DECISION_CACHE: usize = 10_000;
 
 /// What the policies can observe, found at load in their JSON form (where escapes in
 /// strings are resolved).
@@ -217,6 +222,10 @@ impl fmt::Debug for CedarEngine {
             .field("principal_type", &self.principal_type.to_string())
             .field("role_type", &self.role_type.to_string())
             .field("action_type", &self.action_type.to_string())
+            .field(
+                "decision_cache",
+                &self.decisions.as_ref().map_or(0, |c| c.capacity()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +263,18 @@ impl CedarEngine {
             &policy_name,
             schema_text.as_deref().zip(schema_name.as_deref()),
         )
+    }
+
+    /// Remember up to `capacity` decisions (default [`DEFAULT_DECISION_CACHE`]; 0 turns the
+    /// cache off). A decision is a pure function of the policies and the facts they can
+    /// observe, so it is cached under exactly those facts — the principal's id, roles and
+    /// the attributes the policies name, the action, the resource's type, id and named
+    /// attributes, and the whole context when a policy reads `context` — compared in full,
+    /// never by hash alone. A reloaded policy is a new engine with an empty cache; errors
+    /// are never cached.
+    pub fn decision_cache(mut self, capacity: usize) -> Self {
+        self.decisions = decision_cache(capacity);
+        self
     }
 
     /// The principal's entity type (default `User`), e.g. `App::User`.
@@ -321,6 +342,7 @@ impl CedarEngine {
             action_type: default_type("Action"),
             principal_type: default_type("User"),
             role_type: default_type("Role"),
+            decisions: decision_cache(DEFAULT_DECISION_CACHE),
         };
         if let Some((text, name)) = schema {
             engine.validate(text, name, policy_name)?;
@@ -549,6 +571,81 @@ impl CedarEngine {
     }
 
     fn decide(&self, input: &PolicyInput) -> Result<PolicyDecision, PolicyError> {
+        let Some(cache) = &self.decisions else {
+            return self.authorize(input);
+        };
+        let key = self.cache_key(input);
+        if let Some(decision) = cache.get(&key) {
+            return Ok(decision);
+        }
+        let decision = self.authorize(input)?;
+        cache.insert(key, decision.clone());
+        Ok(decision)
+    }
+
+    /// Every fact the policies can observe, each length-prefixed (unambiguous): the key of
+    /// the decision cache. Mirrors [`request`](Self::request) and
+    /// [`context`](Self::context).
+    fn cache_key(&self, input: &PolicyInput) -> String {
+        use std::fmt::Write;
+        let mut key = String::with_capacity(160);
+        let field = |key: &mut String, text: &str| {
+            let _ = write!(key, "{}:", text.len());
+            key.push_str(text);
+        };
+        let list = |key: &mut String, items: &[String]| {
+            let _ = write!(key, "{}[", items.len());
+            for item in items {
+                let _ = write!(key, "{}:", item.len());
+                key.push_str(item);
+            }
+        };
+        let principal = &input.principal;
+        field(&mut key, &principal.id);
+        list(&mut key, &principal.roles);
+        if self.usage.names("source") {
+            field(&mut key, principal.source);
+        }
+        if self.usage.names("scopes") {
+            list(&mut key, &principal.scopes);
+        }
+        for (name, value) in [("issuer", &principal.issuer), ("tenant", &principal.tenant)] {
+            if self.usage.names(name) {
+                match value {
+                    Some(value) => field(&mut key, value),
+                    None => key.push('-'),
+                }
+            }
+        }
+        field(&mut key, &input.action.name);
+        let resource = &input.resource;
+        field(&mut key, &resource.kind);
+        field(&mut key, resource.id.as_deref().unwrap_or(""));
+        for (name, value) in &resource.attributes {
+            if self.usage.names(name) {
+                field(&mut key, name);
+                field(&mut key, &value.to_string());
+            }
+        }
+        key.push('|');
+        if self.usage.context {
+            let context = &input.context;
+            let _ = write!(key, "{}", context.time);
+            list(&mut key, &context.scopes);
+            field(&mut key, &input.action.method);
+            for (name, value) in &resource.params {
+                field(&mut key, name);
+                field(&mut key, value);
+            }
+            key.push('|');
+            field(&mut key, input.action.route.as_deref().unwrap_or("\0"));
+            field(&mut key, context.client_addr.as_deref().unwrap_or("\0"));
+            field(&mut key, &context.claims.to_string());
+        }
+        key
+    }
+
+    fn authorize(&self, input: &PolicyInput) -> Result<PolicyDecision, PolicyError> {
         let (request, entities) = self.request(input)?;
         let response = self
             .authorizer
@@ -651,6 +748,10 @@ fn default_type(name: &'static str) -> EntityTypeName {
         // `User`, `Role` and `Action` are valid names: unreachable.
         Err(e) => unreachable!("`{name}` is a valid Cedar entity type name: {e}"),
     }
+}
+
+fn decision_cache(capacity: usize) -> Option<quick_cache::sync::Cache<String, PolicyDecision>> {
+    (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity))
 }
 
 fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
@@ -1011,6 +1112,61 @@ mod tests {
         let err = decide(&engine, &document(&alice, "read", "99")).unwrap_err();
         assert_eq!(err.kind(), PolicyErrorKind::Evaluation);
         assert!(err.message().contains("owner"), "{err}");
+    }
+
+    #[test]
+    fn the_decision_cache_keys_on_every_observed_fact() {
+        let engine = quickstart();
+        assert!(engine.decisions.is_some(), "on by default");
+        let alice = user("alice", &[]);
+        let cached = |input: &PolicyInput| decide(&engine, input).unwrap().is_allowed();
+        // The same facts twice: the second answer is the cached one, and the same.
+        assert!(cached(&document(&alice, "read", "1")));
+        assert!(cached(&document(&alice, "read", "1")));
+        let key = engine.cache_key(&document(&alice, "read", "1"));
+        assert!(engine.decisions.as_ref().unwrap().get(&key).is_some());
+        // Another owner of the same document id, another role set, another action, another
+        // principal: each its own decision.
+        let bobs = input(&alice, "read", "Document", "1", json!({"owner": "bob"}));
+        assert!(!cached(&bobs));
+        assert!(cached(&document(&user("x", &["auditor"]), "read", "3")));
+        assert!(!cached(&document(&user("x", &[]), "read", "3")));
+        assert!(!cached(&document(&user("x", &["auditor"]), "write", "3")));
+        // An id that would collide without length prefixes.
+        assert!(!cached(&document(&user("alice1", &[]), "read", "1")));
+
+        // With a policy that reads the context, time is a fact too.
+        let timed = CedarEngine::from_text(
+            r#"permit (principal, action, resource) when { context.time < 100 };"#,
+            None,
+        )
+        .unwrap();
+        let at = |time: i64| {
+            let mut facts = document(&alice, "read", "1");
+            facts.context.time = time;
+            decide(&timed, &facts).unwrap().is_allowed()
+        };
+        assert!(at(50));
+        assert!(!at(150));
+        assert!(at(50));
+
+        // Errors are never cached; off means off.
+        let erroring = CedarEngine::from_text(
+            r#"permit (principal, action, resource) when { resource.owner == principal.id };"#,
+            None,
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert!(decide(&erroring, &document(&alice, "read", "99")).is_err());
+        }
+        assert!(erroring.decisions.as_ref().unwrap().is_empty());
+        let uncached = quickstart().decision_cache(0);
+        assert!(uncached.decisions.is_none());
+        assert!(
+            decide(&uncached, &document(&alice, "read", "1"))
+                .unwrap()
+                .is_allowed()
+        );
     }
 
     #[test]
