@@ -565,6 +565,21 @@ impl Authorize {
         }
     }
 
+    fn step(&self, outcome: Outcome, identity: Option<&Identity>) -> Step<(), OutcomeFuture> {
+        match self.settle(outcome, identity) {
+            Some(rejection) => Step::Deny(rejection),
+            None => Step::Allow(()),
+        }
+    }
+
+    fn wait(&self, future: OutcomeFuture, budgeted: bool) -> Step<(), OutcomeFuture> {
+        Step::Wait(if budgeted {
+            self.budgeted(future)
+        } else {
+            future
+        })
+    }
+
     /// Bound `future` by the budget.
     fn budgeted(&self, future: OutcomeFuture) -> OutcomeFuture {
         let budget = self.budget;
@@ -585,17 +600,27 @@ impl Check for Authorize {
     const LAYER: LayerKind = LayerKind::Authz;
 
     fn check<B>(&self, request: &mut Request<B>) -> Step<(), OutcomeFuture> {
-        if request.extensions().get::<Identity>().is_none() {
-            return match self.settle(Outcome::Deny(AuthError::missing_credentials()), None) {
-                Some(rejection) => Step::Deny(rejection),
-                None => Step::Allow(()),
+        // Scopes, roles, expressions, checks: one look at the identity, no route.
+        if !self.requirement.needs_target() {
+            let identity = request.extensions().get::<Identity>();
+            let Some(found) = identity else {
+                return self.step(Outcome::Deny(AuthError::missing_credentials()), None);
+            };
+            let head = RequestHead::of(request);
+            let mut target = routes::Target::default();
+            return match self
+                .requirement
+                .decide(found, &head, &mut target, self.wildcards)
+            {
+                Decision::Now(outcome) => self.step(outcome, identity),
+                Decision::Wait { future, budgeted } => self.wait(future, budgeted),
             };
         }
-        let mut target = if self.requirement.needs_target() {
-            routes::Target::of(request)
-        } else {
-            routes::Target::default()
-        };
+        if request.extensions().get::<Identity>().is_none() {
+            return self.step(Outcome::Deny(AuthError::missing_credentials()), None);
+        }
+        // Ownership, policies, the route table: the route and its parameters first.
+        let mut target = routes::Target::of(request);
         let decision = {
             let Some(identity) = request.extensions().get::<Identity>() else {
                 return Step::Allow(()); // unreachable: checked above
@@ -611,19 +636,9 @@ impl Check for Authorize {
                 request.extensions_mut().insert(found);
             }
         }
-        let outcome = match decision {
-            Decision::Now(outcome) => outcome,
-            Decision::Wait { future, budgeted } => {
-                return Step::Wait(if budgeted {
-                    self.budgeted(future)
-                } else {
-                    future
-                });
-            }
-        };
-        match self.settle(outcome, request.extensions().get::<Identity>()) {
-            Some(rejection) => Step::Deny(rejection),
-            None => Step::Allow(()),
+        match decision {
+            Decision::Now(outcome) => self.step(outcome, request.extensions().get::<Identity>()),
+            Decision::Wait { future, budgeted } => self.wait(future, budgeted),
         }
     }
 
