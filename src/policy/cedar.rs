@@ -812,7 +812,6 @@ fn to_cedar(value: &Value, depth: usize) -> Option<RestrictedExpression> {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
-    use std::time::Instant;
 
     use proptest::prelude::*;
     use serde_json::json;
@@ -1503,39 +1502,5 @@ mod tests {
             // Typed comparisons across types are false, not errors: always a decision.
             prop_assert!(decide(&engine, &facts).is_ok());
         }
-    }
-
-    /// `cargo test --release --features cedar,testing --lib policy::cedar::tests::timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "a timing note, not a test"]
-    fn timing() {
-        fn per_decision(engine: &CedarEngine, facts: &PolicyInput) -> std::time::Duration {
-            let rounds = 100_000;
-            let start = Instant::now();
-            for _ in 0..rounds {
-                std::hint::black_box(decide(engine, std::hint::black_box(facts)).unwrap());
-            }
-            start.elapsed() / rounds
-        }
-        let engine = quickstart();
-        let auditor = user("alice", &["auditor"]);
-        let allow = per_decision(&engine, &document(&auditor, "read", "1"));
-        let deny = per_decision(&engine, &document(&user("carol", &[]), "write", "1"));
-        println!("cedar, quickstart: allow {allow:?}, deny {deny:?} per decision");
-
-        // A policy that reads the context: the whole context is built, claims included.
-        let engine = CedarEngine::from_text(
-            r#"permit (principal, action, resource) when { context.time > 0 && context.claims has sub };"#,
-            None,
-        )
-        .unwrap();
-        let identity = Identity::builder("alice", Source::Jwt { issuer: "i".into() })
-            .claims(json!({
-                "sub": "alice", "iss": "i", "aud": "api", "exp": 1, "iat": 0, "nbf": 0,
-                "jti": "x", "scope": "a b c", "roles": ["auditor"], "email": "a@example.com",
-            }))
-            .build();
-        let with_context = per_decision(&engine, &document(&identity, "read", "1"));
-        println!("cedar, context with 10 claims: {with_context:?} per decision");
     }
 }
