@@ -934,3 +934,108 @@ async fn an_opa_sidecar_through_the_layer() {
         assert_eq!(status, expected, "{subject}");
     }
 }
+
+// --- the route table's own matcher agrees with axum's router ---------------------------
+
+mod matcher_agrees_with_axum {
+    use super::*;
+    use axum::extract::RawPathParams;
+    use proptest::prelude::*;
+
+    const TEMPLATES: [&str; 4] = [
+        "/users/{id}/orders",
+        "/users/me",
+        "/files/{*path}",
+        "/a/{x}/b/{y}",
+    ];
+
+    /// What axum's router makes of `path`: the matched route and its decoded parameters.
+    async fn axum_match(path: &str) -> Option<String> {
+        let mut router = Router::new();
+        for template in TEMPLATES {
+            let route = template.to_owned();
+            router = router.route(
+                template,
+                get(move |params: RawPathParams| {
+                    let route = route.clone();
+                    async move {
+                        let mut text = route;
+                        for (k, v) in params.iter() {
+                            text.push_str(&format!(" {k}={v}"));
+                        }
+                        text
+                    }
+                }),
+            );
+        }
+        let request = Request::get(path).body(Body::empty()).ok()?;
+        let response = router.oneshot(request).await.unwrap();
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        Some(calls::body_text(response).await)
+    }
+
+    /// What the route table alone makes of `path`.
+    async fn table_match(path: &str) -> Option<String> {
+        let mut table = RouteTable::new();
+        for template in TEMPLATES {
+            table = table
+                .route(&format!("GET {template}"), Requirement::authenticated())
+                .unwrap();
+        }
+        let svc = ServiceBuilder::new()
+            .layer(RequireLayer::routes(table))
+            .service_fn(|request: Request<()>| async move {
+                let found = request.extensions().get::<RouteMatch>().cloned();
+                let text = found.map_or(String::from("no route match"), |f| {
+                    let mut text = f.route().to_owned();
+                    for (k, v) in f.params() {
+                        text.push_str(&format!(" {k}={v}"));
+                    }
+                    text
+                });
+                Ok::<_, Infallible>(Response::new(text))
+            });
+        let request = with_identity(Request::get(path).body(()).ok()?, who("x"));
+        let response = svc.oneshot(request).await.unwrap();
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        Some(calls::body_text(response).await)
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            Just("users".to_owned()),
+            Just("orders".to_owned()),
+            Just("files".to_owned()),
+            Just("me".to_owned()),
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just(String::new()),
+            "[a-zA-Z0-9._~;=-]{1,6}",
+            "(%[0-9a-fA-F]{2}|%[0-9a-fA-F]?|[a-z.]){1,5}",
+        ];
+        prop::collection::vec(segment, 1..6).prop_map(|segments| {
+            let mut path = String::new();
+            for s in segments {
+                path.push('/');
+                path.push_str(&s);
+            }
+            path
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn on_every_path(path in path()) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (ours, theirs) = runtime.block_on(async {
+                (table_match(&path).await, axum_match(&path).await)
+            });
+            prop_assert_eq!(ours, theirs, "{}", path);
+        }
+    }
+}

@@ -210,7 +210,7 @@ impl Template {
     }
 
     /// Match a raw (percent-encoded) path; the parameters come back decoded. A parameter
-    /// that decodes to invalid UTF-8, or is empty, does not match.
+    /// that decodes to invalid UTF-8 does not match.
     fn matches(&self, path: &str) -> Option<Params> {
         let rest = path.strip_prefix('/')?;
         let mut parts = if rest.is_empty() {
@@ -228,10 +228,21 @@ impl Template {
                 }
                 Segment::Param(name) => {
                     let raw = parts.get(i)?;
+                    // As axum's router: an empty parameter matches between two slashes, not
+                    // at the end of the path.
+                    if raw.is_empty() && i + 1 == self.segments.len() {
+                        return None;
+                    }
                     params.push((name.clone(), decode(raw)?));
                 }
                 Segment::Rest(name) => {
+                    if i >= parts.len() {
+                        return None;
+                    }
                     let raw = parts.split_off(i).join("/");
+                    if raw.is_empty() {
+                        return None;
+                    }
                     params.push((name.clone(), decode(&raw)?));
                     return Some(params);
                 }
@@ -254,23 +265,30 @@ impl Template {
     }
 }
 
-/// Percent-decode one path parameter; `None` when empty, malformed, or not UTF-8.
+/// Percent-decode one path parameter as axum does (`%` with two hex digits is a byte; any
+/// other `%` stays as it is), so that a check and the handler see the same value; `None`
+/// when not UTF-8 once decoded (axum refuses those too). An empty segment is an empty
+/// parameter, as in axum (ownership never matches an empty value).
 fn decode(raw: &str) -> Option<String> {
-    if raw.is_empty() {
-        return None;
-    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
     }
     String::from_utf8(out).ok()
@@ -513,11 +531,22 @@ mod tests {
             Some(p("id", "a/b"))
         );
         assert_eq!(params("/users/{id}/orders", "/users/ann/orders/"), None);
-        assert_eq!(params("/users/{id}/orders", "/users//orders"), None);
+        assert_eq!(
+            params("/users/{id}/orders", "/users//orders"),
+            Some(p("id", ""))
+        );
         assert_eq!(params("/users/{id}/orders", "/users/ann/x/orders"), None);
         assert_eq!(params("/users/{id}/orders", "/Users/ann/orders"), None);
         assert_eq!(params("/users/{id}/orders", "/users/%ff/orders"), None);
-        assert_eq!(params("/users/{id}/orders", "/users/%4/orders"), None);
+        // A malformed escape stays as it is, as in axum.
+        assert_eq!(
+            params("/users/{id}/orders", "/users/%4/orders"),
+            Some(p("id", "%4"))
+        );
+        assert_eq!(
+            params("/users/{id}/orders", "/users/%+1/orders"),
+            Some(p("id", "%+1"))
+        );
         assert_eq!(
             params("/files/{*path}", "/files/a/b"),
             Some(p("path", "a/b"))
