@@ -32,7 +32,7 @@
 //! also logs each authenticated request).
 //!
 //! Policies: `GUARD_POLICY` is the policy file of `/documents/{id}`, Cedar (`.cedar`, validated
-//! against the `.cedarschema` file beside it) or Rego (`.rego`, query `data.<package>.allow`);
+//! against the `.cedarschema` file beside it, when there is one) or Rego (`.rego`, query `data.<package>.allow`);
 //! default `examples/policies/documents.cedar` (`examples/policies/documents.rego` means the
 //! same). The policy sees the principal (subject as `id`, roles), the action (`read` for GET,
 //! `write` for PUT), the resource (type `Document`, id from the path, attribute `owner`) and
