@@ -1,10 +1,11 @@
 //! [`BruteForceGuardLayer`]: answers 429 to clients that keep failing authentication,
 //! before any signature check.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
 
@@ -32,6 +33,10 @@ use crate::rate_limit::{ClientAddr, MemoryStore, Quota};
 /// // ServiceBuilder::new().layer(guard).layer(AuthLayer::new(jwt))...
 /// # let _ = guard;
 /// ```
+///
+/// With [`progressive_lockout`](BruteForceGuardLayer::progressive_lockout), a client that
+/// goes over the quota is locked out for a time that doubles with each lockout (up to a cap)
+/// and starts again from the base once the client has stayed quiet for a while.
 pub type BruteForceGuardLayer = GateLayer<CountFailures>;
 
 /// The service made by [`BruteForceGuardLayer`].
@@ -53,6 +58,78 @@ struct Settings {
     /// 0: never), shared by every clone: once a quota's horizon has passed since then,
     /// every address is back to a fresh state, and the store need not be asked.
     last_failure: Arc<AtomicU64>,
+    /// Progressive lockouts, when enabled; shared by every clone.
+    lockouts: Option<Arc<Lockouts>>,
+}
+
+/// Lockouts that grow: `base`, `2 × base`, `4 × base`, … up to `cap`, back to `base` once an
+/// address stayed `quiet` after its last lockout ended.
+struct Lockouts {
+    base: Duration,
+    cap: Duration,
+    quiet: Duration,
+    /// At most this many addresses remembered; past it, addresses whose quiet period has
+    /// passed are forgotten, and a new one gets the quota's own wait only.
+    capacity: usize,
+    table: Mutex<HashMap<String, Locked>>,
+    /// The end of the latest lockout (nanoseconds since the Unix epoch; 0: none).
+    until_max: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Locked {
+    /// How many lockouts in a row: the next lasts `base × 2^level`.
+    level: u32,
+    /// When the current lockout ends (nanoseconds since the Unix epoch).
+    until: u128,
+}
+
+impl Lockouts {
+    /// The time left of `key`'s lockout, if it is locked out.
+    fn active(&self, key: &str, now: u128) -> Option<Duration> {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let locked = table.get(key)?;
+        (locked.until > now).then(|| nanos_to_duration(locked.until - now))
+    }
+
+    /// `key` went over the quota: lock it out (longer than last time unless it stayed
+    /// quiet), at least for `wait`, the quota's own wait. Returns the lockout.
+    fn start(&self, key: &str, now: u128, wait: Duration) -> Duration {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let quiet = self.quiet.as_nanos();
+        let level = match table.get(key) {
+            Some(last) if now.saturating_sub(last.until) <= quiet => last.level.saturating_add(1),
+            _ => 0,
+        };
+        let factor = 1u32.checked_shl(level).unwrap_or(u32::MAX);
+        let lockout = self
+            .base
+            .checked_mul(factor)
+            .unwrap_or(self.cap)
+            .min(self.cap)
+            .max(wait);
+        if table.len() >= self.capacity && !table.contains_key(key) {
+            table.retain(|_, locked| now.saturating_sub(locked.until) <= quiet);
+            if table.len() >= self.capacity {
+                return wait;
+            }
+        }
+        let until = now + lockout.as_nanos();
+        table.insert(key.to_owned(), Locked { level, until });
+        let until = u64::try_from(until).unwrap_or(u64::MAX);
+        self.until_max.fetch_max(until, Ordering::Relaxed);
+        tracing::warn!(
+            target: "tower_api_guard::auth",
+            lockout_secs = lockout.as_secs(),
+            level,
+            "client locked out after too many failed authentications"
+        );
+        lockout
+    }
+}
+
+fn nanos_to_duration(n: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
 impl Settings {
@@ -64,10 +141,16 @@ impl Settings {
         per_request * u128::from(quota.burst()) + quota.window().as_nanos()
     }
 
-    /// Whether no failure was recorded within the horizon (then no address can be over).
+    /// Whether no failure was recorded within the horizon and no lockout is running (then
+    /// no address can be over).
     fn quiet(&self, now: SystemTime) -> bool {
         let last = self.last_failure.load(Ordering::Relaxed);
-        last == 0 || nanos(now).saturating_sub(u128::from(last)) > self.horizon_ns()
+        let now = nanos(now);
+        let locked = self
+            .lockouts
+            .as_ref()
+            .is_some_and(|l| u128::from(l.until_max.load(Ordering::Relaxed)) > now);
+        !locked && (last == 0 || now.saturating_sub(u128::from(last)) > self.horizon_ns())
     }
 }
 
@@ -93,6 +176,7 @@ impl BruteForceGuardLayer {
                 client: ClientAddr::new(),
                 clock: Arc::new(MonotonicClock::new()),
                 last_failure: Arc::new(AtomicU64::new(0)),
+                lockouts: None,
             }),
         })
     }
@@ -116,6 +200,37 @@ impl BruteForceGuardLayer {
     /// The clock: [`MonotonicClock`] by default; a `ManualClock` in tests.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.settings().clock = clock;
+        self
+    }
+
+    /// Progressive lockout: a client that goes over the quota is refused (`429`, with
+    /// `Retry-After`) for `base`, and each further lockout lasts twice the one before, up to
+    /// `cap`; a client that stays quiet for `quiet` after its last lockout ended starts again
+    /// from `base`. A lockout never ends before the quota itself would let the client in.
+    /// Up to 100,000 addresses are remembered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_guard::auth::BruteForceGuardLayer;
+    /// use tower_api_guard::rate_limit::Quota;
+    ///
+    /// // 1 min, then 2, 4, 8 … up to 1 h; forgotten after a quiet day.
+    /// let guard = BruteForceGuardLayer::new(Quota::parse("20/min").unwrap()).progressive_lockout(
+    ///     Duration::from_secs(60),
+    ///     Duration::from_secs(3600),
+    ///     Duration::from_secs(86_400),
+    /// );
+    /// # let _ = guard;
+    /// ```
+    pub fn progressive_lockout(mut self, base: Duration, cap: Duration, quiet: Duration) -> Self {
+        self.settings().lockouts = Some(Arc::new(Lockouts {
+            base,
+            cap: cap.max(base),
+            quiet,
+            capacity: 100_000,
+            table: Mutex::new(HashMap::new()),
+            until_max: AtomicU64::new(0),
+        }));
         self
     }
 }
@@ -158,10 +273,16 @@ impl Check for CountFailures {
             }));
         }
         let mut key = KeyBuf::default();
-        let decision = s
-            .store
-            .peek(s.client.key_in(client, &mut key), &s.quota, 1, now);
-        if let Some(retry) = decision.retry_after() {
+        let key = s.client.key_in(client, &mut key);
+        let locked = s.lockouts.as_ref().and_then(|l| l.active(key, nanos(now)));
+        let retry = locked.or_else(|| {
+            let wait = s.store.peek(key, &s.quota, 1, now).retry_after()?;
+            Some(match &s.lockouts {
+                Some(lockouts) => lockouts.start(key, nanos(now), wait),
+                None => wait,
+            })
+        });
+        if let Some(retry) = retry {
             let error = AuthError::rate_limited(retry)
                 .with_reason("too many failed authentications from this client");
             return Step::Deny(error.into());
@@ -297,6 +418,62 @@ mod tests {
         clock.advance(Duration::from_secs(121));
         assert!(settings.quiet(clock.now()));
         assert_eq!(send(&layer, from, false).await, StatusCode::OK);
+    }
+
+    /// The `Retry-After` of a locked-out request, in seconds.
+    async fn retry_after(layer: &BruteForceGuardLayer, from: Option<&str>) -> Option<u64> {
+        let inner =
+            service_fn(|_: Request<()>| ready(Ok::<_, Infallible>(Response::new(String::new()))));
+        let mut request = Request::get("/").body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(from.unwrap().parse::<SocketAddr>().unwrap());
+        let response = tower_layer::Layer::layer(layer, inner)
+            .oneshot(request)
+            .await
+            .unwrap();
+        (response.status() == StatusCode::TOO_MANY_REQUESTS).then(|| {
+            response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn each_lockout_lasts_longer_up_to_the_cap_and_a_quiet_client_starts_over() {
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+        ));
+        let layer = BruteForceGuardLayer::new(Quota::parse("2/min").unwrap())
+            .clock(clock.clone())
+            .progressive_lockout(
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+                Duration::from_secs(3_600),
+            );
+        let attacker = Some("198.51.100.7:40000");
+        let bystander = Some("198.51.100.8:1");
+        // Lockouts of 60, 120, 240, then 300 s (the cap), 300 s.
+        for expected in [60, 120, 240, 300, 300] {
+            for _ in 0..2 {
+                assert_eq!(send(&layer, attacker, true).await, StatusCode::UNAUTHORIZED);
+            }
+            assert_eq!(retry_after(&layer, attacker).await, Some(expected));
+            // Still locked out a second before the end, even with a good credential.
+            clock.advance(Duration::from_secs(expected - 1));
+            assert_eq!(retry_after(&layer, attacker).await, Some(1));
+            assert_eq!(retry_after(&layer, bystander).await, None);
+            clock.advance(Duration::from_secs(1));
+            assert_eq!(send(&layer, attacker, false).await, StatusCode::OK);
+        }
+        // Quiet for an hour after the last lockout: back to the base.
+        clock.advance(Duration::from_secs(3_601));
+        for _ in 0..2 {
+            assert_eq!(send(&layer, attacker, true).await, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(retry_after(&layer, attacker).await, Some(60));
     }
 
     #[tokio::test]
