@@ -187,7 +187,7 @@ mod reqwest_client {
     use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
     use super::*;
-    use crate::jwt::remote::{hardened_client, json_body};
+    use crate::jwt::remote::{hardened_client, json_body, request_failed};
 
     /// The default [`IntrospectionClient`]: reqwest with rustls, no redirect to another
     /// origin, a timeout and a body cap.
@@ -214,22 +214,11 @@ mod reqwest_client {
         }
     }
 
-    fn failed(e: reqwest::Error) -> FetchError {
-        let reason = if e.is_timeout() {
-            "timeout"
-        } else if e.is_redirect() {
-            "redirect refused"
-        } else {
-            "connection failed"
-        };
-        FetchError::new(reason).with_source(e.without_url())
-    }
-
     async fn answer(
         response: Result<reqwest::Response, reqwest::Error>,
         max_body: usize,
     ) -> Result<Bytes, FetchError> {
-        let mut response = response.map_err(failed)?;
+        let mut response = response.map_err(request_failed)?;
         match response.status().as_u16() {
             200 => json_body(&mut response, max_body).await,
             status => Err(FetchError::new(format!("HTTP status {status}"))),

@@ -68,7 +68,7 @@ use crate::error::{AuthError, ConfigError, FailurePolicy};
 use crate::extract::TokenExtractor;
 use crate::head::RequestHead;
 use crate::identity::{Identity, RoleModel, Source};
-use crate::jwt::claims::{self, ClaimRules};
+use crate::jwt::claims::{self, ClaimRules, strings};
 use crate::jwt::jose;
 use crate::jwt::{JwtAuthenticator, JwtCredential, JwtFuture, RevocationStore};
 
@@ -167,14 +167,6 @@ impl fmt::Debug for IntrospectionAuthenticatorBuilder {
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
-}
-
-fn strings<I, S>(items: I) -> Vec<String>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    items.into_iter().map(Into::into).collect()
 }
 
 impl IntrospectionAuthenticator {

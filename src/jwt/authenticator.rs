@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::Algorithm;
-use super::claims::{self, ClaimRules};
+use super::claims::{self, ClaimRules, strings};
 use super::dpop::{Binding, DPOP_NONCE, Dpop, DpopConfig};
 use super::jose;
 use super::keys::{JwtKey, KeySet, KeySource, install_provider};
@@ -139,14 +139,6 @@ impl fmt::Debug for JwtAuthenticatorBuilder {
             .field("audiences", &self.audiences)
             .finish_non_exhaustive()
     }
-}
-
-fn strings<I, S>(items: I) -> Vec<String>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    items.into_iter().map(Into::into).collect()
 }
 
 impl JwtAuthenticator {

@@ -7,6 +7,15 @@ use serde_json::{Map, Value};
 use crate::error::AuthError;
 use crate::identity::{Identity, Source, claim_path};
 
+/// A list of claim names (or paths) from any strings: the builders' settings.
+pub(crate) fn strings<I, S>(items: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    items.into_iter().map(Into::into).collect()
+}
+
 /// The latest NumericDate accepted: 9999-12-31T23:59:59Z. Larger values (1e308, 2^64)
 /// are malformed, not "far in the future".
 pub(crate) const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;

@@ -183,18 +183,7 @@ mod reqwest_fetcher {
                 if let Some(etag) = &request.etag {
                     builder = builder.header(IF_NONE_MATCH, etag);
                 }
-                // Errors are kept as the source without their URL (a JWKS URL may carry a
-                // token in its query or credentials in its authority).
-                let mut response = builder.send().await.map_err(|e| {
-                    let reason = if e.is_timeout() {
-                        "timeout"
-                    } else if e.is_redirect() {
-                        "redirect refused"
-                    } else {
-                        "connection failed"
-                    };
-                    FetchError::new(reason).with_source(e.without_url())
-                })?;
+                let mut response = builder.send().await.map_err(request_failed)?;
                 let headers = response.headers();
                 let max_age = headers
                     .get(CACHE_CONTROL)
@@ -221,6 +210,20 @@ mod reqwest_fetcher {
 
     /// The HTTP client of every outbound call of this crate: rustls, at most 3 redirects,
     /// none to another origin.
+    /// A request that got no answer: timed out, redirected (refused), or not connected. The
+    /// error is kept as the source without its URL (a URL may carry a token in its query or
+    /// credentials in its authority).
+    pub(crate) fn request_failed(e: reqwest::Error) -> FetchError {
+        let reason = if e.is_timeout() {
+            "timeout"
+        } else if e.is_redirect() {
+            "redirect refused"
+        } else {
+            "connection failed"
+        };
+        FetchError::new(reason).with_source(e.without_url())
+    }
+
     pub(crate) fn hardened_client() -> Result<reqwest::Client, ConfigError> {
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             let same_origin = attempt.previous().first().is_some_and(|first| {
@@ -297,7 +300,7 @@ mod reqwest_fetcher {
 }
 
 #[cfg(all(feature = "reqwest", feature = "introspection"))]
-pub(crate) use reqwest_fetcher::{hardened_client, json_body};
+pub(crate) use reqwest_fetcher::{hardened_client, json_body, request_failed};
 
 #[cfg(feature = "reqwest")]
 pub(super) fn default_fetcher() -> Result<Arc<dyn JwksFetcher>, ConfigError> {

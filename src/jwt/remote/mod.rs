@@ -31,7 +31,7 @@ pub use fetch::ReqwestFetcher;
 use fetch::default_fetcher;
 pub use fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, JwksFetcher, parse_max_age};
 #[cfg(all(feature = "reqwest", feature = "introspection"))]
-pub(crate) use fetch::{hardened_client, json_body};
+pub(crate) use fetch::{hardened_client, json_body, request_failed};
 
 /// Where the key set lives.
 #[derive(Debug, Clone)]
