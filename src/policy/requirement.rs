@@ -246,31 +246,27 @@ fn outcome(
     input: &PolicyInput,
     result: Result<PolicyDecision, super::PolicyError>,
 ) -> Outcome {
-    match result {
-        Ok(decision) if decision.is_allowed() => {
-            tracing::debug!(
+    macro_rules! decided {
+        ($level:ident, $decision:expr, $message:literal) => {
+            tracing::$level!(
                 target: "tower_api_guard::policy",
                 engine = policy.engine_name(),
                 generation = policy.generation(),
                 subject = %input.principal.id,
                 action = %input.action.name,
                 resource = input.resource.id.as_deref().unwrap_or(""),
-                policies = ?decision.policies(),
-                "policy allowed"
-            );
+                policies = ?$decision.policies(),
+                $message
+            )
+        };
+    }
+    match result {
+        Ok(decision) if decision.is_allowed() => {
+            decided!(debug, decision, "policy allowed");
             Outcome::Allow
         }
         Ok(decision) => {
-            tracing::info!(
-                target: "tower_api_guard::policy",
-                engine = policy.engine_name(),
-                generation = policy.generation(),
-                subject = %input.principal.id,
-                action = %input.action.name,
-                resource = input.resource.id.as_deref().unwrap_or(""),
-                policies = ?decision.policies(),
-                "policy denied"
-            );
+            decided!(info, decision, "policy denied");
             Outcome::Deny(AuthError::forbidden("policy denied"))
         }
         Err(error) => {
