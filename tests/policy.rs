@@ -778,7 +778,7 @@ fn allowed(policy: &Policy, subject: &str) -> bool {
 
 #[tokio::test]
 async fn a_broken_source_keeps_the_previous_policy() {
-    let dir = tempdir();
+    let dir = common::files::tempdir("policy");
     let path = dir.join("subjects.txt");
     std::fs::write(&path, "alice\n").unwrap();
     let policy = Policy::load(subjects_source(path.clone())).unwrap();
@@ -804,7 +804,7 @@ async fn a_broken_source_keeps_the_previous_policy() {
 
 #[tokio::test]
 async fn the_watch_reloads_a_changed_file() {
-    let dir = tempdir();
+    let dir = common::files::tempdir("policy");
     let path = dir.join("subjects.txt");
     std::fs::write(&path, "alice\n").unwrap();
     let policy = Policy::load(subjects_source(path.clone())).unwrap();
@@ -820,17 +820,6 @@ async fn the_watch_reloads_a_changed_file() {
     }
     assert_eq!(policy.generation(), 2);
     assert!(allowed(&policy, "bob"));
-}
-
-fn tempdir() -> std::path::PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tower-api-guard-policy-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 // --- a real tonic service ---------------------------------------------------------------

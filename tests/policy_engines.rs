@@ -13,7 +13,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -240,17 +239,6 @@ fn a_cedar_schema_refuses_a_policy_at_load() {
     assert!(RegoEngine::from_text("broken.rego", "package guard\nallow if {").is_err());
 }
 
-fn tempdir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tower-api-guard-engines-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn copy_policies(dir: &Path) {
     for file in ["documents.cedar", "documents.cedarschema", "documents.rego"] {
         std::fs::copy(policies().join(file), dir.join(file)).unwrap();
@@ -259,7 +247,7 @@ fn copy_policies(dir: &Path) {
 
 #[tokio::test]
 async fn a_broken_or_invalid_file_keeps_the_previous_policy() {
-    let dir = tempdir();
+    let dir = common::files::tempdir("engines");
     copy_policies(&dir);
     let cedar = Policy::from_file(dir.join("documents.cedar")).unwrap();
     let rego = Policy::from_file(dir.join("documents.rego")).unwrap();
@@ -318,7 +306,7 @@ async fn a_broken_or_invalid_file_keeps_the_previous_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_picks_up_a_changed_policy_file() {
-    let dir = tempdir();
+    let dir = common::files::tempdir("engines");
     copy_policies(&dir);
     let policy = Policy::from_file(dir.join("documents.rego")).unwrap();
     let _watch = policy.watch(Duration::from_millis(50));

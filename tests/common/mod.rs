@@ -1,11 +1,13 @@
 //! What the integration tests share, one copy of each: a trusted test issuer
 //! ([`jwt`]), requests with a bearer token and what their responses say ([`calls`]), a
-//! `tracing` capture ([`events`]) and a gRPC health server on loopback ([`grpc`]).
+//! `tracing` capture ([`events`]), a gRPC health server on loopback ([`grpc`]) and scratch
+//! directories ([`files`]).
 //!
 //! Each test file takes it with `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod calls;
 pub mod events;
+pub mod files;
 pub mod grpc;
 pub mod jwt;
