@@ -140,6 +140,8 @@ pub use stack::{Guard, GuardLayer};
 
 #[cfg(feature = "redis")]
 mod redis_conn;
+#[cfg(feature = "redis")]
+pub use redis_conn::RedisConnection;
 
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

@@ -341,9 +341,9 @@ pub use redis_cache::RedisReplayCache;
 mod redis_cache {
     use super::*;
     use crate::error::ConfigError;
+    use crate::redis_conn::RedisConnection;
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use redis::aio::ConnectionManager;
 
     /// The longest `PX` sent: Redis rejects an expiry that overflows when added to its clock.
     const MAX_TTL_MS: u64 = i64::MAX as u64 / 2;
@@ -356,7 +356,7 @@ mod redis_cache {
     #[derive(Clone)]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub struct RedisReplayCache {
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: Arc<str>,
         timeout: Duration,
     }
@@ -371,21 +371,21 @@ mod redis_cache {
     }
 
     impl RedisReplayCache {
-        /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys are named
+        /// Connect to `url` (`redis://127.0.0.1:6379`, or a cluster:
+        /// `redis+cluster://host:port,…`); keys are named
         /// `tag:dpop:jti:…` (change with [`prefix`](Self::prefix)).
         ///
         /// # Errors
         /// A malformed URL or a failed first connection.
         pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-            Ok(Self::from_connection(
-                crate::redis_conn::connect(url).await?,
-            ))
+            Ok(Self::from_connection(RedisConnection::connect(url).await?))
         }
 
-        /// Use an existing connection.
-        pub fn from_connection(conn: ConnectionManager) -> Self {
+        /// Use a connection you already have (a [`RedisConnection`], a
+        /// `ConnectionManager` or a `ClusterConnection`).
+        pub fn from_connection(conn: impl Into<RedisConnection>) -> Self {
             Self {
-                conn,
+                conn: conn.into(),
                 prefix: "tag:dpop:jti:".into(),
                 timeout: Duration::from_millis(100),
             }

@@ -220,7 +220,7 @@ pub use redis_store::RedisRevocations;
 mod redis_store {
     use super::*;
     use crate::error::ConfigError;
-    use redis::aio::ConnectionManager;
+    use crate::redis_conn::RedisConnection;
 
     /// Keeps a subject's revocation instant, only ever moving it later.
     const KEEP_LATEST: &str = r"
@@ -231,12 +231,15 @@ end
 return 1";
 
     /// A [`RevocationStore`] in Redis, so that every replica sees a revocation at once.
-    /// One round trip per check (a pipelined `GET` of the token's and the subject's keys),
-    /// bounded by a timeout (default 50 ms). Keys expire with the tokens they concern.
+    /// One round trip per check (the `GET`s of the token's and the subject's keys, sent
+    /// together), bounded by a timeout (default 50 ms). Keys expire with the tokens they
+    /// concern. Works on one server or a Redis Cluster (see
+    /// [`RedisConnection`](crate::RedisConnection)): each `GET` goes to the master of its
+    /// key's slot.
     #[derive(Clone)]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub struct RedisRevocations {
-        conn: ConnectionManager,
+        conn: RedisConnection,
         prefix: Arc<str>,
         clock: Arc<dyn Clock>,
         max_token_lifetime: Duration,
@@ -258,21 +261,27 @@ return 1";
     }
 
     impl RedisRevocations {
-        /// Connect to `url` (e.g. `redis://127.0.0.1:6379`); keys are named
-        /// `tag:revoked:…` (change with [`prefix`](Self::prefix)).
+        /// Connect to `url` (`redis://127.0.0.1:6379`, or a cluster:
+        /// `redis+cluster://host:port,…`); keys are named `tag:revoked:…` (change with
+        /// [`prefix`](Self::prefix)).
         ///
         /// # Errors
         /// A malformed URL or a failed first connection.
         pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-            let conn = crate::redis_conn::connect(url).await?;
-            Ok(Self {
-                conn,
+            Ok(Self::from_connection(RedisConnection::connect(url).await?))
+        }
+
+        /// Use a connection you already have (a [`RedisConnection`], a
+        /// `ConnectionManager` or a `ClusterConnection`).
+        pub fn from_connection(conn: impl Into<RedisConnection>) -> Self {
+            Self {
+                conn: conn.into(),
                 prefix: "tag:revoked".into(),
                 clock: Arc::new(SystemClock),
                 max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
                 timeout: Duration::from_millis(50),
                 script: Arc::new(redis::Script::new(KEEP_LATEST)),
-            })
+            }
         }
 
         /// The key prefix.
@@ -333,10 +342,16 @@ return 1";
             Box::pin(async move {
                 let before: Option<u64> = match jti_key {
                     Some(jti_key) => {
-                        let mut pipe = redis::pipe();
-                        pipe.get(jti_key).get(sub_key);
-                        let (jti, before): (Option<String>, Option<u64>) =
-                            Self::bounded(timeout, pipe.query_async(&mut conn)).await?;
+                        // Two commands, not a pipeline: in a cluster the keys live in
+                        // different slots. The multiplexed connection sends them together.
+                        let mut other = conn.clone();
+                        let jti = redis::cmd("GET").arg(jti_key).to_owned();
+                        let sub = redis::cmd("GET").arg(sub_key).to_owned();
+                        let both = futures_util::future::try_join(
+                            jti.query_async::<Option<String>>(&mut conn),
+                            sub.query_async::<Option<u64>>(&mut other),
+                        );
+                        let (jti, before) = Self::bounded(timeout, both).await?;
                         if jti.is_some() {
                             return Ok(true);
                         }

@@ -5,13 +5,13 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Decision, Quota};
 use crate::clock::{Clock, MonotonicClock};
 use crate::error::{ConfigError, FailurePolicy};
+use crate::redis_conn::RedisConnection;
 
 /// GCRA over a batch of decisions, each over several quotas, on Redis server time (so
 /// replicas with skewed clocks agree). Microseconds throughout (well inside Lua's exact
@@ -87,6 +87,9 @@ struct Job {
     cost: u32,
     /// Requests to take if every quota has them (`cost` without a lease).
     want: u32,
+    /// When the caller stops waiting (in a cluster, a script call is abandoned once all
+    /// of its callers have).
+    deadline: tokio::time::Instant,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -133,10 +136,15 @@ struct Leasing {
 /// than consumed later. On an error, a full queue or a blown time limit the [`FailurePolicy`]
 /// policy decides; the connection manager reconnects by itself.
 ///
-/// One script call holds keys of several identities, so the store needs one Redis server
-/// (or a primary with replicas), not a Redis Cluster or a proxy that routes by key; behind
-/// such a proxy use `max_batch(1)`, one decision (one identity's keys, which share a hash
-/// tag) per call.
+/// **Redis Cluster.** Every key of one identity carries one hash tag (`prefix:{key}:n`),
+/// so its quotas live in one slot and its decision is one atomic script call. On a cluster
+/// connection ([`RedisConnection::connect`] with `redis+cluster://…`), a batch is split by
+/// slot: the decisions of each slot go as one script call to the master that serves it,
+/// all of them at once. `MOVED` and `ASK` are followed and the slot map refreshed by the
+/// cluster client; a master that fails over loads the script again on `NOSCRIPT`; a
+/// master that is down fails the decisions of its slots only, by the failure policy, until
+/// it (or its replica) serves again. Behind a proxy that routes by key (not a cluster
+/// client), use `max_batch(1)`: one decision, one identity's keys, per call.
 ///
 /// With [`lease`](Self::lease) (off by default), a process takes several requests from
 /// the shared limit at once and spends them locally: fewer round trips for a busy
@@ -162,7 +170,7 @@ struct Leasing {
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
     queue: mpsc::Sender<Job>,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     runtime: Handle,
     prefix: Arc<str>,
     timeout: Duration,
@@ -193,10 +201,19 @@ impl RedisStore {
     /// # Errors
     /// A malformed URL or a failed first connection.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-        let conn = crate::redis_conn::connect(url).await?;
+        Ok(Self::from_connection(RedisConnection::connect(url).await?))
+    }
+
+    /// Use a connection you already have (a [`RedisConnection`], a `ConnectionManager` or
+    /// a `ClusterConnection`), and start the batching task on the current Tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn from_connection(conn: impl Into<RedisConnection>) -> Self {
+        let conn = conn.into();
         let runtime = Handle::current();
         let (max_batch, max_in_flight) = (64, 4);
-        Ok(Self {
+        Self {
             queue: start(&runtime, conn.clone(), max_batch, max_in_flight),
             conn,
             runtime,
@@ -207,7 +224,7 @@ impl RedisStore {
             max_in_flight,
             leasing: None,
             clock: Arc::new(MonotonicClock::new()),
-        })
+        }
     }
 
     /// The key prefix (default `tag:rl`).
@@ -340,6 +357,7 @@ impl RedisStore {
                 .collect(),
             cost,
             want,
+            deadline: tokio::time::Instant::now() + self.timeout,
             reply,
         };
         self.queue.try_send(job).map_err(|e| match e {
@@ -414,7 +432,7 @@ fn with_lease(decision: &Decision, left: u32) -> Decision {
 /// need, so a stalled server fails requests at once instead of growing memory.
 fn start(
     runtime: &Handle,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     max_batch: usize,
     max_in_flight: usize,
 ) -> mpsc::Sender<Job> {
@@ -431,7 +449,7 @@ fn start(
 /// calls are out, and send it as one call.
 async fn batches(
     mut jobs: mpsc::Receiver<Job>,
-    conn: ConnectionManager,
+    conn: RedisConnection,
     max_batch: usize,
     max_in_flight: usize,
 ) {
@@ -453,14 +471,36 @@ async fn batches(
         }
         let (conn, script) = (conn.clone(), script.clone());
         tokio::spawn(async move {
-            decide(conn, &script, batch).await;
+            if conn.is_cluster() {
+                // One script call per slot (a script's keys must share one), all at once.
+                let calls = by_slot(batch)
+                    .into_iter()
+                    .map(|group| decide(conn.clone(), &script, group));
+                futures_util::future::join_all(calls).await;
+            } else {
+                decide(conn, &script, batch).await;
+            }
             drop(slot);
         });
     }
 }
 
+/// `batch` split by the hash slot of each decision's keys (they share a hash tag), in
+/// arrival order within each slot, so two decisions for one key still see each other.
+fn by_slot(batch: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut groups: Vec<(redis::cluster_routing::Slot, Vec<Job>)> = Vec::new();
+    for job in batch {
+        let slot = redis::cluster_routing::Slot::for_key(&job.base);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((slot, vec![job])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
 /// One script call for `batch`, and each job's answer.
-async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<Job>) {
+async fn decide(mut conn: RedisConnection, script: &redis::Script, batch: Vec<Job>) {
     let mut invocation = script.prepare_invoke();
     invocation.arg(batch.len());
     for job in &batch {
@@ -470,13 +510,24 @@ async fn decide(mut conn: ConnectionManager, script: &redis::Script, batch: Vec<
             invocation.arg(*interval).arg(*burst);
         }
     }
-    // The connection's own response timeout (2 s) bounds the wait; callers stop waiting
-    // at their time limit.
+    // One server: the connection's response timeout (2 s) bounds the call, which keeps
+    // its batching slot meanwhile, so a stalled server holds decisions in the queue (where
+    // a caller that gives up consumes nothing) rather than sending more. A cluster: a call
+    // is abandoned once all of its callers have given up, so that a master that is down
+    // holds no batching slot the other masters' decisions need (a request already sent
+    // may still be counted there, which only ever refuses more).
     let expected: usize = batch.iter().map(Job::reply_len).sum();
-    let reply: Vec<i64> = match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
-        Ok(reply) if reply.len() == expected => reply,
-        Ok(_) => return fail(batch, "unexpected reply from the rate-limit script"),
-        Err(_) => return fail(batch, "Redis error"),
+    let cluster = conn.is_cluster();
+    let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+    let reply = match batch.iter().map(|j| j.deadline).max() {
+        Some(until) if cluster => tokio::time::timeout_at(until, call).await,
+        _ => Ok(call.await),
+    };
+    let reply: Vec<i64> = match reply {
+        Ok(Ok(reply)) if reply.len() == expected => reply,
+        Ok(Ok(_)) => return fail(batch, "unexpected reply from the rate-limit script"),
+        Ok(Err(_)) => return fail(batch, "Redis error"),
+        Err(_) => return fail(batch, "Redis over its time limit"),
     };
     let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     let mut rest = reply.as_slice();
