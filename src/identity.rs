@@ -144,6 +144,26 @@ struct Inner {
     plan: Option<String>,
     /// [`Identity::caller_key`], made on first use.
     caller_key: std::sync::OnceLock<Box<str>>,
+    /// [`Identity::credential_key`], made on first use.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    credential_key: std::sync::OnceLock<Option<CredentialKey>>,
+}
+
+/// The key of the credential an identity presented, for limits per credential: see
+/// [`Identity::credential_key`].
+#[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+pub(crate) struct CredentialKey {
+    /// The hash tag its shared state lives under: the owner's caller key for a credential
+    /// that belongs to one subject (an API key, a certificate), the client's own key for
+    /// a JWT client that many subjects use.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) tag: Box<str>,
+    /// After the tag: `:cred:<id>` for an owned credential, empty for a client.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) suffix: Box<str>,
+    /// One string for in-process maps: `cred:` + the tag's length + the tag + the suffix
+    /// (no caller key starts with `cred:`).
+    pub(crate) flat: Box<str>,
 }
 
 /// Who the caller is. Cheap to clone (one [`Arc`]).
@@ -167,6 +187,7 @@ impl Identity {
                 claims: Value::Object(Default::default()),
                 plan: None,
                 caller_key: std::sync::OnceLock::new(),
+                credential_key: std::sync::OnceLock::new(),
             },
         }
     }
@@ -223,6 +244,51 @@ impl Identity {
             key.push_str(subject);
             key.into_boxed_str()
         })
+    }
+
+    /// The credential this identity presented, for limits per credential
+    /// ([`RateLimiterLayer::per_credential`](crate::rate_limit::RateLimiterLayer::per_credential)):
+    ///
+    /// - [`Source::ApiKey`]: the key's record id, under its owner;
+    /// - [`Source::ClientCertificate`]: the certificate's thumbprint, under its subject;
+    /// - [`Source::Jwt`] and [`Source::Introspection`]: the OAuth client, `client_id`
+    ///   (RFC 9068) or else `azp`, with the issuer (a client's quota is shared by every
+    ///   user of that client);
+    /// - otherwise (or a token naming no client): none.
+    ///
+    /// Made once per identity and cached.
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn credential_key(&self) -> Option<&CredentialKey> {
+        self.0
+            .credential_key
+            .get_or_init(|| {
+                let owned = |id: &str| (self.caller_key().into(), format!(":cred:{id}"));
+                let client = |issuer: &str| {
+                    let client = ["client_id", "azp"]
+                        .iter()
+                        .find_map(|c| self.claims().get(*c)?.as_str())
+                        .filter(|c| !c.is_empty())?;
+                    Some((
+                        format!("client:{}:{issuer}:{client}", issuer.len()),
+                        String::new(),
+                    ))
+                };
+                let (tag, suffix): (String, String) = match self.source() {
+                    Source::ApiKey { key_id } => owned(key_id),
+                    Source::ClientCertificate { x5t_s256 } => owned(x5t_s256),
+                    Source::Jwt { issuer } => client(issuer)?,
+                    Source::Introspection { issuer } => {
+                        client(issuer.as_deref().unwrap_or_default())?
+                    }
+                    Source::Custom { .. } => return None,
+                };
+                Some(CredentialKey {
+                    flat: format!("cred:{}:{tag}{suffix}", tag.len()).into(),
+                    tag: tag.into(),
+                    suffix: suffix.into(),
+                })
+            })
+            .as_ref()
     }
 
     /// The subject: the JWT's `sub` (or the configured fallback), or the API key's owner.

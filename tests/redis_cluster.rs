@@ -446,3 +446,104 @@ async fn a_stopped_master_follows_the_failure_policy_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A service that takes its caller from the request (`x-owner`, `x-key`: an API key of
+/// that owner; or `x-user`, `x-client`: a token of that OAuth client), then limits it.
+type CredSvc =
+    BoxCloneService<Request<()>, Response<tower_api_guard::body::ResponseBody<String>>, Infallible>;
+
+fn credential_service(layer: RateLimiterLayer) -> CredSvc {
+    use tower_api_guard::{Identity, Source};
+    let identify = |mut req: Request<()>| {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let identity = match (header("x-owner"), header("x-key")) {
+            (Some(owner), Some(key)) => Identity::builder(owner, Source::ApiKey { key_id: key }),
+            _ => Identity::builder(
+                header("x-user").unwrap(),
+                Source::Jwt {
+                    issuer: "https://issuer.example".into(),
+                },
+            )
+            .claims(serde_json::json!({ "client_id": header("x-client").unwrap() })),
+        }
+        .build();
+        req.extensions_mut().insert(identity);
+        req
+    };
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .map_request(identify)
+            .layer(layer)
+            .service_fn(common::calls::ok::<()>),
+    )
+}
+
+async fn send(svc: &CredSvc, headers: &[(&str, &str)]) -> StatusCode {
+    let mut req = Request::get("/");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    common::calls::call(svc, req.body(()).unwrap())
+        .await
+        .status()
+}
+
+/// Limits per credential on the cluster: two keys of one owner each get their own quota,
+/// the owner's quota is checked with them atomically (one slot: the owner's), and a token
+/// client's quota (another slot than its users') is shared by the client's users.
+#[tokio::test]
+async fn per_credential_limits_on_the_cluster() {
+    let Some(url) = cluster_url() else { return };
+    per_credential_limits(&url).await;
+}
+
+/// The same on one server (`REDIS_URL`), where even a client's quota and its user's are
+/// one script call.
+#[tokio::test]
+async fn per_credential_limits_on_one_server() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+        return;
+    };
+    per_credential_limits(&url).await;
+}
+
+async fn per_credential_limits(url: &str) {
+    let store = RedisStore::connect(url)
+        .await
+        .unwrap()
+        .prefix(&unique("tag-cluster-cred"))
+        .timeout(Duration::from_secs(2));
+    let svc = credential_service(
+        RateLimiterLayer::new([Quota::parse("3/min").unwrap()])
+            .per_credential([Quota::parse("2/min").unwrap()])
+            .redis(store),
+    );
+    let k1 = [("x-owner", "alice"), ("x-key", "k1")];
+    let k2 = [("x-owner", "alice"), ("x-key", "k2")];
+    assert_eq!(send(&svc, &k1).await, StatusCode::OK);
+    assert_eq!(send(&svc, &k1).await, StatusCode::OK);
+    assert_eq!(send(&svc, &k1).await, StatusCode::TOO_MANY_REQUESTS);
+    // k1's refusal took nothing from alice: k2 gets her third request.
+    assert_eq!(send(&svc, &k2).await, StatusCode::OK);
+    // alice is spent: k2 is refused though its own quota has one left.
+    assert_eq!(send(&svc, &k2).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        send(&svc, &[("x-owner", "bob"), ("x-key", "k1")]).await,
+        StatusCode::OK
+    );
+
+    // A token client: 2/min shared by all its users, each user 3/min.
+    let user = |u: &'static str| [("x-user", u), ("x-client", "mobile")];
+    assert_eq!(send(&svc, &user("u1")).await, StatusCode::OK);
+    assert_eq!(send(&svc, &user("u2")).await, StatusCode::OK);
+    assert_eq!(send(&svc, &user("u3")).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        send(&svc, &[("x-user", "u3"), ("x-client", "web")]).await,
+        StatusCode::OK
+    );
+}

@@ -166,6 +166,85 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Check (and, when every quota of every part allows it, consume) `cost` against
+    /// several keys at once, each with its own quotas, atomically: the shards concerned
+    /// are locked together (in index order). Quotas are reported in the order given.
+    pub(crate) fn check_parts(
+        &self,
+        parts: &[(&str, &[Quota])],
+        cost: u32,
+        now: SystemTime,
+    ) -> Decision {
+        let at = nanos(now);
+        let shard_of = |key: &str| (self.spread.hash_one(key) as usize) % SHARDS;
+        let mut order: Vec<usize> = parts.iter().map(|(k, _)| shard_of(k)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, Map>)> = order
+            .iter()
+            .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|e| e.into_inner())))
+            .collect();
+        let mut reported = Vec::new();
+        let mut retry: Option<u64> = None;
+        let mut updates = Vec::with_capacity(parts.len());
+        for (key, quotas) in parts {
+            let shard = shard_of(key);
+            let map = &guards.iter().find(|(i, _)| *i == shard).expect("locked").1;
+            let mut new_tats = vec![0u64; quotas.len()];
+            let mut decision = Decision::empty(quotas.len());
+            let existing = map
+                .get(*key)
+                .map(Tats::as_slice)
+                .filter(|t| t.len() == quotas.len());
+            if let Some(wait) = gcra(quotas, cost, at, existing, &mut new_tats, &mut decision) {
+                retry = Some(retry.map_or(wait, |r| r.max(wait)));
+            }
+            reported.extend_from_slice(decision.quotas());
+            updates.push((shard, *key, new_tats));
+        }
+        if retry.is_some() {
+            // Rejected: nothing is consumed, so every part is reported as it stands.
+            reported.clear();
+            for (key, quotas) in parts {
+                let map = &guards
+                    .iter()
+                    .find(|(i, _)| *i == shard_of(key))
+                    .expect("locked")
+                    .1;
+                let existing = map
+                    .get(*key)
+                    .map(Tats::as_slice)
+                    .filter(|t| t.len() == quotas.len());
+                let mut scratch = vec![0u64; quotas.len()];
+                let mut decision = Decision::empty(quotas.len());
+                gcra(quotas, 0, at, existing, &mut scratch, &mut decision);
+                reported.extend_from_slice(decision.quotas());
+            }
+        } else {
+            for (shard, key, new_tats) in updates {
+                let map = &mut guards
+                    .iter_mut()
+                    .find(|(i, _)| *i == shard)
+                    .expect("locked")
+                    .1;
+                match map.get_mut(key) {
+                    Some(tats) if tats.as_slice().len() == new_tats.len() => {
+                        tats.as_mut_slice().copy_from_slice(&new_tats);
+                    }
+                    _ => {
+                        if !map.contains_key(key) && map.len() >= self.per_shard {
+                            evict(map, self.per_shard, at);
+                        }
+                        map.insert(key.into(), Tats::new(&new_tats));
+                    }
+                }
+            }
+        }
+        Decision::from_parts(reported.into_iter(), retry.map(Duration::from_nanos))
+    }
+}
+
 /// Make room: drop idle keys (their state equals a fresh key's); if none are idle, drop
 /// the eighth of the shard closest to idle, so that the next inserts are cheap.
 fn evict(map: &mut Map, cap: usize, now: u64) {

@@ -79,6 +79,7 @@ pub use concurrency::{InFlightLimit, InFlightLimitLayer, LimitInFlight};
 pub use gcra::Decision;
 pub use memory_store::MemoryStore;
 pub use quota::Quota;
+
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 
@@ -86,10 +87,25 @@ use crate::clock::{Clock, MonotonicClock};
 use crate::error::{AuthError, FailurePolicy};
 use crate::gate::{Check, Gate, GateLayer, LayerKind, Rejection, Step, Verdict};
 use crate::head::RequestHead;
-use crate::identity::Identity;
+use crate::identity::{CredentialKey, Identity};
 
 /// Limits each identity. See the [module docs](self).
 pub type RateLimiterLayer = GateLayer<LimitRate>;
+
+/// What a [`RateLimiterLayer`]'s quotas are counted against (see
+/// [`RateLimiterLayer::key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RateKey {
+    /// The caller: the issuer (or key owner) and the subject. Every key of one owner,
+    /// every client of one user, share one budget. The default.
+    #[default]
+    Subject,
+    /// The credential presented: an API key's id, a certificate's thumbprint, a token's
+    /// OAuth client (`client_id`, else `azp`, with the issuer). A request whose identity
+    /// names no credential (a token without a client) is counted against its subject.
+    Credential,
+}
 
 /// The service made by [`RateLimiterLayer`].
 pub type RateLimiter<S> = Gate<LimitRate, S>;
@@ -120,12 +136,24 @@ struct Plan {
 }
 
 impl Plan {
+    /// Quotas named `q0`, `q1`, … in the fields.
     fn new(quotas: impl IntoIterator<Item = Quota>) -> Self {
+        Self::named(quotas, "q")
+    }
+
+    /// Quotas named `{name}0`, `{name}1`, … in the fields (`k` for a credential's).
+    fn named(quotas: impl IntoIterator<Item = Quota>, name: &str) -> Self {
         let quotas: Vec<Quota> = quotas.into_iter().collect();
         let policy: Vec<String> = quotas
             .iter()
             .enumerate()
-            .map(|(i, q)| format!("\"q{i}\";q={};w={}", q.limit(), q.window().as_secs().max(1)))
+            .map(|(i, q)| {
+                format!(
+                    "\"{name}{i}\";q={};w={}",
+                    q.limit(),
+                    q.window().as_secs().max(1)
+                )
+            })
             .collect();
         let policy =
             HeaderValue::from_str(&policy.join(", ")).unwrap_or(HeaderValue::from_static(""));
@@ -140,6 +168,10 @@ type CostFn = dyn Fn(&RequestHead<'_>) -> u32 + Send + Sync;
 pub struct LimitRate {
     default: Plan,
     plans: HashMap<String, Plan>,
+    key: RateKey,
+    /// Quotas of each credential besides the main ones (`per_credential`), and by plan.
+    credential: Option<Plan>,
+    credential_plans: HashMap<String, Plan>,
     anonymous: Option<(Plan, ClientAddr)>,
     legacy: bool,
     store: Store,
@@ -163,6 +195,9 @@ impl RateLimiterLayer {
         GateLayer::from_check(LimitRate {
             default: Plan::new(quotas),
             plans: HashMap::new(),
+            key: RateKey::Subject,
+            credential: None,
+            credential_plans: HashMap::new(),
             anonymous: None,
             legacy: false,
             store: Store::Memory(MemoryStore::new(100_000)),
@@ -176,6 +211,53 @@ impl RateLimiterLayer {
         self.check_mut()
             .plans
             .insert(plan.to_owned(), Plan::new(quotas));
+        self
+    }
+
+    /// Count the quotas of [`new`](Self::new) and [`plan`](Self::plan) against the subject
+    /// ([`RateKey::Subject`], the default) or against the credential presented
+    /// ([`RateKey::Credential`]: "100 requests per second per API key", so that one
+    /// leaked or noisy key cannot spend its owner's whole budget).
+    ///
+    /// ```
+    /// use tower_api_guard::rate_limit::{Quota, RateKey, RateLimiterLayer};
+    ///
+    /// let per_key = RateLimiterLayer::new([Quota::parse("100/s").unwrap()]).key(RateKey::Credential);
+    /// # let _ = per_key;
+    /// ```
+    pub fn key(mut self, key: RateKey) -> Self {
+        self.check_mut().key = key;
+        self
+    }
+
+    /// Also give each credential (see [`RateKey::Credential`]) its own `quotas`, checked
+    /// together with the subject's: a request passes only when both allow it, and is
+    /// counted in both, atomically (one lock in process, one script call in Redis; on a
+    /// Redis Cluster, a JWT client's quota lives in another slot than its user's, so
+    /// those two are asked one after the other: a request the second refuses stays
+    /// counted in the first, which refuses more, never less). The credential's quotas
+    /// appear in the fields as `k0`, `k1`, … beside the subject's `q0`, … A request whose
+    /// identity names no credential gets the subject's quotas only.
+    ///
+    /// ```
+    /// use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
+    ///
+    /// // 50/s per owner in all, 5/s per API key of that owner.
+    /// let limiter = RateLimiterLayer::new([Quota::parse("50/s").unwrap()])
+    ///     .per_credential([Quota::parse("5/s").unwrap()]);
+    /// # let _ = limiter;
+    /// ```
+    pub fn per_credential(mut self, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        self.check_mut().credential = Some(Plan::named(quotas, "k"));
+        self
+    }
+
+    /// Credentials whose plan is `plan` (an API-key record's own plan, or the token's
+    /// plan claim) get these quotas instead of [`per_credential`](Self::per_credential)'s.
+    pub fn credential_plan(mut self, plan: &str, quotas: impl IntoIterator<Item = Quota>) -> Self {
+        self.check_mut()
+            .credential_plans
+            .insert(plan.to_owned(), Plan::named(quotas, "k"));
         self
     }
 
@@ -255,6 +337,8 @@ impl<S> RateLimiter<S> {
 /// path, adds them from here).
 pub struct Fields {
     policy: HeaderValue,
+    /// The credential's `RateLimit-Policy` entries, when it has its own quotas.
+    credential_policy: Option<HeaderValue>,
     limit: HeaderValue,
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset`, when asked for.
     legacy: Option<[HeaderValue; 3]>,
@@ -262,7 +346,13 @@ pub struct Fields {
 
 impl Fields {
     fn insert_into(self, headers: &mut http::HeaderMap) {
-        headers.insert(RATELIMIT_POLICY, self.policy);
+        // Empty when only the credential's quotas apply.
+        if !self.policy.is_empty() {
+            headers.insert(RATELIMIT_POLICY, self.policy);
+        }
+        if let Some(policy) = self.credential_policy {
+            headers.append(RATELIMIT_POLICY, policy);
+        }
         headers.insert(RATELIMIT, self.limit);
         if let Some([limit, remaining, reset]) = self.legacy {
             headers.insert(X_RATELIMIT_LIMIT, limit);
@@ -273,7 +363,12 @@ impl Fields {
 
     /// As a list, for a rejection's response.
     fn into_vec(self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut list = vec![(RATELIMIT_POLICY, self.policy), (RATELIMIT, self.limit)];
+        let mut list = Vec::with_capacity(3);
+        if !self.policy.is_empty() {
+            list.push((RATELIMIT_POLICY, self.policy));
+        }
+        list.extend(self.credential_policy.map(|p| (RATELIMIT_POLICY, p)));
+        list.push((RATELIMIT, self.limit));
         if let Some([limit, remaining, reset]) = self.legacy {
             list.extend([
                 (X_RATELIMIT_LIMIT, limit),
@@ -293,18 +388,24 @@ const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-r
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10), plus the
-/// legacy `X-RateLimit-Limit/Remaining/Reset` of the tightest quota when asked for.
-fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
+/// legacy `X-RateLimit-Limit/Remaining/Reset` of the tightest quota when asked for. The
+/// decision holds `plans.0`'s quotas, then `plans.1`'s (a credential's), if any.
+fn headers(plans: Plans<'_>, decision: &Decision, legacy: bool) -> Fields {
+    let (plan, credential) = plans;
     let (i, remaining, reset) = decision.tightest();
     let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    let (name, index, quota) = match i.checked_sub(plan.quotas.len()) {
+        Some(j) => ("\"k", j, credential.and_then(|c| c.quotas.get(j))),
+        None => ("\"q", i, plan.quotas.get(i)),
+    };
     // `"q{i}";r={remaining};t={reset}`, with itoa: `write!` costs more than the decision.
     // Built on the stack and copied once into the header value.
     let mut numbers = itoa::Buffer::new();
     let mut text = [0u8; 80];
     let mut len = 0;
     for part in [
-        "\"q",
-        numbers.format(i),
+        name,
+        numbers.format(index),
         "\";r=",
         itoa::Buffer::new().format(remaining),
         ";t=",
@@ -315,9 +416,10 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
     }
     Fields {
         policy: plan.policy.clone(),
+        credential_policy: credential.map(|c| c.policy.clone()),
         limit: HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("")),
         legacy: legacy.then(|| {
-            let limit = plan.quotas.get(i).map_or(0, Quota::limit);
+            let limit = quota.map_or(0, Quota::limit);
             [
                 HeaderValue::from(limit),
                 HeaderValue::from(remaining),
@@ -327,6 +429,9 @@ fn headers(plan: &Plan, decision: &Decision, legacy: bool) -> Fields {
     }
 }
 
+/// The plan of a decision, and its credential's plan when it has one.
+type Plans<'a> = (&'a Plan, Option<&'a Plan>);
+
 /// A store's answer that had to wait (Redis).
 pub type StoreFuture = Pin<Box<dyn Future<Output = StoreAnswer> + Send>>;
 
@@ -335,6 +440,7 @@ pub type StoreFuture = Pin<Box<dyn Future<Output = StoreAnswer> + Send>>;
 pub struct StoreAnswer {
     decision: Result<Decision, StoreFailure>,
     plan: Plan,
+    credential: Option<Plan>,
 }
 
 /// Why a shared store could not decide, and what that does to the request.
@@ -344,27 +450,54 @@ pub struct StoreFailure {
     policy: FailurePolicy,
 }
 
+/// What one request is counted against.
+struct Selection<'a> {
+    /// The main key: the caller's, the credential's (`RateKey::Credential`), or the
+    /// client address's.
+    key: Cow<'a, str>,
+    plan: &'a Plan,
+    /// The credential's own quotas (`per_credential`), for an identity that names one.
+    credential: Option<(&'a CredentialKey, &'a Plan)>,
+}
+
 impl LimitRate {
-    /// The key and plan of this request, or `None` when this layer does not limit it.
-    fn select<'a, B>(&'a self, request: &'a Request<B>) -> Option<(Cow<'a, str>, &'a Plan)> {
-        let (key, plan) = match request.extensions().get::<Identity>() {
-            Some(identity) => (
-                Cow::Borrowed(identity.caller_key()),
-                identity
+    /// What this request is counted against, or `None` when this layer does not limit it.
+    fn select<'a, B>(&'a self, request: &'a Request<B>) -> Option<Selection<'a>> {
+        let selection = match request.extensions().get::<Identity>() {
+            Some(identity) => {
+                let plan = identity
                     .plan()
                     .and_then(|p| self.plans.get(p))
-                    .unwrap_or(&self.default),
-            ),
+                    .unwrap_or(&self.default);
+                let credential = identity.credential_key();
+                let key = match (self.key, credential) {
+                    (RateKey::Credential, Some(credential)) => &*credential.flat,
+                    _ => identity.caller_key(),
+                };
+                let credential = self.credential.as_ref().and_then(|default| {
+                    let plan = identity
+                        .plan()
+                        .and_then(|p| self.credential_plans.get(p))
+                        .unwrap_or(default);
+                    Some((credential?, plan)).filter(|(_, plan)| !plan.quotas.is_empty())
+                });
+                Selection {
+                    key: Cow::Borrowed(key),
+                    plan,
+                    credential,
+                }
+            }
             None => {
                 let (plan, client) = self.anonymous.as_ref()?;
                 let peer = client.peer(request.extensions())?;
-                (
-                    Cow::Owned(client.key(client.resolve(peer, request.headers()))),
+                Selection {
+                    key: Cow::Owned(client.key(client.resolve(peer, request.headers()))),
                     plan,
-                )
+                    credential: None,
+                }
             }
         };
-        (!plan.quotas.is_empty()).then_some((key, plan))
+        (!selection.plan.quotas.is_empty() || selection.credential.is_some()).then_some(selection)
     }
 
     fn cost<B>(&self, request: &Request<B>) -> u32 {
@@ -374,8 +507,8 @@ impl LimitRate {
     }
 
     /// A decision made: the fields to add to the response, or the rejection.
-    fn verdict(&self, plan: &Plan, decision: &Decision) -> Verdict<Option<Fields>> {
-        let fields = headers(plan, decision, self.legacy);
+    fn verdict(&self, plans: Plans<'_>, decision: &Decision) -> Verdict<Option<Fields>> {
+        let fields = headers(plans, decision, self.legacy);
         match decision.retry_after() {
             None => Verdict::Allow(Some(fields)),
             Some(retry) => Verdict::Deny(
@@ -392,16 +525,27 @@ impl Check for LimitRate {
     const LAYER: LayerKind = LayerKind::RateLimit;
 
     fn check<B>(&self, request: &mut Request<B>) -> Step<Option<Fields>, StoreFuture> {
-        let Some((key, plan)) = self.select(request) else {
+        let Some(Selection {
+            key,
+            plan,
+            credential,
+        }) = self.select(request)
+        else {
             return Step::Allow(None);
         };
         let cost = self.cost(request);
         match &self.store {
             Store::Memory(store) => {
-                match self.verdict(
-                    plan,
-                    &store.check(&key, &plan.quotas, cost, self.clock.now()),
-                ) {
+                let now = self.clock.now();
+                let decision = match credential {
+                    None => store.check(&key, &plan.quotas, cost, now),
+                    Some((credential, own)) => store.check_parts(
+                        &[(&key, &plan.quotas), (&credential.flat, &own.quotas)],
+                        cost,
+                        now,
+                    ),
+                };
+                match self.verdict((plan, credential.map(|c| c.1)), &decision) {
                     Verdict::Allow(fields) => Step::Allow(fields),
                     Verdict::Deny(rejection) => Step::Deny(rejection),
                 }
@@ -411,14 +555,34 @@ impl Check for LimitRate {
                 let store = store.clone();
                 let plan = plan.clone();
                 let key = key.into_owned();
+                let credential =
+                    credential.map(|(c, own)| ((c.tag.clone(), c.suffix.clone()), own.clone()));
                 Step::Wait(Box::pin(async move {
-                    let decision = store.check(&key, &plan.quotas, cost).await;
+                    let decision = match &credential {
+                        None => store.check(&key, &plan.quotas, cost).await,
+                        Some(((tag, suffix), own)) => {
+                            let parts = [
+                                redis_store::Part {
+                                    tag: &key,
+                                    suffix: "",
+                                    quotas: &plan.quotas,
+                                },
+                                redis_store::Part {
+                                    tag,
+                                    suffix,
+                                    quotas: &own.quotas,
+                                },
+                            ];
+                            store.check_parts(&parts, cost).await
+                        }
+                    };
                     StoreAnswer {
                         decision: decision.map_err(|reason| StoreFailure {
                             reason,
                             policy: store.policy(),
                         }),
                         plan,
+                        credential: credential.map(|(_, own)| own),
                     }
                 }))
             }
@@ -427,7 +591,7 @@ impl Check for LimitRate {
 
     fn resume<B>(&self, answer: StoreAnswer, _: &mut Request<B>) -> Verdict<Option<Fields>> {
         match answer.decision {
-            Ok(decision) => self.verdict(&answer.plan, &decision),
+            Ok(decision) => self.verdict((&answer.plan, answer.credential.as_ref()), &decision),
             Err(StoreFailure { reason, policy }) => {
                 tracing::warn!(
                     target: "tower_api_guard::rate_limit",
@@ -550,5 +714,109 @@ mod tests {
             .clock(at_epoch());
         let out = run(&heavy, with(Some(caller("a", &[], &[])))).await;
         assert_eq!((out.status, out.calls), (StatusCode::TOO_MANY_REQUESTS, 0));
+    }
+
+    fn api_key(owner: &str, key_id: &str, plan: Option<&str>) -> Identity {
+        let source = crate::identity::Source::ApiKey {
+            key_id: key_id.into(),
+        };
+        let builder = Identity::builder(owner, source);
+        match plan {
+            Some(plan) => builder.plan(plan).build(),
+            None => builder.build(),
+        }
+    }
+
+    #[tokio::test]
+    async fn per_credential_keys_give_each_api_key_of_one_owner_its_own_quota() {
+        let layer = RateLimiterLayer::new([quota("2/min")])
+            .key(RateKey::Credential)
+            .clock(at_epoch());
+        for key in ["k1", "k2"] {
+            for _ in 0..2 {
+                let out = run(&layer, with(Some(api_key("alice", key, None)))).await;
+                assert_eq!(out.status, StatusCode::OK, "{key}");
+            }
+            let out = run(&layer, with(Some(api_key("alice", key, None)))).await;
+            assert_eq!(out.status, StatusCode::TOO_MANY_REQUESTS, "{key}");
+        }
+        // An identity naming no credential is counted against its subject.
+        let plain = || Some(caller("bob", &[], &[]));
+        assert_eq!(run(&layer, with(plain())).await.status, StatusCode::OK);
+        assert_eq!(run(&layer, with(plain())).await.status, StatusCode::OK);
+        assert_eq!(
+            run(&layer, with(plain())).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[tokio::test]
+    async fn subject_and_credential_quotas_are_checked_together_atomically() {
+        // 3/min per owner, 2/min per key; the `gold` plan on a key record: 10/min per key.
+        let layer = RateLimiterLayer::new([quota("3/min")])
+            .per_credential([quota("2/min")])
+            .credential_plan("gold", [quota("10/min")])
+            .clock(at_epoch());
+        let k1 = || with(Some(api_key("alice", "k1", None)));
+        let k2 = || with(Some(api_key("alice", "k2", None)));
+        let first = run(&layer, k1()).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let policies: Vec<_> = first.headers.get_all(RATELIMIT_POLICY).iter().collect();
+        assert_eq!(policies, ["\"q0\";q=3;w=60", "\"k0\";q=2;w=60"]);
+        assert_eq!(first.headers[RATELIMIT], "\"k0\";r=1;t=30");
+        assert_eq!(run(&layer, k1()).await.status, StatusCode::OK);
+        // k1's own quota is spent; the refusal consumes nothing of alice's.
+        let refused = run(&layer, k1()).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers[RATELIMIT], "\"k0\";r=0;t=60");
+        let third = run(&layer, k2()).await;
+        assert_eq!(third.status, StatusCode::OK);
+        assert_eq!(third.headers[RATELIMIT], "\"q0\";r=0;t=60");
+        // alice's budget is spent: k2, with its own quota left, is refused, and its own
+        // quota is not consumed by the refusal.
+        let refused = run(&layer, k2()).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers[RATELIMIT], "\"q0\";r=0;t=60");
+        let other_owner = run(&layer, with(Some(api_key("bob", "k9", None)))).await;
+        assert_eq!(other_owner.status, StatusCode::OK);
+        // A key whose record carries the gold plan gets the gold credential quota.
+        let gold = run(&layer, with(Some(api_key("carol", "k3", Some("gold"))))).await;
+        assert_eq!(gold.headers[RATELIMIT], "\"q0\";r=2;t=20");
+        let policies: Vec<_> = gold.headers.get_all(RATELIMIT_POLICY).iter().collect();
+        assert_eq!(policies[1], "\"k0\";q=10;w=60");
+    }
+
+    #[tokio::test]
+    async fn a_token_client_is_one_credential_across_its_users() {
+        let layer = RateLimiterLayer::new([quota("1/min")])
+            .key(RateKey::Credential)
+            .clock(at_epoch());
+        let token = |sub: &str, claims: serde_json::Value| {
+            Identity::builder(
+                sub,
+                crate::identity::Source::Jwt {
+                    issuer: "https://issuer.example".into(),
+                },
+            )
+            .claims(claims)
+            .build()
+        };
+        let app = serde_json::json!({"client_id": "mobile"});
+        assert_eq!(
+            run(&layer, with(Some(token("u1", app.clone()))))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        // Another user of the same client shares its quota; `azp` names a client too.
+        assert_eq!(
+            run(&layer, with(Some(token("u2", app)))).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let web = serde_json::json!({"azp": "web"});
+        assert_eq!(
+            run(&layer, with(Some(token("u2", web)))).await.status,
+            StatusCode::OK
+        );
     }
 }

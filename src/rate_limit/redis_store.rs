@@ -75,13 +75,22 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return out";
 
+/// Some of one decision's keys: Redis keys `prefix:{tag}suffix:n`, one per quota.
+pub(crate) struct Part<'a> {
+    /// The hash tag: parts with one tag share a cluster slot.
+    pub(crate) tag: &'a str,
+    /// After the tag, before the quota's index (empty for an identity's own quotas).
+    pub(crate) suffix: &'a str,
+    pub(crate) quotas: &'a [Quota],
+}
+
 /// The answer to one decision: the decision and how many requests it took.
 type Reply = Result<(Decision, u32), &'static str>;
 
 /// One decision waiting for its batch.
 struct Job {
-    /// `prefix:{key}`: the quota's index follows.
-    base: String,
+    /// One Redis key per quota: `prefix:{tag}suffix:n` (see [`Part`]).
+    keys: Vec<String>,
     /// Emission interval (µs) and burst of each quota.
     quotas: Vec<(u64, u32)>,
     cost: u32,
@@ -342,14 +351,80 @@ impl RedisStore {
         Ok(with_lease(&decision, left))
     }
 
+    /// Decide for several keys at once, each against its own quotas, consuming `cost`
+    /// from all of them only when every quota allows it: one script call, atomic, when
+    /// the parts share a slot (always on one server). In a cluster, parts in different
+    /// slots are decided one after the other, in order, and a later part's refusal leaves
+    /// the earlier parts' requests counted (never more allowed than any limit). Quotas are
+    /// reported in the order given. No lease.
+    pub(crate) async fn check_parts(
+        &self,
+        parts: &[Part<'_>],
+        cost: u32,
+    ) -> Result<Decision, &'static str> {
+        let job_keys: Vec<Vec<String>> = parts.iter().map(|p| self.keys(p)).collect();
+        let one_slot = !self.conn.is_cluster() || {
+            let slot = |keys: &Vec<String>| keys.first().map(redis::cluster_routing::Slot::for_key);
+            let first = job_keys.first().and_then(slot);
+            job_keys
+                .iter()
+                .all(|k| slot(k).is_none_or(|s| Some(s) == first))
+        };
+        if one_slot {
+            let quotas = parts.iter().flat_map(|p| p.quotas.iter());
+            let keys = job_keys.into_iter().flatten().collect();
+            return Ok(self.send(keys, quotas, cost, cost).await?.0);
+        }
+        let mut reported = Vec::new();
+        for (i, (part, keys)) in parts.iter().zip(job_keys).enumerate() {
+            let (decision, _) = self.send(keys, part.quotas.iter(), cost, cost).await?;
+            reported.extend_from_slice(decision.quotas());
+            if let Some(retry) = decision.retry_after() {
+                // The parts not asked are reported as unknown: full, no reset.
+                let rest = parts[i + 1..].iter().flat_map(|p| p.quotas);
+                reported.extend(rest.map(|q| (u64::from(q.burst()), Duration::ZERO)));
+                return Ok(Decision::from_parts(reported.into_iter(), Some(retry)));
+            }
+        }
+        Ok(Decision::from_parts(reported.into_iter(), None))
+    }
+
+    /// The Redis keys of `part`, one per quota.
+    fn keys(&self, part: &Part<'_>) -> Vec<String> {
+        // Hash tag: every key of one tag lands on one cluster slot. A `}` in the tag would
+        // end it early (and let two tags' keys meet), so `%` and `}` are escaped.
+        let tag: std::borrow::Cow<'_, str> = if part.tag.contains(['%', '}']) {
+            part.tag.replace('%', "%25").replace('}', "%7D").into()
+        } else {
+            part.tag.into()
+        };
+        (0..part.quotas.len())
+            .map(|i| format!("{}:{{{tag}}}{}:{i}", self.prefix, part.suffix))
+            .collect()
+    }
+
     /// One decision through the batching task.
     async fn ask(&self, key: &str, quotas: &[Quota], cost: u32, want: u32) -> Reply {
+        let part = Part {
+            tag: key,
+            suffix: "",
+            quotas,
+        };
+        self.send(self.keys(&part), quotas.iter(), cost, want).await
+    }
+
+    /// One decision over `keys` (one per quota) through the batching task.
+    async fn send(
+        &self,
+        keys: Vec<String>,
+        quotas: impl Iterator<Item = &Quota>,
+        cost: u32,
+        want: u32,
+    ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            // Hash tag: every key of one identity lands on one cluster slot.
-            base: format!("{}:{{{key}}}", self.prefix),
+            keys,
             quotas: quotas
-                .iter()
                 .map(|q| {
                     let interval_us = (q.window().as_micros() / u128::from(q.limit())).max(1);
                     (u64::try_from(interval_us).unwrap_or(u64::MAX), q.burst())
@@ -490,7 +565,8 @@ async fn batches(
 fn by_slot(batch: Vec<Job>) -> Vec<Vec<Job>> {
     let mut groups: Vec<(redis::cluster_routing::Slot, Vec<Job>)> = Vec::new();
     for job in batch {
-        let slot = redis::cluster_routing::Slot::for_key(&job.base);
+        let slot =
+            redis::cluster_routing::Slot::for_key(job.keys.first().map_or("", String::as_str));
         match groups.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, group)) => group.push(job),
             None => groups.push((slot, vec![job])),
@@ -505,8 +581,8 @@ async fn decide(mut conn: RedisConnection, script: &redis::Script, batch: Vec<Jo
     invocation.arg(batch.len());
     for job in &batch {
         invocation.arg(job.quotas.len()).arg(job.cost).arg(job.want);
-        for (i, (interval, burst)) in job.quotas.iter().enumerate() {
-            invocation.key(format!("{}:{i}", job.base));
+        for (key, (interval, burst)) in job.keys.iter().zip(&job.quotas) {
+            invocation.key(key);
             invocation.arg(*interval).arg(*burst);
         }
     }
