@@ -25,8 +25,15 @@
 //! `GUARD_AUDIENCE`. Keys then come from `GUARD_JWKS_FILE` (a JWKS document on disk) if
 //! set, else from `GUARD_JWKS_URL`, else from OIDC discovery on `GUARD_ISSUER`. Authenticated
 //! routes are limited per identity to `GUARD_RATE` (default `50/s`), and each client address
-//! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`);
-//! `REDIS_URL` shares the per-identity limits between replicas through Redis. Every setting
+//! to `GUARD_AUTH_FAILURE_LIMIT` failed authentications (default `20/min`, or `off`).
+//! `GUARD_KEY_RATE` (e.g. `5/s`; default none) is the quota of each credential beside it:
+//! each API key, each OAuth client (`client_id` or `azp`) of the tokens; both are checked
+//! together, atomically, and a request must pass both.
+//!
+//! Replicas share state through Redis: `REDIS_URL` (`redis://host:port`, or a Redis Cluster
+//! as `redis+cluster://host:port,host:port,…`) or `GUARD_REDIS_CLUSTER` (a cluster's seed
+//! nodes, `host:port,host:port,…`; it wins over `REDIS_URL`). The rate limits and DPoP
+//! proof replay then live there. Every setting
 //! is read once at start; a bad value stops the server with a message naming the variable.
 //! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
 //! also logs each authenticated request).
@@ -91,6 +98,7 @@ use tower_api_guard::api_key::{
 use tower_api_guard::auth::{Authenticator, AuthenticatorExt};
 use tower_api_guard::authz::{Ownership, RequireLayer};
 use tower_api_guard::introspection::{ClientAuth, IntrospectionAuthenticator, JwtOrOpaque};
+use tower_api_guard::jwt::RedisReplayCache;
 use tower_api_guard::jwt::{
     Algorithm, DpopConfig, DpopMode, DpopNonces, ExternalOrigin, JwtAuthenticator, KeySource,
     RemoteJwks, StaticKeys,
@@ -100,7 +108,7 @@ use tower_api_guard::policy::{Policy, PolicyRequirement, ResourceLoading};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::upstream::{IdentityHeadersLayer, InternalJwtIssuer};
-use tower_api_guard::{GuardLayer, Identity};
+use tower_api_guard::{GuardLayer, Identity, RedisConnection};
 
 #[path = "support/proxy.rs"]
 mod proxy;
@@ -150,6 +158,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
 
+    // Shared state for replicas: GUARD_REDIS_CLUSTER (a Redis Cluster's seed nodes,
+    // host:port,host:port,…) or REDIS_URL (redis://host:port, or redis+cluster://seeds).
+    let redis = redis_connection().await?;
+
     // DPoP: GUARD_DPOP (allowed, required, off), GUARD_DPOP_NONCE (on, off),
     // GUARD_EXTERNAL_URL (default: the listen address).
     let mode = match std::env::var("GUARD_DPOP").as_deref() {
@@ -163,6 +175,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let origin =
         ExternalOrigin::parse(&external).map_err(|e| format!("GUARD_EXTERNAL_URL: {e}"))?;
     let mut dpop = DpopConfig::new(mode).external_origin(origin.clone());
+    if let Some(redis) = &redis {
+        // A proof's jti is seen once across every replica.
+        dpop = dpop.replay_cache(RedisReplayCache::from_connection(redis.clone()));
+    }
     let mut nonces = false;
     match std::env::var("GUARD_DPOP_NONCE").as_deref() {
         Err(_) | Ok("off") => {}
@@ -250,21 +266,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (code, Json(body))
         }
     };
-    // Per-identity quota: GUARD_RATE (default 50/s).
+    // Per-identity quota: GUARD_RATE (default 50/s); per-credential quota (each API key,
+    // each OAuth client): GUARD_KEY_RATE (default: none), checked with it atomically.
     let rate = Quota::parse(&std::env::var("GUARD_RATE").unwrap_or_else(|_| "50/s".into()))
         .map_err(|e| format!("GUARD_RATE: {e}"))?;
-
-    // REDIS_URL shares the limits between replicas.
-    let rate_limit = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            println!("Rate limits shared through Redis");
-            let store = RedisStore::connect(&url)
-                .await
-                .map_err(|e| format!("REDIS_URL: {e}"))?;
-            RateLimiterLayer::new([rate]).redis(store)
-        }
-        Err(_) => RateLimiterLayer::new([rate]),
-    };
+    let mut rate_limit = RateLimiterLayer::new([rate]);
+    if let Ok(key_rate) = std::env::var("GUARD_KEY_RATE") {
+        let key_rate = Quota::parse(&key_rate)
+            .map_err(|e| format!("GUARD_KEY_RATE (a quota such as 5/s): {e}"))?;
+        rate_limit = rate_limit.per_credential([key_rate]);
+    }
+    // With Redis, the limits are shared between replicas.
+    if let Some(redis) = &redis {
+        rate_limit = rate_limit.redis(RedisStore::from_connection(redis.clone()));
+    }
 
     // The embedded API-key store: SQLite in memory, cached, with one demo key.
     let key_format = KeyFormat::new("sk_demo")?;
@@ -430,6 +445,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// `GUARD_REDIS_CLUSTER` (seed nodes, `host:port,host:port,…`; a `redis://` URL each works
+/// too) or else `REDIS_URL` (`redis://host:port`, or `redis+cluster://host:port,…`): the
+/// connection every shared piece uses, or `None` without either.
+async fn redis_connection() -> Result<Option<RedisConnection>, String> {
+    if let Ok(nodes) = std::env::var("GUARD_REDIS_CLUSTER") {
+        let seeds: Vec<String> = nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                if n.contains("://") {
+                    n.to_owned()
+                } else {
+                    format!("redis://{n}")
+                }
+            })
+            .collect();
+        let conn = RedisConnection::cluster(seeds)
+            .await
+            .map_err(|e| format!("GUARD_REDIS_CLUSTER (host:port,host:port,…): {e}"))?;
+        println!("Shared state in a Redis Cluster (GUARD_REDIS_CLUSTER)");
+        return Ok(Some(conn));
+    }
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return Ok(None);
+    };
+    let conn = RedisConnection::connect(&url)
+        .await
+        .map_err(|e| format!("REDIS_URL: {e}"))?;
+    if conn.is_cluster() {
+        println!("Shared state in a Redis Cluster (REDIS_URL)");
+    } else {
+        println!("Shared state in Redis (REDIS_URL)");
+    }
+    Ok(Some(conn))
 }
 
 /// The usual stack in one layer, in the fast order: the brute-force guard per client address

@@ -329,8 +329,16 @@ fn reject<C: Check, B>(
     report(C::LAYER, &error, request.extensions().get::<Identity>());
     let renderer = renderer_for(shared.renderer.as_ref(), request.extensions());
     let mut response = renderer.render(&error, &RequestHead::of(request));
+    // Each name replaces what the renderer set; a name listed twice in a row keeps both
+    // (a subject's and a credential's `RateLimit-Policy`).
+    let mut last: Option<HeaderName> = None;
     for (name, value) in headers {
-        response.headers_mut().insert(name, value);
+        if last.as_ref() == Some(&name) {
+            response.headers_mut().append(name, value);
+        } else {
+            response.headers_mut().insert(name.clone(), value);
+            last = Some(name);
+        }
     }
     response.extensions_mut().insert(error);
     response

@@ -769,6 +769,7 @@ mod tests {
         let refused = run(&layer, k1()).await;
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.headers[RATELIMIT], "\"k0\";r=0;t=60");
+        assert_eq!(refused.headers.get_all(RATELIMIT_POLICY).iter().count(), 2);
         let third = run(&layer, k2()).await;
         assert_eq!(third.status, StatusCode::OK);
         assert_eq!(third.headers[RATELIMIT], "\"q0\";r=0;t=60");
