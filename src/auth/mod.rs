@@ -77,6 +77,8 @@ use std::sync::Arc;
 
 use http::Request;
 
+#[cfg(all(feature = "rate-limit", feature = "redis"))]
+pub use brute_force::RedisFailures;
 #[cfg(feature = "rate-limit")]
 pub use brute_force::{BruteForceGuard, BruteForceGuardLayer, CountFailures};
 #[cfg(any(feature = "jwt", feature = "api-key"))]
