@@ -9,6 +9,8 @@
 //! depends on sleeping.
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::ready;
 use std::net::SocketAddr;
@@ -385,6 +387,7 @@ async fn a_failing_redis_follows_the_failure_policy() {
         send(&closed, from, None, false).await.status,
         StatusCode::OK
     );
+    let (events, _guard) = common::events::Captured::install(tracing::Level::WARN);
 
     // Paused: every call blows its time limit.
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -406,6 +409,19 @@ async fn a_failing_redis_follows_the_failure_policy() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(got.reason.contains("time limit"), "{got:?}");
     assert_eq!(got.retry, Some(1));
+    // Logged with the reason and the policy, never the address.
+    let logged = events.take();
+    assert!(logged.contains("brute-force store failed"), "{logged}");
+    assert!(logged.contains("Redis over its time limit"), "{logged}");
+    assert!(
+        logged.contains("policy=Open") && logged.contains("policy=Closed"),
+        "{logged}"
+    );
+    assert!(
+        logged.contains("brute-force store failed to record a failed authentication"),
+        "{logged}"
+    );
+    assert!(!logged.contains("198.51.100.7"), "{logged}");
 
     // Stopped (still paused, which no longer matters): every call is an error.
     redis.stop();
