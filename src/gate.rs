@@ -33,7 +33,10 @@
 //!    * `check`: answer [`Step::Allow`], [`Step::Deny`] or [`Step::Wait`] — it may change
 //!      the request (authentication inserts the [`Identity`]);
 //!    * `resume`: turn the waited-for output into a [`Verdict`];
-//!    * `LAYER`: which `tracing` target its rejections are reported under.
+//!    * `LAYER`: which `tracing` target its rejections are reported under;
+//!    * `finish_later` (rarely; by default `finish` and no wait): a [`Finishing`] future
+//!      the response waits on before it is handed back (the brute-force guard records a
+//!      failure in Redis there, so that the client's next request sees it).
 //! 2. Give the module its public names as aliases:
 //!    `pub type FooLayer = GateLayer<FooCheck>; pub type Foo<S> = Gate<FooCheck, S>;`
 //!    and `pub mod future { pub type ResponseFuture<S, B> = gate::ResponseFuture<FooCheck, S, B>; }`,
@@ -67,6 +70,10 @@ pub(crate) use sealed::Check;
 
 /// The future of a check that never waits: it never resolves, and its output cannot exist.
 pub type NeverWaits = std::future::Pending<std::convert::Infallible>;
+
+/// What a response waits on after the inner service answered, before it is handed back
+/// (a record in a shared store; see `Check::finish_later`).
+pub type Finishing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Which layer a rejection comes from: its `tracing` target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +157,14 @@ mod sealed {
 
         /// The inner service answered: use the ticket (add headers, record, release).
         fn finish<R>(ticket: Self::Ticket, response: &mut Response<R>);
+
+        /// The inner service answered: like [`finish`](Check::finish), but the response
+        /// may first wait on the returned future (a record in a shared store, under its
+        /// own time limit). By default: `finish`, and no wait.
+        fn finish_later<R>(ticket: Self::Ticket, response: &mut Response<R>) -> Option<Finishing> {
+            Self::finish(ticket, response);
+            None
+        }
     }
 }
 
@@ -429,7 +444,7 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         #[pin]
-        state: State<C::Wait, S::Future, C::Ticket>,
+        state: State<C::Wait, S::Future, C::Ticket, S::Response>,
         // Boxed: only a check that waits needs it, and an answer known at once then moves
         // a small future instead of one that carries a whole request.
         pending: Option<Box<Pending<C, S, ReqBody>>>,
@@ -438,9 +453,10 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<W, F, T> {
+    enum State<W, F, T, R> {
         Waiting { #[pin] wait: W },
         Calling { #[pin] future: F, ticket: Option<T> },
+        Finishing { finishing: Finishing, response: Option<R> },
         Rejected { response: Option<Response<Bytes>> },
     }
 }
@@ -523,9 +539,25 @@ where
                     // On an error too: the ticket (a held slot) is released here.
                     let ticket = ticket.take();
                     let mut response = result?;
-                    if let Some(ticket) = ticket {
-                        C::finish(ticket, &mut response);
+                    if let Some(ticket) = ticket
+                        && let Some(finishing) = C::finish_later(ticket, &mut response)
+                    {
+                        this.state.set(State::Finishing {
+                            finishing,
+                            response: Some(response),
+                        });
+                        continue;
                     }
+                    return Poll::Ready(Ok(response.map(ResponseBody::new)));
+                }
+                StateProj::Finishing {
+                    finishing,
+                    response,
+                } => {
+                    ready!(finishing.as_mut().poll(cx));
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response.map(ResponseBody::new)));
                 }
                 StateProj::Rejected { response } => {
@@ -676,6 +708,7 @@ mod tests {
                 Some(b"allow") => Step::Allow("now"),
                 Some(b"wait-allow") => Step::Wait(ready(true)),
                 Some(b"wait-deny") => Step::Wait(ready(false)),
+                Some(b"allow-finish-later") => Step::Allow("finishing"),
                 _ => Step::Deny(AuthError::insufficient_scope("toy").into()),
             }
         }
@@ -693,6 +726,36 @@ mod tests {
                 .headers_mut()
                 .insert("x-ticket", HeaderValue::from_static(ticket));
         }
+
+        fn finish_later<R>(ticket: &'static str, response: &mut Response<R>) -> Option<Finishing> {
+            Self::finish(ticket, response);
+            let later = FINISHED.with(|f| f.borrow_mut().take())?;
+            Some(Box::pin(async move {
+                let _ = later.await;
+            }))
+        }
+    }
+
+    thread_local! {
+        /// What the next `finish_later` of `Toy` waits on.
+        static FINISHED: std::cell::RefCell<Option<tokio::sync::oneshot::Receiver<()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn a_response_waits_for_what_finish_later_hands_back() {
+        let (mut svc, calls, _) = gate(GateLayer::from_check(Toy));
+        let (done, later) = tokio::sync::oneshot::channel();
+        FINISHED.with(|f| *f.borrow_mut() = Some(later));
+        let mut future = std::pin::pin!(svc.call(request("allow-finish-later")));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        done.send(()).unwrap();
+        let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
+            panic!("the response waits no longer");
+        };
+        assert_eq!(response.headers()["x-ticket"], "finishing");
     }
 
     /// Counts its calls and its clones.

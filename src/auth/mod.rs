@@ -20,7 +20,9 @@
 //! `tower_api_guard::auth`) with the outcome and reason, never the credential.
 //!
 //! `BruteForceGuardLayer` (feature `rate-limit`), placed **before** authentication, answers
-//! `429` to client addresses that keep failing it, before any signature check.
+//! `429` to client addresses (and, optionally, credential ids) that keep failing it, before
+//! any signature check; with feature `redis`, `RedisFailures` shares its counters and
+//! lockouts between replicas.
 //!
 //! With axum, put the layer on `route_layer` so that unknown routes stay `404` instead of
 //! turning into `401` (and the whole stack on one `route_layer`: see `GuardLayer`):
@@ -77,6 +79,8 @@ use std::sync::Arc;
 
 use http::Request;
 
+#[cfg(all(feature = "rate-limit", feature = "redis"))]
+pub use brute_force::RedisFailures;
 #[cfg(feature = "rate-limit")]
 pub use brute_force::{BruteForceGuard, BruteForceGuardLayer, CountFailures};
 #[cfg(any(feature = "jwt", feature = "api-key"))]
