@@ -210,6 +210,11 @@ def quickstart_targets(by, med, cpu_us, specs, clk_tck):
         got = med("qs-doc", "rps") / med("qs-items", "rps")
         print(f"- qs-doc (Cedar policy) / qs-items (scope check) throughput ≥ 0.70: {got:.3f} — "
               f"{verdict(got >= 0.70)}")
+    if "qs-cluster" in by and "qs-redis" in by:
+        got = med("qs-cluster", "rps") / med("qs-redis", "rps")
+        print(f"- qs-cluster (rate limit in a 3-master Redis Cluster) / qs-redis (one Redis "
+              f"server) throughput ≥ 0.80: {got:.3f} — {verdict(got >= 0.80)}; server CPU / "
+              f"req {cpu_us('qs-cluster'):.2f} µs vs {cpu_us('qs-redis'):.2f} µs")
     if "qs-items" in by:
         # The CPU time's resolution: one clock tick over the requests of one load.
         reqs = statistics.median(int(r["requests"]) for r in by["qs-items"])

@@ -17,6 +17,10 @@
 #       GET /health (no credential), GET /me, GET /items (a scope check) and
 #       GET /documents/1 (its default Cedar policy; the pool's role auditor may read)
 #       (200 identities, RS256)
+#   qs-redis qs-cluster
+#       the release quickstart on GET /items with its rate limit in Redis: one server
+#       (REDIS_URL) and a 3-master Redis Cluster on 7000-7002 (GUARD_REDIS_CLUSTER;
+#       started here, fresh, when qs-cluster is asked for)
 #   bare-qs peer-qs
 #       their baselines on the same load: the quickstart's list_items with no middleware,
 #       and the peer, GET /items with the same 200 RS256 tokens
@@ -32,7 +36,7 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 ALL="bare ours-jwt ours-jwt-nocache ours-apikey ours-redis ours-redis-lease peer"
-ALL+=" bare-qs qs-health qs-me qs-items qs-doc peer-qs"
+ALL+=" bare-qs qs-health qs-me qs-items qs-doc qs-redis qs-cluster peer-qs"
 VARIANTS=${VARIANTS:-$ALL}
 MICRO=${MICRO:-1}
 QS_RATE=${QS_RATE:-1000000/s}
@@ -53,8 +57,13 @@ if ! command -v wrk >/dev/null; then
         { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q wrk >/dev/null; }
 fi
 
-# Redis, for the ours-redis variants.
-if [[ " $VARIANTS " == *" ours-redis"* ]] && ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+# Redis, for the ours-redis and qs-redis variants; a fresh cluster for qs-cluster.
+if [[ " $VARIANTS " == *" qs-cluster "* ]]; then
+    say "starting a 3-master redis cluster on 7000-7002"
+    source "$ROOT/.ci/redis-cluster.sh"
+    start_redis_cluster
+fi
+if [[ " $VARIANTS " == *" ours-redis"* || " $VARIANTS " == *" qs-redis "* ]] && ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
     say "starting redis-server"
     redis-server --port "${REDIS_URL##*:}" --save '' --appendonly no --daemonize yes >/dev/null
     for _ in $(seq 50); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -94,6 +103,7 @@ variant_spec() { # variant -> "server path pool"
         qs-me) echo "quickstart /me rs256" ;;
         qs-items) echo "quickstart /items rs256" ;;
         qs-doc) echo "quickstart /documents/1 rs256" ;;
+        qs-redis | qs-cluster) echo "quickstart /items rs256" ;;
         *) say "unknown variant $1"; return 1 ;;
     esac
 }
@@ -106,8 +116,15 @@ start_server() { # variant server -> sets SERVER_PID
                 AUDIENCE=$(cat "$WORK/audience") "$BIN/peer-server" >"$log" 2>&1 &
             ;;
         quickstart)
-            # As users run it: its own logging and defaults, a real issuer, no Redis.
+            # As users run it: its own logging and defaults, a real issuer, no Redis (but
+            # for qs-redis and qs-cluster).
+            local shared=()
+            case $v in
+                qs-redis) shared=("REDIS_URL=$REDIS_URL") ;;
+                qs-cluster) shared=("GUARD_REDIS_CLUSTER=127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002") ;;
+            esac
             env -u REDIS_URL -u RUST_LOG -u GUARD_JWKS_FILE -u GUARD_AUTH_FAILURE_LIMIT \
+                -u GUARD_REDIS_CLUSTER ${shared[@]+"${shared[@]}"} \
                 ${QS_RUST_LOG:+"RUST_LOG=$QS_RUST_LOG"} \
                 ${QS_AUTH_FAILURE_LIMIT:+"GUARD_AUTH_FAILURE_LIMIT=$QS_AUTH_FAILURE_LIMIT"} \
                 GUARD_ADDR="127.0.0.1:$PORT" GUARD_ISSUER="$(cat "$WORK/issuer")" \

@@ -562,7 +562,8 @@ fn rate_limit_benches(c: &mut Criterion) {
 
 /// Redis decisions per second with 64 concurrent callers, batched (the default) and one
 /// decision per call, against `redis-benchmark`'s `EVALSHA` rate for a trivial script in
-/// the same run. Needs `REDIS_URL` and `redis-benchmark`; printed, not a criterion timing.
+/// the same run; and the same load through a Redis Cluster (`REDIS_CLUSTER_URL`) against
+/// one server. Needs `REDIS_URL` and `redis-benchmark`; printed, not a criterion timing.
 fn redis_benches(_c: &mut Criterion) {
     use tower_api_guard::rate_limit::{Quota, RedisStore};
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -575,9 +576,9 @@ fn redis_benches(_c: &mut Criterion) {
         .build()
         .unwrap();
     let total = 100_000u32;
-    let rate = |batch: usize, in_flight: usize| {
+    let rate_at = |url: &str, batch: usize, in_flight: usize| {
         rt.block_on(async {
-            let store = RedisStore::connect(&url)
+            let store = RedisStore::connect(url)
                 .await
                 .unwrap()
                 .prefix("tag-bench")
@@ -599,9 +600,22 @@ fn redis_benches(_c: &mut Criterion) {
             f64::from(total / 64 * 64) / start.elapsed().as_secs_f64()
         })
     };
+    let rate = |batch: usize, in_flight: usize| rate_at(&url, batch, in_flight);
     // One decision per call, pipelined without limit: what the store did before batching.
     let single = rate(1, 1024);
     let ours = rate(64, 4);
+    // The same load through a Redis Cluster (the defaults: batches split by slot).
+    match std::env::var("REDIS_CLUSTER_URL") {
+        Ok(cluster_url) => {
+            let cluster = rate_at(&cluster_url, 64, 4);
+            println!(
+                "redis: cluster {cluster:.0} decisions/s against one server {ours:.0}/s, \
+                 64 callers, the defaults; ratio {:.2}",
+                cluster / ours
+            );
+        }
+        Err(_) => println!("redis: cluster skipped (REDIS_CLUSTER_URL is not set)"),
+    }
     println!(
         "redis: {ours:.0} decisions/s batched (the defaults) against {single:.0}/s one \
          decision per call (max_batch 1, max_in_flight 1024), 64 callers; ratio {:.2}",

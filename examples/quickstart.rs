@@ -32,8 +32,8 @@
 //!
 //! Replicas share state through Redis: `REDIS_URL` (`redis://host:port`, or a Redis Cluster
 //! as `redis+cluster://host:port,host:port,…`) or `GUARD_REDIS_CLUSTER` (a cluster's seed
-//! nodes, `host:port,host:port,…`; it wins over `REDIS_URL`). The rate limits and DPoP
-//! proof replay then live there. Every setting
+//! nodes, `host:port,host:port,…`; it wins over `REDIS_URL`). The rate limits, the
+//! brute-force guard's failure counts and lockouts, and DPoP proof replay then live there. Every setting
 //! is read once at start; a bad value stops the server with a message naming the variable.
 //! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
 //! also logs each authenticated request).
@@ -95,7 +95,7 @@ use serde_json::{Value, json};
 use tower_api_guard::api_key::{
     ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
 };
-use tower_api_guard::auth::{Authenticator, AuthenticatorExt};
+use tower_api_guard::auth::{Authenticator, AuthenticatorExt, BruteForceGuardLayer};
 use tower_api_guard::authz::{Ownership, RequireLayer};
 use tower_api_guard::introspection::{ClientAuth, IntrospectionAuthenticator, JwtOrOpaque};
 use tower_api_guard::jwt::RedisReplayCache;
@@ -312,6 +312,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("GUARD_AUTH_FAILURE_LIMIT (a quota such as 20/min, or off): {e}")
         })?),
     };
+    // With Redis, the replicas count failures (and lock addresses out) together.
+    let failures = failures.map(|quota| {
+        let guard = BruteForceGuardLayer::new(quota);
+        match &redis {
+            Some(redis) => guard.redis(redis.clone()),
+            None => guard,
+        }
+    });
     let introspection = introspection().await?;
 
     // GUARD_POLICY: the policy of /documents/{id}, Cedar (.cedar, with the .cedarschema
@@ -489,11 +497,11 @@ async fn redis_connection() -> Result<Option<RedisConnection>, String> {
 fn guard<A: Authenticator>(
     authenticate: A,
     rate_limit: RateLimiterLayer,
-    failures: Option<Quota>,
+    failures: Option<BruteForceGuardLayer>,
 ) -> GuardLayer<A> {
     let guard = GuardLayer::new(authenticate).rate_limit(rate_limit);
     match failures {
-        Some(failures) => guard.brute_force(failures),
+        Some(failures) => guard.brute_force_layer(failures),
         None => guard,
     }
 }
