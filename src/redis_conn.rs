@@ -207,9 +207,83 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// A key's hash slot (the Redis Cluster specification): CRC16-XMODEM of its hash tag (what
+/// is between the first `{` and the next `}`, when not empty) or of the whole key, modulo
+/// 16,384.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16_384
+}
+
+/// Which master serves each slot, numbered by node, from `CLUSTER SLOTS`; `None` when the
+/// answer cannot be had or read (callers then group by slot).
+pub(crate) async fn slot_owners(conn: &mut RedisConnection) -> Option<Box<[u16]>> {
+    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let mut nodes: Vec<Vec<u8>> = Vec::new();
+    let mut owner = vec![u16::MAX; 16_384].into_boxed_slice();
+    for range in ranges {
+        let [start, end, master, ..] = range.as_slice() else {
+            return None;
+        };
+        let (redis::Value::Int(start), redis::Value::Int(end)) = (start, end) else {
+            return None;
+        };
+        // The master's address (host and port) names the node.
+        let address = match master {
+            redis::Value::Array(parts) => format!("{:?}", parts.get(..2)?).into_bytes(),
+            _ => return None,
+        };
+        let index = match nodes.iter().position(|n| *n == address) {
+            Some(i) => i,
+            None => {
+                nodes.push(address);
+                nodes.len() - 1
+            }
+        };
+        let (start, end) = (usize::try_from(*start).ok()?, usize::try_from(*end).ok()?);
+        for slot in owner.get_mut(start..=end)? {
+            *slot = u16::try_from(index).ok()?;
+        }
+    }
+    Some(owner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_agree_with_redis_rs() {
+        for key in [
+            "a",
+            "b",
+            "tag:rl:{jwt:1:x:alice}:0",
+            "{}x",
+            "x{}y{z}",
+            "{user1000}.following",
+        ] {
+            let ours = slot_of(key.as_bytes());
+            assert_eq!(
+                redis::cluster_routing::Slot::new(ours),
+                Some(redis::cluster_routing::Slot::for_key(key)),
+                "{key}"
+            );
+        }
+        // The specification's examples.
+        assert_eq!(slot_of(b"a"), 15_495);
+        assert_eq!(
+            slot_of(b"{user1000}.following"),
+            slot_of(b"{user1000}.followers")
+        );
+    }
 
     #[test]
     fn cluster_urls_name_their_seeds_and_other_urls_are_single_servers() {

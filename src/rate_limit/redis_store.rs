@@ -20,28 +20,45 @@ use crate::redis_conn::RedisConnection;
 /// up to `want`, or is rejected when that is fewer than `cost` (with `want == cost`, the
 /// plain GCRA check: `cost ≤ ⌊(cap − (tat − now)) / interval⌋` is `tat + cost·interval −
 /// now ≤ cap`).
-/// KEYS: one per quota of each decision, in order.
+///
+/// The key names are arguments: in a Redis Cluster one call carries the decisions of
+/// every slot one master serves (KEYS[1], one of them, routes the call), which scripts
+/// without flags may touch. Every key is read before anything is written, so a key the
+/// node does not serve (a slot that moved) fails the call with nothing changed.
+/// KEYS: one of the keys, for routing.
 /// ARGV: the number of decisions; then for each: its number of quotas, its cost, its
-/// want, and the emission interval (µs) and burst of each quota.
+/// want, and the key, emission interval (µs) and burst of each quota.
 /// Returns, for each decision: allowed (0/1), retry (µs), taken, then remaining and reset
 /// (µs) per quota.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local call, floor, ceil, fmt = redis.call, math.floor, math.ceil, string.format
+local decisions = tonumber(ARGV[1])
+local tat_of = {}
+local a = 2
+for _ = 1, decisions do
+  local nq = tonumber(ARGV[a])
+  a = a + 3
+  for _ = 1, nq do
+    local key = ARGV[a]
+    if tat_of[key] == nil then tat_of[key] = tonumber(call('GET', key) or 0) end
+    a = a + 3
+  end
+end
 local out, n = {}, 0
-local tats, ints, caps = {}, {}, {}
-local k, a = 0, 2
-for _ = 1, tonumber(ARGV[1]) do
+local tats, ints, caps, keys = {}, {}, {}, {}
+a = 2
+for _ = 1, decisions do
   local nq, cost, take = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
   for i = 1, nq do
-    local interval = tonumber(ARGV[a])
-    local cap = interval * tonumber(ARGV[a + 1])
-    a = a + 2
-    local tat = tonumber(call('GET', KEYS[k + i]) or now)
+    local key, interval = ARGV[a], tonumber(ARGV[a + 1])
+    local cap = interval * tonumber(ARGV[a + 2])
+    a = a + 3
+    local tat = tat_of[key]
     if tat < now then tat = now end
-    ints[i], caps[i], tats[i] = interval, cap, tat
+    keys[i], ints[i], caps[i], tats[i] = key, interval, cap, tat
     local left = floor((cap - (tat - now)) / interval)
     if left < take then take = left end
   end
@@ -68,10 +85,10 @@ for _ = 1, tonumber(ARGV[1]) do
       local ahead = new - now
       out[n + 1], out[n + 2] = floor((caps[i] - ahead) / ints[i]), ahead
       n = n + 2
-      call('SET', KEYS[k + i], fmt('%.0f', new), 'PX', ceil(ahead / 1000) + 1)
+      call('SET', keys[i], fmt('%.0f', new), 'PX', ceil(ahead / 1000) + 1)
+      tat_of[keys[i]] = new
     end
   end
-  k = k + nq
 end
 return out";
 
@@ -146,11 +163,13 @@ struct Leasing {
 /// policy decides; the connection manager reconnects by itself.
 ///
 /// **Redis Cluster.** Every key of one identity carries one hash tag (`prefix:{key}:n`),
-/// so its quotas live in one slot and its decision is one atomic script call. On a cluster
-/// connection ([`RedisConnection::connect`] with `redis+cluster://…`), a batch is split by
-/// slot: the decisions of each slot go as one script call to the master that serves it,
-/// all of them at once. `MOVED` and `ASK` are followed and the slot map refreshed by the
-/// cluster client; a master that fails over loads the script again on `NOSCRIPT`; a
+/// so its quotas live in one slot and its decision is atomic. On a cluster connection
+/// ([`RedisConnection::connect`] with `redis+cluster://…`), a batch is split by the master
+/// that serves each decision's slot (from `CLUSTER SLOTS`, read again every 10 s): one
+/// script call per master, all at once. A call that meets a key its master no longer
+/// serves (slots moved) changes nothing (the script reads every key before writing any)
+/// and is made again one call per slot, which the cluster client routes, following
+/// `MOVED` and `ASK`. A master that fails over loads the script again on `NOSCRIPT`; a
 /// master that is down fails the decisions of its slots only, by the failure policy, until
 /// it (or its replica) serves again. Behind a proxy that routes by key (not a cluster
 /// client), use `max_batch(1)`: one decision, one identity's keys, per call.
@@ -529,6 +548,7 @@ async fn batches(
     max_in_flight: usize,
 ) {
     let script = Arc::new(redis::Script::new(GCRA));
+    let owners = Arc::new(SlotOwnersCache::default());
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut taken = Vec::with_capacity(max_batch);
     loop {
@@ -544,14 +564,10 @@ async fn batches(
         if batch.is_empty() {
             continue;
         }
-        let (conn, script) = (conn.clone(), script.clone());
+        let (conn, script, owners) = (conn.clone(), script.clone(), owners.clone());
         tokio::spawn(async move {
             if conn.is_cluster() {
-                // One script call per slot (a script's keys must share one), all at once.
-                let calls = by_slot(batch)
-                    .into_iter()
-                    .map(|group| decide(conn.clone(), &script, group));
-                futures_util::future::join_all(calls).await;
+                cluster_batch(&conn, &script, &owners, batch).await;
             } else {
                 decide(conn, &script, batch).await;
             }
@@ -560,13 +576,56 @@ async fn batches(
     }
 }
 
+/// A cluster batch: one script call per master (by the slot owners last seen), all at
+/// once; a call that meets a key its node does not serve (the slots moved, nothing was
+/// changed) is made again one call per slot, which the cluster client routes and
+/// redirects, and the slot owners are fetched again.
+async fn cluster_batch(
+    conn: &RedisConnection,
+    script: &redis::Script,
+    owners: &Arc<SlotOwnersCache>,
+    batch: Vec<Job>,
+) {
+    let groups = match owners.current(conn) {
+        Some(map) => by_node(batch, &map),
+        None => by_slot(batch),
+    };
+    let calls = groups.into_iter().map(|group| async move {
+        if let Some(moved) = try_decide(conn.clone(), script, group).await {
+            owners.invalidate();
+            let retries = by_slot(moved)
+                .into_iter()
+                .map(|group| decide(conn.clone(), script, group));
+            futures_util::future::join_all(retries).await;
+        }
+    });
+    futures_util::future::join_all(calls).await;
+}
+
+/// `batch` split by the master that serves each decision's slot, in arrival order within
+/// each.
+fn by_node(batch: Vec<Job>, owners: &SlotOwners) -> Vec<Vec<Job>> {
+    let mut groups: Vec<(u16, Vec<Job>)> = Vec::new();
+    for job in batch {
+        let node = owners.node(first_key(&job));
+        match groups.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((node, vec![job])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
+fn first_key(job: &Job) -> &str {
+    job.keys.first().map_or("", String::as_str)
+}
+
 /// `batch` split by the hash slot of each decision's keys (they share a hash tag), in
 /// arrival order within each slot, so two decisions for one key still see each other.
 fn by_slot(batch: Vec<Job>) -> Vec<Vec<Job>> {
     let mut groups: Vec<(redis::cluster_routing::Slot, Vec<Job>)> = Vec::new();
     for job in batch {
-        let slot =
-            redis::cluster_routing::Slot::for_key(job.keys.first().map_or("", String::as_str));
+        let slot = redis::cluster_routing::Slot::for_key(first_key(&job));
         match groups.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, group)) => group.push(job),
             None => groups.push((slot, vec![job])),
@@ -576,14 +635,26 @@ fn by_slot(batch: Vec<Job>) -> Vec<Vec<Job>> {
 }
 
 /// One script call for `batch`, and each job's answer.
-async fn decide(mut conn: RedisConnection, script: &redis::Script, batch: Vec<Job>) {
+async fn decide(conn: RedisConnection, script: &redis::Script, batch: Vec<Job>) {
+    if let Some(batch) = try_decide(conn, script, batch).await {
+        fail(batch, "Redis error");
+    }
+}
+
+/// One script call for `batch`, and each job's answer; or, when the node served the call
+/// but not every key (so nothing was changed), the batch back.
+async fn try_decide(
+    mut conn: RedisConnection,
+    script: &redis::Script,
+    batch: Vec<Job>,
+) -> Option<Vec<Job>> {
     let mut invocation = script.prepare_invoke();
+    invocation.key(batch.first().map_or("", first_key));
     invocation.arg(batch.len());
     for job in &batch {
         invocation.arg(job.quotas.len()).arg(job.cost).arg(job.want);
         for (key, (interval, burst)) in job.keys.iter().zip(&job.quotas) {
-            invocation.key(key);
-            invocation.arg(*interval).arg(*burst);
+            invocation.arg(key).arg(*interval).arg(*burst);
         }
     }
     // One server: the connection's response timeout (2 s) bounds the call, which keeps
@@ -601,9 +672,19 @@ async fn decide(mut conn: RedisConnection, script: &redis::Script, batch: Vec<Jo
     };
     let reply: Vec<i64> = match reply {
         Ok(Ok(reply)) if reply.len() == expected => reply,
-        Ok(Ok(_)) => return fail(batch, "unexpected reply from the rate-limit script"),
-        Ok(Err(_)) => return fail(batch, "Redis error"),
-        Err(_) => return fail(batch, "Redis over its time limit"),
+        Ok(Ok(_)) => {
+            fail(batch, "unexpected reply from the rate-limit script");
+            return None;
+        }
+        Ok(Err(e)) if cluster && not_served_here(&e) => return Some(batch),
+        Ok(Err(_)) => {
+            fail(batch, "Redis error");
+            return None;
+        }
+        Err(_) => {
+            fail(batch, "Redis over its time limit");
+            return None;
+        }
     };
     let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     let mut rest = reply.as_slice();
@@ -619,11 +700,142 @@ async fn decide(mut conn: RedisConnection, script: &redis::Script, batch: Vec<Jo
             .reply
             .send(Ok((Decision::from_parts(per_quota, retry), taken)));
     }
+    None
+}
+
+/// Whether a script call failed because its node does not serve one of the keys (the
+/// script reads every key before writing any, so nothing was changed).
+fn not_served_here(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    text.contains("non local key") || text.contains("CROSSSLOT") || text.contains("same slot")
+}
+
+/// Which master serves each hash slot, as `CLUSTER SLOTS` said, and when.
+struct SlotOwners {
+    /// A node number per slot (16,384).
+    node: Box<[u16]>,
+    at: std::time::Instant,
+}
+
+impl SlotOwners {
+    fn node(&self, key: &str) -> u16 {
+        self.node[usize::from(crate::redis_conn::slot_of(key.as_bytes()))]
+    }
+}
+
+/// The slot owners of one store's batching task: fetched in the background when missing,
+/// older than 10 s, or found wrong.
+#[derive(Default)]
+struct SlotOwnersCache {
+    map: Mutex<Option<Arc<SlotOwners>>>,
+    fetching: std::sync::atomic::AtomicBool,
+}
+
+impl SlotOwnersCache {
+    /// The owners, if known; starts a fetch when they are missing or old.
+    fn current(self: &Arc<Self>, conn: &RedisConnection) -> Option<Arc<SlotOwners>> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let fresh = map
+            .as_ref()
+            .is_some_and(|m| m.at.elapsed() < Duration::from_secs(10));
+        if !fresh
+            && !self
+                .fetching
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let (cache, mut conn) = (self.clone(), conn.clone());
+            tokio::spawn(async move {
+                let fetched = crate::redis_conn::slot_owners(&mut conn).await;
+                if let Some(node) = fetched {
+                    let owners = SlotOwners {
+                        node,
+                        at: std::time::Instant::now(),
+                    };
+                    *cache
+                        .map
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Arc::new(owners));
+                }
+                cache
+                    .fetching
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        map
+    }
+
+    fn invalidate(&self) {
+        *self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 /// The same error for every job of `batch`.
 fn fail(batch: Vec<Job>, reason: &'static str) {
     for job in batch {
         let _ = job.reply.send(Err(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call sent to one master with a key another master serves (slot owners gone stale)
+    /// changes nothing and hands the batch back, to be made again slot by slot.
+    #[tokio::test]
+    async fn a_key_of_another_master_changes_nothing_and_is_handed_back() {
+        let Ok(url) = std::env::var("REDIS_CLUSTER_URL") else {
+            eprintln!("skipped: REDIS_CLUSTER_URL is not set (`.ci/run` starts a cluster)");
+            return;
+        };
+        let mut conn = RedisConnection::connect(&url).await.unwrap();
+        let owners = crate::redis_conn::slot_owners(&mut conn).await.unwrap();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        // Two keys served by different masters.
+        let keys: Vec<String> = (0..100)
+            .map(|i| format!("tag-moved:{stamp}:{{{i}}}:0"))
+            .collect();
+        let node = |k: &String| owners[usize::from(crate::redis_conn::slot_of(k.as_bytes()))];
+        let first = keys[0].clone();
+        let other = keys
+            .iter()
+            .find(|k| node(k) != node(&first))
+            .unwrap()
+            .clone();
+        let make = |key: &String| {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                keys: vec![key.clone()],
+                quotas: vec![(1_000_000, 10)],
+                cost: 1,
+                want: 1,
+                deadline: tokio::time::Instant::now() + Duration::from_secs(2),
+                reply,
+            };
+            (job, answer)
+        };
+        let ((a, _a), (b, _b)) = (make(&first), make(&other));
+        let script = redis::Script::new(GCRA);
+        let back = try_decide(conn.clone(), &script, vec![a, b]).await;
+        assert_eq!(back.map(|batch| batch.len()), Some(2));
+        for key in [&first, &other] {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(value, None, "{key} was written");
+        }
     }
 }
