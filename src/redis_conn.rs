@@ -210,6 +210,7 @@ impl ConnectionLike for RedisConnection {
 /// A key's hash slot (the Redis Cluster specification): CRC16-XMODEM of its hash tag (what
 /// is between the first `{` and the next `}`, when not empty) or of the whole key, modulo
 /// 16,384.
+#[cfg(feature = "rate-limit")]
 pub(crate) fn slot_of(key: &[u8]) -> u16 {
     let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &key[open + 1..];
@@ -221,6 +222,7 @@ pub(crate) fn slot_of(key: &[u8]) -> u16 {
 
 /// Which master serves each slot, numbered by node, from `CLUSTER SLOTS`; `None` when the
 /// answer cannot be had or read (callers then group by slot).
+#[cfg(feature = "rate-limit")]
 pub(crate) async fn slot_owners(conn: &mut RedisConnection) -> Option<Box<[u16]>> {
     let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
         .arg("SLOTS")
@@ -261,6 +263,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "rate-limit")]
     fn slots_agree_with_redis_rs() {
         for key in [
             "a",
