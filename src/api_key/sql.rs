@@ -355,7 +355,7 @@ sql_store! {
 
 #[cfg(feature = "postgres")]
 impl PostgresKeyStore {
-    /// Keep `cache` in step with the key table, with the defaults of [`FollowOptions`]
+    /// Keep `cache` in step with the key table, with the defaults of [`FollowOptions`](super::FollowOptions)
     /// (a 1 s bound): every key the migration's trigger announces as changed (revoked,
     /// expired, edited, deleted — also by plain SQL) is evicted from `cache` as soon as the
     /// announcement arrives.
