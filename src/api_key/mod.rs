@@ -10,7 +10,9 @@
 //!   constant time. Keys are length-capped before hashing.
 //! * **[`ApiKeyStore`].** Find a record by digest. [`MemoryKeyStore`] is the in-process
 //!   store; [`CachedKeyStore`] wraps any store with a short positive TTL and a bounded
-//!   negative cache, so a flood of bad keys cannot reach the database.
+//!   negative cache, so a flood of bad keys cannot reach the database. With PostgreSQL,
+//!   `PostgresKeyStore::follow` keeps every replica's cache in step with the key table
+//!   (LISTEN/NOTIFY): a key revoked anywhere is refused everywhere within a second.
 //! * **[`ApiKeyAuthenticator`].** Reads `X-API-Key` (or another header, or
 //!   `Authorization: ApiKey …`) and makes an [`Identity`] with [`Source::ApiKey`]. Revoked or
 //!   expired keys are 401; a store failure is 503. `jwt.or(api_keys)` accepts either
@@ -34,13 +36,15 @@
 //! The code is split by job: `format` (key format, generation, checksum, offline checks,
 //! digests), `record` (what is stored about a key), `store` (the lookup traits, the
 //! memory store and the cache), `last_used` (batched last-use tracking), `sql` (SQLite and
-//! PostgreSQL stores) and `authenticator` ([`ApiKeyAuthenticator`], its credential and
-//! future).
+//! PostgreSQL stores), `follow` (the PostgreSQL change follower) and `authenticator`
+//! ([`ApiKeyAuthenticator`], its credential and future).
 //!
 //! [`Identity`]: crate::Identity
 //! [`Source::ApiKey`]: crate::Source::ApiKey
 
 mod authenticator;
+#[cfg(feature = "postgres")]
+mod follow;
 mod format;
 mod last_used;
 mod record;
@@ -49,6 +53,8 @@ mod sql;
 mod store;
 
 pub use authenticator::{ApiKeyAuthenticator, ApiKeyCredential, ApiKeyFuture, KeySourceHeader};
+#[cfg(feature = "postgres")]
+pub use follow::{CacheFollower, FollowOptions, KEY_EVENTS_CHANNEL};
 pub use format::{KeyDigest, KeyFormat, MAX_KEY_LEN, Plaintext};
 pub use last_used::LastUsedTracker;
 pub(crate) use record::identity_of;

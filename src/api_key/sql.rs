@@ -120,15 +120,17 @@ macro_rules! sql_store {
                 Self { pool }
             }
 
-            /// Create the table and its indexes if they do not exist (idempotent).
+            /// Create the table and its indexes if they do not exist (idempotent, in one
+            /// transaction).
             ///
             /// # Errors
             /// A database error.
             pub async fn migrate(&self) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_error)?;
                 for statement in $migration {
-                    sqlx::query(statement).execute(&self.pool).await.map_err(db_error)?;
+                    sqlx::query(statement).execute(&mut *tx).await.map_err(db_error)?;
                 }
-                Ok(())
+                tx.commit().await.map_err(db_error)
             }
 
             async fn fetch(&self, sql: &str, bind: Bind<'_>) -> Result<Vec<ApiKeyRecord>, StoreError> {
@@ -307,11 +309,41 @@ sql_store! {
 #[cfg(feature = "postgres")]
 sql_store! {
     /// API keys in PostgreSQL, for production.
+    ///
+    /// Besides the table and its indexes, [`migrate`](Self::migrate) installs a trigger that
+    /// announces every change of a key (revocation, expiry, scopes, … — any column but
+    /// `last_used_at`), every delete and every `TRUNCATE` on
+    /// [`KEY_EVENTS_CHANNEL`](super::KEY_EVENTS_CHANNEL), including changes made by plain
+    /// SQL; [`follow`](Self::follow) keeps a [`CachedKeyStore`](super::CachedKeyStore) in
+    /// step with them. The migration holds a transaction-level advisory lock, so replicas
+    /// starting together can all run it.
     PostgresKeyStore, "postgres", sqlx::Postgres, sqlx::PgPool, sqlx::postgres::PgConnectOptions, postgres_pool,
     migration: [
+        // Replicas migrating at once would race on the trigger (drop, then create); the key
+        // is "tag_keys" in ASCII.
+        "SELECT pg_advisory_xact_lock(8386097640661940595)",
         "CREATE TABLE IF NOT EXISTS tag_api_keys (id TEXT PRIMARY KEY, digest BYTEA NOT NULL, display TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT, plan TEXT, metadata TEXT NOT NULL, last_used_at BIGINT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS tag_api_keys_digest ON tag_api_keys (digest)",
         "CREATE INDEX IF NOT EXISTS tag_api_keys_owner ON tag_api_keys (owner)",
+        concat!(
+            "CREATE OR REPLACE FUNCTION tag_api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$ ",
+            "BEGIN ",
+            "IF TG_OP = 'TRUNCATE' THEN PERFORM pg_notify('", super::follow::key_events_channel!(), "', '*'); ",
+            "ELSE ",
+            "IF TG_OP IN ('UPDATE', 'DELETE') THEN PERFORM pg_notify('", super::follow::key_events_channel!(), "', encode(OLD.digest, 'hex')); END IF; ",
+            "IF TG_OP = 'UPDATE' AND NEW.digest IS DISTINCT FROM OLD.digest THEN ",
+            "PERFORM pg_notify('", super::follow::key_events_channel!(), "', encode(NEW.digest, 'hex')); END IF; ",
+            "END IF; ",
+            "RETURN NULL; ",
+            "END $$"
+        ),
+        "DROP TRIGGER IF EXISTS tag_api_keys_changed ON tag_api_keys",
+        // Every column a cached record holds: a `last_used_at` update announces nothing.
+        "CREATE TRIGGER tag_api_keys_changed AFTER UPDATE ON tag_api_keys FOR EACH ROW WHEN ((OLD.id, OLD.digest, OLD.display, OLD.owner, OLD.name, OLD.scopes, OLD.roles, OLD.created_at, OLD.expires_at, OLD.revoked_at, OLD.plan, OLD.metadata) IS DISTINCT FROM (NEW.id, NEW.digest, NEW.display, NEW.owner, NEW.name, NEW.scopes, NEW.roles, NEW.created_at, NEW.expires_at, NEW.revoked_at, NEW.plan, NEW.metadata)) EXECUTE FUNCTION tag_api_keys_notify()",
+        "DROP TRIGGER IF EXISTS tag_api_keys_deleted ON tag_api_keys",
+        "CREATE TRIGGER tag_api_keys_deleted AFTER DELETE ON tag_api_keys FOR EACH ROW EXECUTE FUNCTION tag_api_keys_notify()",
+        "DROP TRIGGER IF EXISTS tag_api_keys_truncated ON tag_api_keys",
+        "CREATE TRIGGER tag_api_keys_truncated AFTER TRUNCATE ON tag_api_keys FOR EACH STATEMENT EXECUTE FUNCTION tag_api_keys_notify()",
     ],
     find: "SELECT {} FROM tag_api_keys WHERE digest = $1",
     by_id: "SELECT {} FROM tag_api_keys WHERE id = $1",
@@ -319,6 +351,80 @@ sql_store! {
     insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2",
     touch: "UPDATE tag_api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2"
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresKeyStore {
+    /// Keep `cache` in step with the key table, with the defaults of [`FollowOptions`](super::FollowOptions)
+    /// (a 1 s bound): every key the migration's trigger announces as changed (revoked,
+    /// expired, edited, deleted — also by plain SQL) is evicted from `cache` as soon as the
+    /// announcement arrives.
+    ///
+    /// **Guarantee.** A key revoked anywhere is refused through `cache` within the bound,
+    /// whether or not the channel is up: the follower proves the channel with heartbeats
+    /// (every `bound / 2`), and while it cannot (a lost connection, a silently dead one, a
+    /// starved task), `cache` re-reads a key once its record is older than the bound. After a
+    /// reconnection `cache` is emptied (announcements may have been missed), and whole TTLs
+    /// resume. Call [`migrate`](Self::migrate) once first (it installs the trigger).
+    ///
+    /// The follower holds two connections of its own (the listener and its heartbeats),
+    /// opened with this store's connection options. It logs (target
+    /// `tower_api_guard::api_key`) when the channel is lost (`warn`) and restored (`info`),
+    /// never a key or a digest.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_api_guard::api_key::{ApiKeyAuthenticator, CachedKeyStore, KeyFormat, PostgresKeyStore};
+    ///
+    /// let store = PostgresKeyStore::connect("postgres://guard@db.internal/keys").await?;
+    /// store.migrate().await?;
+    /// let cache = CachedKeyStore::new(store.clone());
+    /// // Keep the follower as long as the cache: dropping it stops following.
+    /// let follower = store.follow(&cache).await?;
+    /// let auth = ApiKeyAuthenticator::new(KeyFormat::new("sk_live")?, cache);
+    /// # drop((auth, follower));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The listener cannot connect or `LISTEN` (later losses are handled by the follower).
+    pub async fn follow<S: super::ApiKeyStore + Clone>(
+        &self,
+        cache: &super::CachedKeyStore<S>,
+    ) -> Result<super::CacheFollower, StoreError> {
+        self.follow_with(cache, super::FollowOptions::default())
+            .await
+    }
+
+    /// [`follow`](Self::follow) with explicit options: the bound, and the listener's own
+    /// connection options (to bypass a transaction-mode pooler, which cannot `LISTEN`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use tower_api_guard::api_key::{CachedKeyStore, FollowOptions, PostgresKeyStore};
+    ///
+    /// let store = PostgresKeyStore::connect("postgres://guard@pgbouncer.internal/keys").await?;
+    /// let cache = CachedKeyStore::new(store.clone());
+    /// let direct = "postgres://guard@db.internal/keys".parse()?;
+    /// let follower = store
+    ///     .follow_with(&cache, FollowOptions::new().bound(Duration::from_millis(500)).listener_options(direct))
+    ///     .await?;
+    /// assert!(follower.is_connected());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The listener cannot connect or `LISTEN`.
+    pub async fn follow_with<S: super::ApiKeyStore + Clone>(
+        &self,
+        cache: &super::CachedKeyStore<S>,
+        options: super::FollowOptions,
+    ) -> Result<super::CacheFollower, StoreError> {
+        super::follow::start(&self.pool, cache, options).await
+    }
 }
 
 #[cfg(all(test, feature = "sqlite"))]

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{ApiKeyRecord, KeyDigest};
 use crate::clock::{Clock, MonotonicClock};
@@ -282,22 +282,131 @@ impl ApiKeyManager for MemoryKeyStore {
 /// Revocations made through this process take effect at once when followed by
 /// [`invalidate`](Self::invalidate) (a revocation through [`ApiKeyManager::revoke`] on the
 /// cache does it); revocations made elsewhere take effect within the positive TTL (default
-/// 30 s).
+/// 30 s) — unless the cache *follows* the store's change events: with PostgreSQL,
+/// `PostgresKeyStore::follow` (feature `postgres`) evicts a changed key on every replica
+/// within a short bound (default 1 s), whether or not the event channel is up.
+///
+/// A lookup that reaches the store races with invalidations: when the key is invalidated
+/// while its record is being read, the (possibly stale) answer is returned but not cached.
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    positive: Arc<quick_cache::sync::Cache<KeyDigest, (Arc<ResolvedKey>, SystemTime)>>,
-    negative: Arc<quick_cache::sync::Cache<KeyDigest, SystemTime>>,
+    shared: Arc<Shared>,
     ttl: (Duration, Duration),
     clock: Arc<dyn Clock>,
+}
+
+/// A positive entry: the resolved key, its deadline, and when its record was read.
+#[derive(Clone)]
+struct Entry {
+    key: Arc<ResolvedKey>,
+    until: SystemTime,
+    read_at: SystemTime,
+}
+
+/// What the clones of one cache share (and what a follower holds weakly).
+struct Shared {
+    positive: quick_cache::sync::Cache<KeyDigest, Entry>,
+    negative: quick_cache::sync::Cache<KeyDigest, SystemTime>,
+    /// Until when (nanoseconds since the epoch, on the cache's clock) positive entries are
+    /// served for their whole TTL: `u64::MAX` when nobody follows the store's changes, else
+    /// pushed forward by the follower as long as its channel is proven up. After it, a
+    /// positive entry is served only while younger than `fallback`.
+    healthy_until: AtomicU64,
+    /// The fallback bound, in nanoseconds.
+    fallback: AtomicU64,
+    /// Bumped by every invalidation, so that a lookup racing with one does not cache what it
+    /// read.
+    generation: AtomicU64,
+}
+
+impl Shared {
+    fn invalidate(&self, digest: &KeyDigest) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.positive.remove(digest);
+        self.negative.remove(digest);
+    }
+
+    fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.positive.clear();
+        self.negative.clear();
+    }
+
+    /// Whether an entry read at `read_at` is young enough for the fallback mode.
+    fn young(&self, read_at: SystemTime, now: SystemTime) -> bool {
+        let bound = Duration::from_nanos(self.fallback.load(Ordering::Relaxed));
+        now.duration_since(read_at).is_ok_and(|age| age < bound)
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturated after 2554).
+pub(crate) fn epoch_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A follower's weak link to a cache: it never keeps the cache alive, and it sees the cache
+/// go away (see `PostgresKeyStore::follow`).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct CacheLink {
+    shared: Weak<Shared>,
+    clock: Arc<dyn Clock>,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl CacheLink {
+    /// The cache's clock.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Whether the cache (every clone of it) is gone.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.shared.strong_count() == 0
+    }
+
+    /// Forget `digest`; `false` when the cache is gone.
+    pub(crate) fn invalidate(&self, digest: &KeyDigest) -> bool {
+        self.shared
+            .upgrade()
+            .map(|s| s.invalidate(digest))
+            .is_some()
+    }
+
+    /// Forget everything; `false` when the cache is gone.
+    pub(crate) fn invalidate_all(&self) -> bool {
+        self.shared.upgrade().map(|s| s.invalidate_all()).is_some()
+    }
+
+    /// Serve positive entries for their whole TTL until `until` (no earlier than what is
+    /// already granted); `false` when the cache is gone.
+    pub(crate) fn healthy_until(&self, until: SystemTime) -> bool {
+        self.shared
+            .upgrade()
+            .map(|s| {
+                s.healthy_until
+                    .fetch_max(epoch_nanos(until), Ordering::Relaxed)
+            })
+            .is_some()
+    }
+
+    /// From now on serve positive entries only while younger than the fallback bound, until
+    /// [`healthy_until`](Self::healthy_until) is called again; `false` when the cache is gone.
+    pub(crate) fn fallback(&self) -> bool {
+        self.shared
+            .upgrade()
+            .map(|s| s.healthy_until.store(0, Ordering::Relaxed))
+            .is_some()
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedKeyStore")
             .field("inner", &self.inner)
-            .field("cached", &self.positive.len())
-            .field("unknown", &self.negative.len())
+            .field("cached", &self.shared.positive.len())
+            .field("unknown", &self.shared.negative.len())
             .finish_non_exhaustive()
     }
 }
@@ -318,8 +427,13 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
     pub fn with_ttl(inner: S, positive: Duration, negative: Duration) -> Self {
         Self {
             inner,
-            positive: Arc::new(quick_cache::sync::Cache::new(POSITIVE_CAPACITY)),
-            negative: Arc::new(quick_cache::sync::Cache::new(NEGATIVE_CAPACITY)),
+            shared: Arc::new(Shared {
+                positive: quick_cache::sync::Cache::new(POSITIVE_CAPACITY),
+                negative: quick_cache::sync::Cache::new(NEGATIVE_CAPACITY),
+                healthy_until: AtomicU64::new(u64::MAX),
+                fallback: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+            }),
             ttl: (positive, negative),
             clock: Arc::new(MonotonicClock::new()),
         }
@@ -335,32 +449,50 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
 
     /// Forget what is cached for `digest` (call it after revoking or rotating that key).
     pub fn invalidate(&self, digest: &KeyDigest) {
-        self.positive.remove(digest);
-        self.negative.remove(digest);
+        self.shared.invalidate(digest);
     }
 
     /// Forget everything.
     pub fn invalidate_all(&self) {
-        self.positive.clear();
-        self.negative.clear();
+        self.shared.invalidate_all();
     }
 
-    /// A live positive entry; an expired one is removed.
-    fn cached_key(&self, digest: &KeyDigest, now: SystemTime) -> Option<Arc<ResolvedKey>> {
-        let (key, until) = self.positive.get(digest)?;
-        if now < until {
-            return Some(key);
+    /// A weak link for a follower, which from now on decides, with `fallback` as the bound,
+    /// whether entries are served for their whole TTL. The cache starts in the fallback mode.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn link(&self, fallback: Duration) -> CacheLink {
+        let nanos = u64::try_from(fallback.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.fallback.store(nanos, Ordering::Relaxed);
+        self.shared.healthy_until.store(0, Ordering::Relaxed);
+        CacheLink {
+            shared: Arc::downgrade(&self.shared),
+            clock: self.clock.clone(),
         }
-        self.positive.remove(digest);
+    }
+
+    /// A live positive entry; an expired one is removed. Past the follower's proof of
+    /// freshness, only an entry younger than the fallback bound is live (an older one stays,
+    /// for when the channel is back).
+    fn cached_key(&self, digest: &KeyDigest, now: SystemTime) -> Option<Arc<ResolvedKey>> {
+        let entry = self.shared.positive.get(digest)?;
+        if now >= entry.until {
+            self.shared.positive.remove(digest);
+            return None;
+        }
+        if epoch_nanos(now) < self.shared.healthy_until.load(Ordering::Relaxed)
+            || self.shared.young(entry.read_at, now)
+        {
+            return Some(entry.key);
+        }
         None
     }
 
     /// Whether `digest` is cached as unknown; an expired entry is removed.
     fn cached_unknown(&self, digest: &KeyDigest, now: SystemTime) -> bool {
-        match self.negative.get(digest) {
+        match self.shared.negative.get(digest) {
             Some(until) if now < until => true,
             Some(_) => {
-                self.negative.remove(digest);
+                self.shared.negative.remove(digest);
                 false
             }
             None => false,
@@ -377,7 +509,7 @@ impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
 /// that key's cached entry at once.
 impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
     fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()> {
-        self.negative.remove(&record.digest);
+        self.shared.invalidate(&record.digest);
         self.inner.create(record)
     }
 
@@ -428,14 +560,30 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
         let this = self.clone();
         let digest = *digest;
         Box::pin(async move {
+            let shared = &this.shared;
+            let generation = shared.generation.load(Ordering::SeqCst);
+            let read_at = this.clock.now();
             let found = this.inner.find(&digest).await?;
+            if shared.generation.load(Ordering::SeqCst) != generation {
+                // Invalidated while it was read: what was read may be stale.
+                return Ok(found);
+            }
             let now = this.clock.now();
             match &found {
-                Some(record) => this.positive.insert(
+                Some(record) => shared.positive.insert(
                     digest,
-                    (Arc::new(ResolvedKey::new(record.clone())), now + this.ttl.0),
+                    Entry {
+                        key: Arc::new(ResolvedKey::new(record.clone())),
+                        until: now + this.ttl.0,
+                        read_at,
+                    },
                 ),
-                None => this.negative.insert(digest, now + this.ttl.1),
+                None => shared.negative.insert(digest, now + this.ttl.1),
+            }
+            // An invalidation between the check above and the insert removes nothing: undo it.
+            if shared.generation.load(Ordering::SeqCst) != generation {
+                shared.positive.remove(&digest);
+                shared.negative.remove(&digest);
             }
             Ok(found)
         })
@@ -445,7 +593,106 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api_key::{KeyFormat, NewKey};
+    use crate::clock::ManualClock;
     use std::error::Error as _;
+    use std::sync::OnceLock;
+
+    fn key_in(store: &MemoryKeyStore) -> KeyDigest {
+        let (_, record) = KeyFormat::new("sk_test")
+            .unwrap()
+            .generate(NewKey::new("owner", "ci"))
+            .unwrap();
+        let digest = record.digest;
+        store.insert(record);
+        digest
+    }
+
+    #[tokio::test]
+    async fn a_followed_cache_serves_only_young_entries_until_the_channel_is_proven() {
+        let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+        let store = MemoryKeyStore::new();
+        let digest = key_in(&store);
+        let cache = CachedKeyStore::new(store.clone()).clock(clock.clone());
+        // Not followed: the whole TTL.
+        cache.find(&digest).await.unwrap().unwrap();
+        clock.advance(Duration::from_secs(29));
+        assert!(cache.find_cached(&digest).is_some());
+
+        let link = cache.link(Duration::from_secs(1));
+        // Followed, channel not proven: only entries read less than the bound ago.
+        assert!(cache.find_cached(&digest).is_none(), "29 s old");
+        cache.find(&digest).await.unwrap().unwrap();
+        assert_eq!(store.lookups(), 2);
+        assert!(cache.find_cached(&digest).is_some());
+        clock.advance(Duration::from_millis(999));
+        assert!(cache.find_cached(&digest).is_some());
+        clock.advance(Duration::from_millis(1));
+        assert!(cache.find_cached(&digest).is_none(), "as old as the bound");
+        // Proven up to a second from now: the whole TTL again, even for the old entry.
+        assert!(link.healthy_until(clock.now() + Duration::from_secs(1)));
+        assert!(cache.find_cached(&digest).is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(cache.find_cached(&digest).is_none(), "the proof lapsed");
+        // Lost: at once.
+        assert!(link.healthy_until(clock.now() + Duration::from_secs(1)));
+        assert!(link.fallback());
+        assert!(cache.find_cached(&digest).is_none());
+        // The TTL still ends an entry.
+        assert!(link.healthy_until(clock.now() + Duration::from_secs(60)));
+        clock.advance(Duration::from_secs(30));
+        assert!(cache.find_cached(&digest).is_none());
+
+        assert!(link.invalidate(&digest) && link.invalidate_all() && !link.is_gone());
+        drop(cache);
+        assert!(link.is_gone());
+        assert!(!link.invalidate_all() && !link.fallback());
+    }
+
+    /// A store that invalidates the cache in front of it while a lookup is under way.
+    #[derive(Clone)]
+    struct Racing {
+        inner: MemoryKeyStore,
+        cache: Arc<OnceLock<CachedKeyStore<Racing>>>,
+    }
+
+    impl fmt::Debug for Racing {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Racing")
+        }
+    }
+
+    impl ApiKeyStore for Racing {
+        fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
+            let found = self.inner.find(digest);
+            if let Some(cache) = self.cache.get() {
+                cache.invalidate(digest);
+            }
+            found
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_racing_with_an_invalidation_is_not_cached() {
+        let inner = MemoryKeyStore::new();
+        let digest = key_in(&inner);
+        let racing = Racing {
+            inner: inner.clone(),
+            cache: Arc::new(OnceLock::new()),
+        };
+        let cache = CachedKeyStore::new(racing.clone());
+        racing.cache.set(cache.clone()).unwrap();
+        assert!(cache.find(&digest).await.unwrap().is_some(), "answered");
+        assert!(cache.find_cached(&digest).is_none(), "but not cached");
+        assert!(
+            cache
+                .find(&KeyDigest::from_bytes([7; 32]))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(cache.find_cached(&KeyDigest::from_bytes([7; 32])).is_none());
+    }
 
     #[test]
     fn source_is_none_by_default_and_kept_when_attached() {
