@@ -5,7 +5,8 @@
 //! ```
 //!
 //! With no settings it starts an embedded development issuer (keys made at start, its
-//! JWKS served on loopback) and an embedded API-key store (SQLite, in memory) holding one
+//! JWKS served on loopback) and an embedded API-key store (SQLite, in memory; PostgreSQL
+//! with `DATABASE_URL`) holding one
 //! demo key, prints ready-to-paste curl lines with sample tokens and the key, and protects
 //! these routes on `GUARD_ADDR` (default `127.0.0.1:3000`), for either credential:
 //!
@@ -29,6 +30,12 @@
 //! `GUARD_KEY_RATE` (e.g. `5/s`; default none) is the quota of each credential beside it:
 //! each API key, each OAuth client (`client_id` or `azp`) of the tokens; both are checked
 //! together, atomically, and a request must pass both.
+//!
+//! `DATABASE_URL` (`postgres://…`) keeps the API keys in PostgreSQL instead of the embedded
+//! SQLite (the table is created if missing, the demo key added to it): keys made, listed and
+//! revoked with `cargo run --example api_keys` in that database are seen at once, and a
+//! revocation reaches every replica's key cache within a second (LISTEN/NOTIFY; should the
+//! channel drop, cached keys are re-read after a second until it is back).
 //!
 //! Replicas share state through Redis: `REDIS_URL` (`redis://host:port`, or a Redis Cluster
 //! as `redis+cluster://host:port,host:port,…`) or `GUARD_REDIS_CLUSTER` (a cluster's seed
@@ -93,7 +100,8 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tower_api_guard::api_key::{
-    ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, NewKey, SqliteKeyStore,
+    ApiKeyAuthenticator, ApiKeyManager, ApiKeyStore, CachedKeyStore, KeyFormat, NewKey,
+    PostgresKeyStore, SqliteKeyStore,
 };
 use tower_api_guard::auth::{Authenticator, AuthenticatorExt, BruteForceGuardLayer};
 use tower_api_guard::authz::{Ownership, RequireLayer};
@@ -281,17 +289,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rate_limit = rate_limit.redis(RedisStore::from_connection(redis.clone()));
     }
 
-    // The embedded API-key store: SQLite in memory, cached, with one demo key.
+    // The API-key store, cached, with one demo key: PostgreSQL with DATABASE_URL (every
+    // replica's cache told of revocations within a second), else SQLite in memory.
     let key_format = KeyFormat::new("sk_demo")?;
-    let key_store = SqliteKeyStore::connect("sqlite::memory:").await?;
-    key_store.migrate().await?;
     let (demo_key, record) = key_format.generate(
         NewKey::new("demo-machine", "quickstart demo key")
             .scopes(["items:read"])
             .roles(["service"]),
     )?;
-    key_store.create(&record).await?;
-    let api_keys = ApiKeyAuthenticator::new(key_format, CachedKeyStore::new(key_store));
+    let postgres = match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = PostgresKeyStore::connect(&url)
+                .await
+                .map_err(|e| format!("DATABASE_URL: {e}"))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| format!("DATABASE_URL (creating the key table): {e}"))?;
+            Some(store)
+        }
+        Err(_) => None,
+    };
+    let key_store: std::sync::Arc<dyn ApiKeyStore> = match &postgres {
+        Some(store) => {
+            store.create(&record).await?;
+            std::sync::Arc::new(store.clone())
+        }
+        None => {
+            let store = SqliteKeyStore::connect("sqlite::memory:").await?;
+            store.migrate().await?;
+            store.create(&record).await?;
+            std::sync::Arc::new(store)
+        }
+    };
+    let key_cache = CachedKeyStore::new(key_store);
+    // Kept for the life of the process: dropping it stops the push.
+    let _key_follower = match &postgres {
+        Some(store) => {
+            let follower = store
+                .follow(&key_cache)
+                .await
+                .map_err(|e| format!("DATABASE_URL (listening for revocations): {e}"))?;
+            println!(
+                "API keys in PostgreSQL (DATABASE_URL); revocations reach this cache within 1 s"
+            );
+            Some(follower)
+        }
+        None => None,
+    };
+    let api_keys = ApiKeyAuthenticator::new(key_format, key_cache);
     println!("# the demo API key (scope items:read), accepted on the same routes");
     println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/me");
     println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/items\n");

@@ -322,6 +322,8 @@ sql_store! {
         // Replicas migrating at once would race on the trigger (drop, then create); the key
         // is "tag_keys" in ASCII.
         "SELECT pg_advisory_xact_lock(8386097640661940595)",
+        // `IF NOT EXISTS` / `IF EXISTS` answer with notices; they are not news.
+        "SET LOCAL client_min_messages TO warning",
         "CREATE TABLE IF NOT EXISTS tag_api_keys (id TEXT PRIMARY KEY, digest BYTEA NOT NULL, display TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL, roles TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT, plan TEXT, metadata TEXT NOT NULL, last_used_at BIGINT)",
         "CREATE UNIQUE INDEX IF NOT EXISTS tag_api_keys_digest ON tag_api_keys (digest)",
         "CREATE INDEX IF NOT EXISTS tag_api_keys_owner ON tag_api_keys (owner)",
