@@ -11,12 +11,13 @@
 
 mod common;
 
+use common::redis::{OwnRedis, env_url, unique};
+
 use std::convert::Infallible;
 use std::future::ready;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use tower::{ServiceExt, service_fn};
@@ -24,22 +25,6 @@ use tower_api_guard::auth::{BruteForceGuardLayer, RedisFailures};
 use tower_api_guard::clock::ManualClock;
 use tower_api_guard::rate_limit::Quota;
 use tower_api_guard::{AuthError, FailurePolicy};
-
-fn url(var: &str) -> Option<String> {
-    let url = std::env::var(var).ok();
-    if url.is_none() {
-        eprintln!("skipped: {var} is not set (`.ci/run` starts the servers and sets it)");
-    }
-    url
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}:{nanos}")
-}
 
 /// A replica's store: its own connection to `url`, keys under `prefix`.
 async fn store(url: &str, prefix: &str) -> RedisFailures {
@@ -239,25 +224,31 @@ async fn ids_are_counted_across_addresses(url: &str) {
 
 #[tokio::test]
 async fn two_replicas_share_one_failure_quota_per_address() {
-    let Some(url) = url("REDIS_URL") else { return };
+    let Some(url) = env_url("REDIS_URL") else {
+        return;
+    };
     replicas_trip_together(&url).await;
 }
 
 #[tokio::test]
 async fn the_progressive_lockout_is_shared_grows_and_resets() {
-    let Some(url) = url("REDIS_URL") else { return };
+    let Some(url) = env_url("REDIS_URL") else {
+        return;
+    };
     lockouts_grow_and_reset(&url).await;
 }
 
 #[tokio::test]
 async fn a_credential_id_is_limited_from_every_address() {
-    let Some(url) = url("REDIS_URL") else { return };
+    let Some(url) = env_url("REDIS_URL") else {
+        return;
+    };
     ids_are_counted_across_addresses(&url).await;
 }
 
 #[tokio::test]
 async fn on_a_cluster_replicas_share_counters_lockouts_and_ids() {
-    let Some(url) = url("REDIS_CLUSTER_URL") else {
+    let Some(url) = env_url("REDIS_CLUSTER_URL") else {
         return;
     };
     replicas_trip_together(&url).await;
@@ -269,7 +260,9 @@ async fn on_a_cluster_replicas_share_counters_lockouts_and_ids() {
 /// fail with `CROSSSLOT` otherwise; this shows the names too) and expire.
 #[tokio::test]
 async fn the_keys_of_an_address_carry_one_hash_tag_and_expire() {
-    let Some(url) = url("REDIS_URL") else { return };
+    let Some(url) = env_url("REDIS_URL") else {
+        return;
+    };
     let prefix = unique("test-bf-keys");
     let layer = BruteForceGuardLayer::new(Quota::parse("1/min").unwrap())
         .progressive_lockout(
@@ -304,58 +297,6 @@ async fn the_keys_of_an_address_carry_one_hash_tag_and_expire() {
             .await
             .unwrap();
         assert!(ttl > 0, "{key} has no expiry ({ttl})");
-    }
-}
-
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    /// A redis-server of the test's own on a free port, or `None` (printed) without
-    /// `REDIS_URL`.
-    async fn start() -> Option<Self> {
-        url("REDIS_URL")?;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let redis = Self {
-            child: Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (see .ci/run)"),
-            port,
-        };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(redis);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -9,10 +9,11 @@
 
 mod common;
 
+use common::redis::{OwnRedis, unique};
+
 use std::convert::Infallible;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use tower::ServiceBuilder;
@@ -42,16 +43,6 @@ fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
 async fn status(svc: &Svc, token: &str) -> (StatusCode, bool) {
     let res = common::calls::call(svc, common::calls::get(Some(token))).await;
     (res.status(), res.headers().contains_key("ratelimit"))
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}:{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }
 
 /// A store on the machine's Redis with a prefix of its own, or `None` (printed) without
@@ -110,77 +101,12 @@ async fn two_instances_share_one_limit_and_survive_noscript() {
     assert_eq!(status(&a, &other).await.0, StatusCode::OK);
 }
 
-struct OwnRedis {
-    child: Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        Some(Self { child })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn wait_until_up(port: u16) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server did not start on {port}");
-}
-
-/// A redis-server of the test's own on a free port, or `None` (printed) without
-/// `REDIS_URL`.
-async fn own_redis() -> Option<(OwnRedis, u16)> {
-    if std::env::var("REDIS_URL").is_err() {
-        eprintln!("skipped: REDIS_URL is not set (CI sets it and installs redis-server)");
-        return None;
-    }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let redis = OwnRedis::start(port).expect("redis-server must be installed (see .ci/run)");
-    wait_until_up(port).await;
-    Some((redis, port))
-}
-
 #[tokio::test]
 async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
-    let Some((mut redis, port)) = own_redis().await else {
+    let Some(mut redis) = OwnRedis::start().await else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
+    let (url, port) = (redis.url(), redis.port());
     let issuer = TestIssuer::new("https://issuer.example");
     let open = service(&issuer, RedisStore::connect(&url).await.unwrap(), "100/s");
     let closed = service(
@@ -204,8 +130,7 @@ async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
     );
 
     // Back up on the same port: decisions resume (the connection manager reconnects).
-    let _redis = OwnRedis::start(port).unwrap();
-    wait_until_up(port).await;
+    let _redis = OwnRedis::start_on(port).await;
     let mut recovered = false;
     for _ in 0..100 {
         if status(&closed, &token).await == (StatusCode::OK, true) {
@@ -328,26 +253,16 @@ async fn batched_decisions_are_exact_under_concurrency() {
 /// from the queue, not consumed when Redis answers again.
 #[tokio::test]
 async fn a_caller_past_its_budget_consumes_nothing_later() {
-    let Some((redis, port)) = own_redis().await else {
+    let Some(redis) = OwnRedis::start().await else {
         return;
     };
-    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
+    let store = RedisStore::connect(&redis.url())
         .await
         .unwrap()
         .timeout(Duration::from_millis(200))
         .max_in_flight(NonZeroUsize::MIN);
     let quota = [Quota::parse("3/min").unwrap()];
-    let signal = |sig: &str| {
-        let pid = redis.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP");
+    redis.signal("-STOP");
     // The first decision is sent and waits for the stalled server; the next five queue
     // behind it (one call in flight at most). All six callers give up at their budget.
     assert_eq!(
@@ -358,7 +273,7 @@ async fn a_caller_past_its_budget_consumes_nothing_later() {
     for result in futures_util::future::join_all(queued).await {
         assert_eq!(result.unwrap_err(), "Redis over its time limit");
     }
-    signal("-CONT");
+    redis.signal("-CONT");
     // The first decision reached Redis and consumed one request; the five others did not.
     let mut allowed = 0;
     for _ in 0..5 {

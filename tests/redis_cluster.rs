@@ -13,10 +13,12 @@
 
 mod common;
 
+use common::redis::{env_url, unique};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use tower::ServiceBuilder;
@@ -33,13 +35,7 @@ type Svc = BoxCloneService<
 >;
 
 fn cluster_url() -> Option<String> {
-    let url = std::env::var("REDIS_CLUSTER_URL").ok();
-    if url.is_none() {
-        eprintln!(
-            "skipped: REDIS_CLUSTER_URL is not set (`.ci/run` starts a 3-master cluster and sets it)"
-        );
-    }
-    url
+    env_url("REDIS_CLUSTER_URL")
 }
 
 /// The `host:port` of each seed of a `redis+cluster://` URL.
@@ -48,14 +44,6 @@ fn nodes(url: &str) -> Vec<String> {
         .split(',')
         .map(str::to_owned)
         .collect()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}:{nanos}")
 }
 
 fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
@@ -505,8 +493,7 @@ async fn per_credential_limits_on_the_cluster() {
 /// one script call.
 #[tokio::test]
 async fn per_credential_limits_on_one_server() {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        eprintln!("skipped: REDIS_URL is not set (CI sets it; `.ci/run` starts Redis)");
+    let Some(url) = env_url("REDIS_URL") else {
         return;
     };
     per_credential_limits(&url).await;

@@ -1,7 +1,7 @@
 //! What the integration tests share, one copy of each: a trusted test issuer
 //! ([`jwt`]), requests with a bearer token and what their responses say ([`calls`]), a
-//! `tracing` capture ([`events`]), a gRPC health server on loopback ([`grpc`]) and scratch
-//! directories ([`files`]).
+//! `tracing` capture ([`events`]), a gRPC health server on loopback ([`grpc`]), scratch
+//! directories ([`files`]) and Redis servers ([`redis`]).
 //!
 //! Each test file takes it with `mod common;` and uses what it needs.
 #![allow(dead_code)]
@@ -11,3 +11,4 @@ pub mod events;
 pub mod files;
 pub mod grpc;
 pub mod jwt;
+pub mod redis;
