@@ -115,7 +115,26 @@ fn is_cached<S: tower_api_guard::api_key::ApiKeyStore>(cache: &S, key: &Plaintex
 }
 
 /// Poll `check` until it holds or [`DEADLINE`] passes; how long it took, or a panic.
-async fn within_deadline<F, Fut>(what: &str, mut check: F) -> Duration
+async fn within_deadline<F, Fut>(what: &str, check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(DEADLINE, what, check).await
+}
+
+/// Like [`within_deadline`], with room for a reconnection attempt that hangs on the frozen
+/// network until its timeout (5 s).
+async fn within_deadline_long<F, Fut>(what: &str, check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(DEADLINE * 3, what, check).await
+}
+
+/// Poll `check` until it holds or `limit` passes; how long it took, or a panic.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -125,10 +144,7 @@ where
         if check().await {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "not within {DEADLINE:?}: {what}"
-        );
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -420,27 +436,6 @@ async fn with_the_channel_cut_cached_keys_last_no_longer_than_the_bound() {
 
     drop(follower);
     db.drop_schema().await;
-}
-
-/// Like [`within_deadline`], with room for a reconnection attempt that hangs on the frozen
-/// network until its timeout (5 s).
-async fn within_deadline_long<F, Fut>(what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < DEADLINE * 3,
-            "not within {:?}: {what}",
-            DEADLINE * 3
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
