@@ -231,7 +231,8 @@ impl RateLimiterLayer {
     }
 
     /// Also give each credential (see [`RateKey::Credential`]) its own `quotas`, checked
-    /// together with the subject's: a request passes only when both allow it, and is
+    /// together with the subject's (with [`key`](Self::key)`(RateKey::Credential)` the
+    /// main quotas are the credential's already, and these are not added): a request passes only when both allow it, and is
     /// counted in both, atomically (one lock in process, one script call in Redis; on a
     /// Redis Cluster, a JWT client's quota lives in another slot than its user's, so
     /// those two are asked one after the other: a request the second refuses stays
@@ -470,9 +471,10 @@ impl LimitRate {
                     .and_then(|p| self.plans.get(p))
                     .unwrap_or(&self.default);
                 let credential = identity.credential_key();
-                let key = match (self.key, credential) {
-                    (RateKey::Credential, Some(credential)) => &*credential.flat,
-                    _ => identity.caller_key(),
+                let (key, credential) = match (self.key, credential) {
+                    // The main quotas are the credential's already: no second count.
+                    (RateKey::Credential, Some(credential)) => (&*credential.flat, None),
+                    _ => (identity.caller_key(), credential),
                 };
                 let credential = self.credential.as_ref().and_then(|default| {
                     let plan = identity
@@ -785,6 +787,26 @@ mod tests {
         assert_eq!(gold.headers[RATELIMIT], "\"q0\";r=2;t=20");
         let policies: Vec<_> = gold.headers.get_all(RATELIMIT_POLICY).iter().collect();
         assert_eq!(policies[1], "\"k0\";q=10;w=60");
+    }
+
+    #[tokio::test]
+    async fn per_credential_quotas_beside_credential_keys_do_not_count_a_key_twice() {
+        // The main quotas are already per key: the key's own 2/min must not be counted
+        // into the same state as well.
+        let layer = RateLimiterLayer::new([quota("3/min")])
+            .key(RateKey::Credential)
+            .per_credential([quota("2/min")])
+            .clock(at_epoch());
+        let k1 = || with(Some(api_key("alice", "k1", None)));
+        for _ in 0..3 {
+            let out = run(&layer, k1()).await;
+            assert_eq!(out.status, StatusCode::OK);
+            assert_eq!(out.headers.get_all(RATELIMIT_POLICY).iter().count(), 1);
+        }
+        assert_eq!(
+            run(&layer, k1()).await.status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
 
     #[tokio::test]
