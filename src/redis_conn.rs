@@ -229,9 +229,9 @@ pub(crate) async fn slot_owners(conn: &mut RedisConnection) -> Option<Box<[u16]>
         .query_async(conn)
         .await
         .ok()?;
-    let mut nodes: Vec<Vec<u8>> = Vec::new();
+    let mut nodes: Vec<&[redis::Value]> = Vec::new();
     let mut owner = vec![u16::MAX; 16_384].into_boxed_slice();
-    for range in ranges {
+    for range in &ranges {
         let [start, end, master, ..] = range.as_slice() else {
             return None;
         };
@@ -239,10 +239,10 @@ pub(crate) async fn slot_owners(conn: &mut RedisConnection) -> Option<Box<[u16]>
             return None;
         };
         // The master's address (host and port) names the node.
-        let address = match master {
-            redis::Value::Array(parts) => format!("{:?}", parts.get(..2)?).into_bytes(),
-            _ => return None,
+        let redis::Value::Array(master) = master else {
+            return None;
         };
+        let address = master.get(..2)?;
         let index = match nodes.iter().position(|n| *n == address) {
             Some(i) => i,
             None => {

@@ -383,7 +383,10 @@ impl RedisStore {
     ) -> Result<Decision, &'static str> {
         let job_keys: Vec<Vec<String>> = parts.iter().map(|p| self.keys(p)).collect();
         let one_slot = !self.conn.is_cluster() || {
-            let slot = |keys: &Vec<String>| keys.first().map(redis::cluster_routing::Slot::for_key);
+            let slot = |keys: &Vec<String>| {
+                keys.first()
+                    .map(|k| crate::redis_conn::slot_of(k.as_bytes()))
+            };
             let first = job_keys.first().and_then(slot);
             job_keys
                 .iter()
@@ -443,12 +446,7 @@ impl RedisStore {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             keys,
-            quotas: quotas
-                .map(|q| {
-                    let interval_us = (q.window().as_micros() / u128::from(q.limit())).max(1);
-                    (u64::try_from(interval_us).unwrap_or(u64::MAX), q.burst())
-                })
-                .collect(),
+            quotas: quotas.map(|q| (q.emission_us(), q.burst())).collect(),
             cost,
             want,
             deadline: tokio::time::Instant::now() + self.timeout,
@@ -602,36 +600,37 @@ async fn cluster_batch(
     futures_util::future::join_all(calls).await;
 }
 
-/// `batch` split by the master that serves each decision's slot, in arrival order within
-/// each.
-fn by_node(batch: Vec<Job>, owners: &SlotOwners) -> Vec<Vec<Job>> {
-    let mut groups: Vec<(u16, Vec<Job>)> = Vec::new();
-    for job in batch {
-        let node = owners.node(first_key(&job));
-        match groups.iter_mut().find(|(n, _)| *n == node) {
-            Some((_, group)) => group.push(job),
-            None => groups.push((node, vec![job])),
-        }
-    }
-    groups.into_iter().map(|(_, group)| group).collect()
-}
-
 fn first_key(job: &Job) -> &str {
     job.keys.first().map_or("", String::as_str)
 }
 
-/// `batch` split by the hash slot of each decision's keys (they share a hash tag), in
-/// arrival order within each slot, so two decisions for one key still see each other.
+/// `batch` split by the master that serves each decision's slot.
+fn by_node(batch: Vec<Job>, owners: &SlotOwners) -> Vec<Vec<Job>> {
+    group(batch, |job| owners.node[usize::from(slot(job))])
+}
+
+/// `batch` split by the hash slot of each decision's keys (they share a hash tag).
 fn by_slot(batch: Vec<Job>) -> Vec<Vec<Job>> {
-    let mut groups: Vec<(redis::cluster_routing::Slot, Vec<Job>)> = Vec::new();
+    group(batch, slot)
+}
+
+/// `batch` split by `of`, in arrival order within each group, so two decisions for one
+/// key still see each other.
+fn group(batch: Vec<Job>, of: impl Fn(&Job) -> u16) -> Vec<Vec<Job>> {
+    let mut groups: Vec<(u16, Vec<Job>)> = Vec::new();
     for job in batch {
-        let slot = redis::cluster_routing::Slot::for_key(first_key(&job));
-        match groups.iter_mut().find(|(s, _)| *s == slot) {
+        let at = of(&job);
+        match groups.iter_mut().find(|(g, _)| *g == at) {
             Some((_, group)) => group.push(job),
-            None => groups.push((slot, vec![job])),
+            None => groups.push((at, vec![job])),
         }
     }
     groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// The hash slot of a decision (of its first key: they share a hash tag).
+fn slot(job: &Job) -> u16 {
+    crate::redis_conn::slot_of(first_key(job).as_bytes())
 }
 
 /// One script call for `batch`, and each job's answer.
@@ -715,12 +714,6 @@ struct SlotOwners {
     /// A node number per slot (16,384).
     node: Box<[u16]>,
     at: std::time::Instant,
-}
-
-impl SlotOwners {
-    fn node(&self, key: &str) -> u16 {
-        self.node[usize::from(crate::redis_conn::slot_of(key.as_bytes()))]
-    }
 }
 
 /// The slot owners of one store's batching task: fetched in the background when missing,
