@@ -573,9 +573,8 @@ mod remote {
     }
 
     fn limit(quota: &Quota) -> Limit {
-        let interval = quota.window().as_micros() / u128::from(quota.limit().max(1));
         Limit {
-            interval_us: u64::try_from(interval.max(1)).unwrap_or(u64::MAX),
+            interval_us: quota.emission_us(),
             burst: quota.burst(),
         }
     }

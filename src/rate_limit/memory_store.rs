@@ -119,7 +119,7 @@ impl MemoryStore {
         consume: bool,
     ) -> Decision {
         let now = nanos(now);
-        let shard = &self.shards[(self.spread.hash_one(key) as usize) % SHARDS];
+        let shard = &self.shards[self.shard_of(key)];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
 
         // New TATs on the stack for up to 8 quotas: the hot path allocates only the
@@ -153,10 +153,7 @@ impl MemoryStore {
             _ => {
                 let retry = gcra(quotas, cost, now, None, new_tats, &mut decision);
                 if consume && retry.is_none() {
-                    if !map.contains_key(key) && map.len() >= self.per_shard {
-                        evict(&mut map, self.per_shard, now);
-                    }
-                    map.insert(key.into(), Tats::new(new_tats));
+                    self.insert(&mut map, key, new_tats, now);
                 }
                 retry
             }
@@ -167,6 +164,19 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
+    /// The shard that holds `key`.
+    fn shard_of(&self, key: &str) -> usize {
+        (self.spread.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Keep `tats` for `key` as a new entry (room made first when the shard is full).
+    fn insert(&self, map: &mut Map, key: &str, tats: &[u64], now: u64) {
+        if !map.contains_key(key) && map.len() >= self.per_shard {
+            evict(map, self.per_shard, now);
+        }
+        map.insert(key.into(), Tats::new(tats));
+    }
+
     /// Check (and, when every quota of every part allows it, consume) `cost` against
     /// several keys at once, each with its own quotas, atomically: the shards concerned
     /// are locked together (in index order). Quotas are reported in the order given.
@@ -177,7 +187,7 @@ impl MemoryStore {
         now: SystemTime,
     ) -> Decision {
         let at = nanos(now);
-        let shard_of = |key: &str| (self.spread.hash_one(key) as usize) % SHARDS;
+        let shard_of = |key: &str| self.shard_of(key);
         let mut order: Vec<usize> = parts.iter().map(|(k, _)| shard_of(k)).collect();
         order.sort_unstable();
         order.dedup();
@@ -232,12 +242,7 @@ impl MemoryStore {
                     Some(tats) if tats.as_slice().len() == new_tats.len() => {
                         tats.as_mut_slice().copy_from_slice(&new_tats);
                     }
-                    _ => {
-                        if !map.contains_key(key) && map.len() >= self.per_shard {
-                            evict(map, self.per_shard, at);
-                        }
-                        map.insert(key.into(), Tats::new(&new_tats));
-                    }
+                    _ => self.insert(map, key, &new_tats, at),
                 }
             }
         }

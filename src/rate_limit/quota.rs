@@ -77,6 +77,14 @@ impl Quota {
     pub(super) fn emission_ns(&self) -> u64 {
         u64::try_from(self.window.as_nanos() / u128::from(self.limit)).unwrap_or(u64::MAX)
     }
+
+    /// Microseconds between requests at the steady rate, at least 1: what the Redis
+    /// scripts read.
+    #[cfg(feature = "redis")]
+    pub(crate) fn emission_us(&self) -> u64 {
+        let us = self.window.as_micros() / u128::from(self.limit.max(1));
+        u64::try_from(us.max(1)).unwrap_or(u64::MAX)
+    }
 }
 
 #[cfg(test)]
