@@ -9,36 +9,18 @@
 
 mod common;
 
-use common::redis::{OwnRedis, unique};
+use common::redis::{OwnRedis, limited, unique};
 
-use std::convert::Infallible;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, SystemTime};
 
-use http::{Request, Response, StatusCode};
-use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
+use http::StatusCode;
 use tower_api_guard::FailurePolicy;
-use tower_api_guard::auth::AuthLayer;
 use tower_api_guard::clock::ManualClock;
-use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
+use tower_api_guard::rate_limit::{Quota, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 
-type Svc = BoxCloneService<
-    Request<()>,
-    Response<tower_api_guard::body::ResponseBody<tower_api_guard::body::ResponseBody<String>>>,
-    Infallible,
->;
-
-fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
-    let jwt = common::jwt::trusting(issuer, "api").build().unwrap();
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(AuthLayer::new(jwt))
-            .layer(RateLimiterLayer::new([Quota::parse(quota).unwrap()]).redis(store))
-            .service_fn(common::calls::ok::<()>),
-    )
-}
+type Svc = common::redis::Limited;
 
 async fn status(svc: &Svc, token: &str) -> (StatusCode, bool) {
     let res = common::calls::call(svc, common::calls::get(Some(token))).await;
@@ -68,13 +50,13 @@ async fn two_instances_share_one_limit_and_survive_noscript() {
     };
     let issuer = TestIssuer::new("https://issuer.example");
     let prefix = unique("tag-rl-test");
-    let a = service(
+    let a = limited(
         &issuer,
         RedisStore::connect(&url).await.unwrap().prefix(&prefix),
         "3/min",
     );
     // The second sends every decision alone: both ways of calling share the state.
-    let b = service(
+    let b = limited(
         &issuer,
         RedisStore::connect(&url)
             .await
@@ -108,8 +90,8 @@ async fn a_stopped_server_follows_the_failure_policy_and_recovery_follows() {
     };
     let (url, port) = (redis.url(), redis.port());
     let issuer = TestIssuer::new("https://issuer.example");
-    let open = service(&issuer, RedisStore::connect(&url).await.unwrap(), "100/s");
-    let closed = service(
+    let open = limited(&issuer, RedisStore::connect(&url).await.unwrap(), "100/s");
+    let closed = limited(
         &issuer,
         RedisStore::connect(&url)
             .await

@@ -13,11 +13,11 @@
 
 mod common;
 
-use common::redis::{env_url, unique};
+use common::redis::{OwnRedis, env_url, limited, unique};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response, StatusCode};
@@ -27,12 +27,6 @@ use tower_api_guard::jwt::{RedisRevocations, RevocationStore, TokenFacts};
 use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
 use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::{FailurePolicy, RedisConnection};
-
-type Svc = BoxCloneService<
-    Request<()>,
-    Response<tower_api_guard::body::ResponseBody<tower_api_guard::body::ResponseBody<String>>>,
-    Infallible,
->;
 
 fn cluster_url() -> Option<String> {
     env_url("REDIS_CLUSTER_URL")
@@ -44,16 +38,6 @@ fn nodes(url: &str) -> Vec<String> {
         .split(',')
         .map(str::to_owned)
         .collect()
-}
-
-fn service(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Svc {
-    let jwt = common::jwt::trusting(issuer, "api").build().unwrap();
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(tower_api_guard::auth::AuthLayer::new(jwt))
-            .layer(RateLimiterLayer::new([Quota::parse(quota).unwrap()]).redis(store))
-            .service_fn(common::calls::ok::<()>),
-    )
 }
 
 /// A plain connection to one node (not a cluster connection), to see where keys live.
@@ -94,8 +78,8 @@ async fn two_instances_share_one_limit_across_all_masters() {
             .prefix(&prefix)
             .timeout(Duration::from_secs(2))
     };
-    let a = service(&issuer, store().await, "4/min");
-    let b = service(&issuer, store().await, "4/min");
+    let a = limited(&issuer, store().await, "4/min");
+    let b = limited(&issuer, store().await, "4/min");
     let mut tasks = tokio::task::JoinSet::new();
     for who in 0..16 {
         let token = issuer
@@ -226,7 +210,7 @@ async fn revocations_are_seen_across_instances() {
 struct OwnCluster {
     dir: std::path::PathBuf,
     ports: Vec<u16>,
-    children: BTreeMap<u16, Child>,
+    nodes: BTreeMap<u16, OwnRedis>,
 }
 
 impl OwnCluster {
@@ -236,7 +220,7 @@ impl OwnCluster {
         let mut cluster = Self {
             dir,
             ports: ports.clone(),
-            children: BTreeMap::new(),
+            nodes: BTreeMap::new(),
         };
         for &port in &ports {
             cluster.start_node(port).await;
@@ -259,36 +243,25 @@ impl OwnCluster {
     async fn start_node(&mut self, port: u16) {
         let dir = self.dir.join(port.to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        let settings = [
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-node-timeout".into(),
+            "1000".into(),
             // The other masters keep serving their slots while one is down.
-            .args(["--cluster-require-full-coverage", "no"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--cluster-config-file")
-            .arg(dir.join("nodes.conf"))
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (see .ci/run)");
-        self.children.insert(port, child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            "--cluster-require-full-coverage".into(),
+            "no".into(),
+            "--cluster-config-file".into(),
+            dir.join("nodes.conf").into_os_string(),
+            "--dir".into(),
+            dir.into_os_string(),
+        ];
+        let node: OwnRedis = OwnRedis::start_with(port, settings).await;
+        self.nodes.insert(port, node);
     }
 
     fn stop_node(&mut self, port: u16) {
-        if let Some(mut child) = self.children.remove(&port) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes.remove(&port);
     }
 
     /// Until every node says `cluster_state:ok`.
@@ -386,7 +359,7 @@ async fn a_stopped_master_follows_the_failure_policy_and_recovers() {
     }
     // Through the layer, fail open lets the stopped master's identities through.
     let issuer = TestIssuer::new("https://issuer.example");
-    let open = service(
+    let open = limited(
         &issuer,
         RedisStore::connect(&url)
             .await

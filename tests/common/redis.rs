@@ -1,9 +1,34 @@
 //! Redis for the tests: the servers `.ci/run` starts (named by `REDIS_URL` and
-//! `REDIS_CLUSTER_URL`), key prefixes of a test's own, and a redis-server of a test's own
-//! to stop, freeze or restart mid-test.
+//! `REDIS_CLUSTER_URL`), key prefixes of a test's own, a redis-server of a test's own to
+//! stop, freeze or restart mid-test, and a rate-limited service over a Redis store.
 
+use std::convert::Infallible;
+use std::ffi::OsStr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+use tower_api_guard::auth::AuthLayer;
+use tower_api_guard::body::ResponseBody;
+use tower_api_guard::rate_limit::{Quota, RateLimiterLayer, RedisStore};
+use tower_api_guard::testing::TestIssuer;
+
+/// A service behind JWT authentication and a rate limit kept in Redis.
+pub type Limited =
+    BoxCloneService<Request<()>, Response<ResponseBody<ResponseBody<String>>>, Infallible>;
+
+/// `issuer`'s tokens for audience `api`, limited to `quota` per identity in `store`.
+pub fn limited(issuer: &TestIssuer, store: RedisStore, quota: &str) -> Limited {
+    let jwt = super::jwt::trusting(issuer, "api").build().unwrap();
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(AuthLayer::new(jwt))
+            .layer(RateLimiterLayer::new([Quota::parse(quota).unwrap()]).redis(store))
+            .service_fn(super::calls::ok::<()>),
+    )
+}
 
 /// The URL in `var`, or `None` with the reason printed (a laptop without the servers).
 pub fn env_url(var: &str) -> Option<String> {
@@ -44,9 +69,19 @@ impl OwnRedis {
 
     /// A server on `port` (again, after [`stop`](Self::stop)), answering when this returns.
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, [] as [&str; 0]).await
+    }
+
+    /// A server on `port` with more settings (`--cluster-enabled yes`, …).
+    pub async fn start_with<I, A>(port: u16, settings: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
