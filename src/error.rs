@@ -37,6 +37,158 @@ pub enum AuthErrorKind {
     UseDpopNonce,
 }
 
+/// Why a request was rejected, from a fixed set: the `reason` label of the crate's
+/// metrics and the `reason` field of its audit events (see [`crate::metrics`]). Never
+/// credential data; [`AuthError::reason`] holds the free-text detail for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReasonCode {
+    /// No credential was presented.
+    MissingCredentials,
+    /// The request or the credential is malformed (two credentials, bad characters, a
+    /// token that does not parse).
+    Malformed,
+    /// The credential is longer than the cap.
+    TooLarge,
+    /// The credential is not valid, for a reason without a code of its own.
+    InvalidToken,
+    /// The token or key has expired.
+    Expired,
+    /// The token is not valid yet (`nbf`, or `iat` in the future).
+    NotYetValid,
+    /// The signature does not verify.
+    BadSignature,
+    /// The token names a key (`kid`) the key set does not hold.
+    UnknownKid,
+    /// The token's algorithm is `none`, unsupported, or not allowed.
+    AlgorithmNotAllowed,
+    /// The issuer is not the expected one.
+    BadIssuer,
+    /// The audience is not an expected one.
+    BadAudience,
+    /// The token or key has been revoked.
+    Revoked,
+    /// The API key is not in the store.
+    UnknownKey,
+    /// The API key is older than the age policy's maximum.
+    KeyTooOld,
+    /// The introspection endpoint answered that the token is not active.
+    Inactive,
+    /// The DPoP proof is missing or invalid.
+    InvalidDpopProof,
+    /// The DPoP proof was seen before.
+    DpopReplay,
+    /// The DPoP proof lacks the server's current nonce.
+    UseDpopNonce,
+    /// The token is bound to a key or certificate the request does not prove.
+    BindingMismatch,
+    /// A required scope or role is missing.
+    InsufficientScope,
+    /// Not allowed to touch this resource (not its owner, a check said no).
+    Forbidden,
+    /// A policy engine said no.
+    PolicyDenied,
+    /// Over a rate limit.
+    RateLimited,
+    /// Over an in-flight (concurrency) limit.
+    ConcurrencyLimited,
+    /// The client is locked out after repeated failures (brute-force guard).
+    LockedOut,
+    /// A dependency (key set, key store, Redis, policy engine) is unavailable.
+    Unavailable,
+}
+
+impl ReasonCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ReasonCode; 26] = [
+        Self::MissingCredentials,
+        Self::Malformed,
+        Self::TooLarge,
+        Self::InvalidToken,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::BadSignature,
+        Self::UnknownKid,
+        Self::AlgorithmNotAllowed,
+        Self::BadIssuer,
+        Self::BadAudience,
+        Self::Revoked,
+        Self::UnknownKey,
+        Self::KeyTooOld,
+        Self::Inactive,
+        Self::InvalidDpopProof,
+        Self::DpopReplay,
+        Self::UseDpopNonce,
+        Self::BindingMismatch,
+        Self::InsufficientScope,
+        Self::Forbidden,
+        Self::PolicyDenied,
+        Self::RateLimited,
+        Self::ConcurrencyLimited,
+        Self::LockedOut,
+        Self::Unavailable,
+    ];
+
+    /// The code as a metric label value and audit field: `snake_case`, stable.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "missing_credentials",
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::InvalidToken => "invalid_token",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKid => "unknown_kid",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::BadIssuer => "bad_issuer",
+            Self::BadAudience => "bad_audience",
+            Self::Revoked => "revoked",
+            Self::UnknownKey => "unknown_key",
+            Self::KeyTooOld => "key_too_old",
+            Self::Inactive => "inactive",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::DpopReplay => "dpop_replay",
+            Self::UseDpopNonce => "use_dpop_nonce",
+            Self::BindingMismatch => "binding_mismatch",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::Forbidden => "forbidden",
+            Self::PolicyDenied => "policy_denied",
+            Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+            Self::LockedOut => "locked_out",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The code an error of `kind` has unless a more precise one is set.
+    pub const fn of_kind(kind: AuthErrorKind) -> Self {
+        match kind {
+            AuthErrorKind::MissingCredentials => Self::MissingCredentials,
+            AuthErrorKind::InvalidRequest => Self::Malformed,
+            AuthErrorKind::InvalidToken => Self::InvalidToken,
+            AuthErrorKind::InsufficientScope => Self::InsufficientScope,
+            AuthErrorKind::Forbidden => Self::Forbidden,
+            AuthErrorKind::RateLimited => Self::RateLimited,
+            AuthErrorKind::Unavailable => Self::Unavailable,
+            AuthErrorKind::InvalidDpopProof => Self::InvalidDpopProof,
+            AuthErrorKind::UseDpopNonce => Self::UseDpopNonce,
+        }
+    }
+
+    /// The position of this code in [`ALL`](Self::ALL).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl AuthErrorKind {
     /// The HTTP status for this kind.
     pub fn status(self) -> StatusCode {
@@ -101,6 +253,7 @@ impl AuthErrorKind {
 #[derive(Clone)]
 pub struct AuthError {
     kind: AuthErrorKind,
+    code: ReasonCode,
     reason: Cow<'static, str>,
     scope: Option<Cow<'static, str>>,
     retry_after: Option<Duration>,
@@ -171,6 +324,7 @@ impl AuthError {
     fn new(kind: AuthErrorKind, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             kind,
+            code: ReasonCode::of_kind(kind),
             reason: reason.into(),
             scope: None,
             retry_after: None,
@@ -249,6 +403,28 @@ impl AuthError {
         self
     }
 
+    /// The same error with a more precise [`ReasonCode`] (the kind, and so the status,
+    /// stay). Custom authenticators and checks use it so that their rejections count under
+    /// the right `reason` in metrics and audit events.
+    ///
+    /// ```
+    /// use tower_api_guard::{AuthError, ReasonCode};
+    ///
+    /// let e = AuthError::invalid_token("session ended").with_code(ReasonCode::Revoked);
+    /// assert_eq!(e.code(), ReasonCode::Revoked);
+    /// assert_eq!(e.status(), 401);
+    /// ```
+    #[must_use]
+    pub fn with_code(mut self, code: ReasonCode) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// Why, from a fixed set: the `reason` of metrics and audit events.
+    pub fn code(&self) -> ReasonCode {
+        self.code
+    }
+
     /// The kind.
     pub fn kind(&self) -> AuthErrorKind {
         self.kind
@@ -279,7 +455,9 @@ impl AuthError {
 impl fmt::Debug for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("AuthError");
-        d.field("kind", &self.kind).field("reason", &self.reason);
+        d.field("kind", &self.kind)
+            .field("code", &self.code)
+            .field("reason", &self.reason);
         if let Some(scope) = &self.scope {
             d.field("scope", scope);
         }

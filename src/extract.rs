@@ -122,7 +122,8 @@ impl TokenExtractor {
         };
         if !checked {
             if token.len() > self.max_len {
-                return Err(AuthError::invalid_token("token longer than the cap"));
+                return Err(AuthError::invalid_token("token longer than the cap")
+                    .with_code(crate::error::ReasonCode::TooLarge));
             }
             check_b64token(token)?;
         }
@@ -263,7 +264,8 @@ pub(crate) fn scheme_token<'h>(
         return Err(AuthError::invalid_request("empty token"));
     }
     if token.len() > max_len {
-        return Err(AuthError::invalid_token("token longer than the cap"));
+        return Err(AuthError::invalid_token("token longer than the cap")
+            .with_code(crate::error::ReasonCode::TooLarge));
     }
     check_b64token(token)?;
     Ok(Some(token))
@@ -406,7 +408,8 @@ mod tests {
             return Ok(None);
         };
         if token.len() > max_len {
-            return Err(AuthError::invalid_token("token longer than the cap"));
+            return Err(AuthError::invalid_token("token longer than the cap")
+                .with_code(crate::error::ReasonCode::TooLarge));
         }
         check_b64token(token)?;
         Ok(Some(token))

@@ -341,6 +341,7 @@ fn reject<C: Check, B>(
     request: &Request<B>,
 ) -> Response<Bytes> {
     let Rejection { error, headers } = rejection;
+    crate::metrics::decision(C::LAYER, Some(error.code()));
     report(C::LAYER, &error, request.extensions().get::<Identity>());
     let renderer = renderer_for(shared.renderer.as_ref(), request.extensions());
     let mut response = renderer.render(&error, &RequestHead::of(request));
@@ -408,6 +409,7 @@ where
         }
         match shared.check.check(&mut request) {
             Step::Allow(ticket) => {
+                crate::metrics::decision(C::LAYER, None);
                 admit(shared, &mut request);
                 ResponseFuture::calling(self.inner.call(request), ticket)
             }
@@ -519,6 +521,7 @@ where
                     } = *pending;
                     match shared.check.resume(output, &mut request) {
                         Verdict::Allow(ticket) => {
+                            crate::metrics::decision(C::LAYER, None);
                             admit(&shared, &mut request);
                             let future = inner.call(request);
                             this.state.set(State::Calling {

@@ -132,6 +132,8 @@ pub mod introspection;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub mod metrics;
+
 #[cfg(feature = "rate-limit")]
 mod stack;
 #[cfg(feature = "rate-limit")]
@@ -154,6 +156,7 @@ pub use cert::ClientCertificate;
 pub use client::ClientAddr;
 pub use error::{
     AuthError, AuthErrorKind, ConfigError, ConfigErrorKind, DpopChallenge, FailurePolicy,
+    ReasonCode,
 };
 pub use head::RequestHead;
 pub use identity::{Identity, RoleModel, Roles, Scopes, Source};

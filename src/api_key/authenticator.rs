@@ -110,7 +110,8 @@ impl ApiKeyAuthenticator {
         let credential = ApiKeyCredential(self.inner.format.digest(key));
         match self.authenticate(credential).await? {
             Some(identity) => Ok(identity),
-            None => Err(AuthError::invalid_token("unknown API key")),
+            None => Err(AuthError::invalid_token("unknown API key")
+                .with_code(crate::error::ReasonCode::UnknownKey)),
         }
     }
 }
@@ -120,14 +121,17 @@ impl Inner {
     /// Records the use when the key passes.
     fn admit(&self, record: &ApiKeyRecord, digest: &KeyDigest) -> Result<(), AuthError> {
         if !record.digest.ct_eq(digest) {
-            return Err(AuthError::invalid_token("unknown API key"));
+            return Err(AuthError::invalid_token("unknown API key")
+                .with_code(crate::error::ReasonCode::UnknownKey));
         }
         let now = self.clock.now();
         if record.revoked_at.is_some_and(|at| now >= at) {
-            return Err(AuthError::invalid_token("API key revoked"));
+            return Err(AuthError::invalid_token("API key revoked")
+                .with_code(crate::error::ReasonCode::Revoked));
         }
         if record.expires_at.is_some_and(|at| now >= at) {
-            return Err(AuthError::invalid_token("API key expired"));
+            return Err(AuthError::invalid_token("API key expired")
+                .with_code(crate::error::ReasonCode::Expired));
         }
         if let Some(tracker) = &self.last_used {
             tracker.touch(&record.id, now);
@@ -140,7 +144,10 @@ impl Inner {
 async fn check(inner: Arc<Inner>, digest: KeyDigest) -> Outcome {
     let record = match inner.store.find(&digest).await {
         Ok(Some(record)) => record,
-        Ok(None) => return Err(AuthError::invalid_token("unknown API key")),
+        Ok(None) => {
+            return Err(AuthError::invalid_token("unknown API key")
+                .with_code(crate::error::ReasonCode::UnknownKey));
+        }
         Err(e) => {
             tracing::warn!(target: "tower_api_guard::api_key", reason = %e.reason(), "API key store failed");
             return Err(AuthError::unavailable(
@@ -230,7 +237,8 @@ impl Authenticator for ApiKeyAuthenticator {
                 .inner
                 .admit(key.record(), digest)
                 .map(|()| Some(key.identity().clone()))),
-            Some(CachedLookup::Unknown) => Ok(Err(AuthError::invalid_token("unknown API key"))),
+            Some(CachedLookup::Unknown) => Ok(Err(AuthError::invalid_token("unknown API key")
+                .with_code(crate::error::ReasonCode::UnknownKey))),
             None => Err(credential),
         }
     }

@@ -465,7 +465,9 @@ fn failed<R>(response: &Response<R>) -> bool {
 }
 
 fn refuse(retry: Duration, reason: &'static str) -> AuthError {
-    AuthError::rate_limited(retry.max(Duration::from_millis(1))).with_reason(reason)
+    AuthError::rate_limited(retry.max(Duration::from_millis(1)))
+        .with_reason(reason)
+        .with_code(crate::error::ReasonCode::LockedOut)
 }
 
 impl Check for CountFailures {

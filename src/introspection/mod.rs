@@ -254,7 +254,8 @@ impl IntrospectionAuthenticator {
     fn from_answer(answer: Answer) -> Outcome {
         match answer {
             Answer::Active { identity, .. } => Ok(Some(identity)),
-            Answer::Inactive { .. } => Err(AuthError::invalid_token("token is not active")),
+            Answer::Inactive { .. } => Err(AuthError::invalid_token("token is not active")
+                .with_code(crate::error::ReasonCode::Inactive)),
         }
     }
 
@@ -290,7 +291,8 @@ impl IntrospectionAuthenticator {
         if let Some(exp) = exp
             && now - c.leeway >= exp
         {
-            return Err(AuthError::invalid_token("token expired"));
+            return Err(AuthError::invalid_token("token expired")
+                .with_code(crate::error::ReasonCode::Expired));
         }
         if let Some(nbf) = claims::numeric_date(&map, "nbf")?
             && now + c.leeway < nbf
@@ -302,7 +304,8 @@ impl IntrospectionAuthenticator {
         if let Some(required) = &c.issuer
             && iss.as_deref() != Some(required.as_str())
         {
-            return Err(AuthError::invalid_token("iss does not match"));
+            return Err(AuthError::invalid_token("iss does not match")
+                .with_code(crate::error::ReasonCode::BadIssuer));
         }
         if !c.audiences.is_empty() {
             let matches = |a: &str| c.audiences.iter().any(|x| x == a);
@@ -326,7 +329,8 @@ impl IntrospectionAuthenticator {
                 }
             };
             if !ok {
-                return Err(AuthError::invalid_token("aud does not match"));
+                return Err(AuthError::invalid_token("aud does not match")
+                    .with_code(crate::error::ReasonCode::BadAudience));
             }
         }
         let identity = claims::identity_from(
@@ -386,7 +390,8 @@ impl IntrospectionAuthenticator {
         };
         match store.is_revoked(&facts).await {
             Ok(false) => outcome,
-            Ok(true) => Err(AuthError::invalid_token("token revoked")),
+            Ok(true) => Err(AuthError::invalid_token("token revoked")
+                .with_code(crate::error::ReasonCode::Revoked)),
             Err(e) => {
                 tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed");
                 match policy {

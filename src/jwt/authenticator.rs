@@ -198,7 +198,8 @@ impl JwtAuthenticator {
     /// Exactly the rejections the layer would give.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.len() > self.config.extractor.max_token_len() {
-            return Err(AuthError::invalid_token("token longer than the cap"));
+            return Err(AuthError::invalid_token("token longer than the cap")
+                .with_code(crate::error::ReasonCode::TooLarge));
         }
         let binding = Binding::NONE;
         match self.verify_token(token.to_owned(), false, binding).await? {
@@ -344,7 +345,8 @@ impl JwtAuthenticator {
             Ok(identity) => self.conclude(identity, binding),
             Err(Step::Reject(e)) => JwtFuture::ready(Err(e)),
             Err(Step::UnknownKid(kid)) => match self.config.keys.refresh_for_unknown_kid(&kid) {
-                None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid"))),
+                None => JwtFuture::ready(Err(AuthError::invalid_token("unknown kid")
+                    .with_code(crate::error::ReasonCode::UnknownKid))),
                 Some(refresh) => {
                     let this = self.clone();
                     JwtFuture(ReadyOrBoxed::boxed(async move {
@@ -353,7 +355,8 @@ impl JwtAuthenticator {
                             Ok(identity) => this.conclude(identity, binding).await,
                             Err(Step::Reject(e)) => Err(e),
                             Err(Step::UnknownKid(_)) => {
-                                Err(AuthError::invalid_token("unknown kid"))
+                                Err(AuthError::invalid_token("unknown kid")
+                                    .with_code(crate::error::ReasonCode::UnknownKid))
                             }
                         }
                     }))
@@ -467,7 +470,8 @@ impl JwtAuthenticator {
         };
         match store.is_revoked(&facts).await {
             Ok(false) => Ok(Some(identity)),
-            Ok(true) => Err(AuthError::invalid_token("token revoked")),
+            Ok(true) => Err(AuthError::invalid_token("token revoked")
+                .with_code(crate::error::ReasonCode::Revoked)),
             Err(e) => match policy {
                 FailurePolicy::Closed => {
                     tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; rejecting (fail closed)");
@@ -486,7 +490,7 @@ impl JwtAuthenticator {
 }
 
 fn replayed() -> AuthError {
-    AuthError::invalid_dpop_proof("proof replayed")
+    AuthError::invalid_dpop_proof("proof replayed").with_code(crate::error::ReasonCode::DpopReplay)
 }
 
 /// Why the synchronous path stopped.
@@ -516,7 +520,14 @@ pub(crate) fn verify_jws(
     algorithms: &[Algorithm],
     typ: Option<&str>,
 ) -> Result<VerifiedJws, Step> {
-    let invalid = |r: &'static str| Step::Reject(AuthError::invalid_token(r));
+    let invalid = |r: &'static str| {
+        Step::Reject(AuthError::invalid_token(r).with_code(crate::error::ReasonCode::Malformed))
+    };
+    let algorithm = |r: &'static str| {
+        Step::Reject(
+            AuthError::invalid_token(r).with_code(crate::error::ReasonCode::AlgorithmNotAllowed),
+        )
+    };
     let compact = jose::split_compact(token).map_err(invalid)?;
     let header_bytes = jose::decode_b64url(compact.header).map_err(invalid)?;
     let payload = jose::decode_b64url(compact.claims).map_err(invalid)?;
@@ -524,14 +535,14 @@ pub(crate) fn verify_jws(
     let header = jose::parse_object(&header_bytes).map_err(invalid)?;
     let header = jose::parse_header(&header).map_err(invalid)?;
     if header.alg.eq_ignore_ascii_case("none") {
-        return Err(invalid("alg none"));
+        return Err(algorithm("alg none"));
     }
     let alg: Algorithm = header
         .alg
         .parse()
-        .map_err(|_| invalid("alg not supported"))?;
+        .map_err(|_| algorithm("alg not supported"))?;
     if !algorithms.contains(&alg) {
-        return Err(invalid("alg not allowed"));
+        return Err(algorithm("alg not allowed"));
     }
     if let Some(required) = typ
         && !typ_matches(header.typ.as_deref(), required)
@@ -558,7 +569,10 @@ pub(crate) fn verify_jws(
         }
     }
     if any_key {
-        Err(invalid("signature does not verify"))
+        Err(Step::Reject(
+            AuthError::invalid_token("signature does not verify")
+                .with_code(crate::error::ReasonCode::BadSignature),
+        ))
     } else {
         Err(invalid("no key fits the token's alg"))
     }
@@ -1060,7 +1074,10 @@ pub fn verify_signature(
     match verify_jws(token, keys, algorithms, None) {
         Ok(v) => Ok(v.payload),
         Err(Step::Reject(e)) => Err(e),
-        Err(Step::UnknownKid(_)) => Err(AuthError::invalid_token("unknown kid")),
+        Err(Step::UnknownKid(_)) => {
+            Err(AuthError::invalid_token("unknown kid")
+                .with_code(crate::error::ReasonCode::UnknownKid))
+        }
     }
 }
 

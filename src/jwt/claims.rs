@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, ReasonCode};
 use crate::identity::{Identity, Source, claim_path};
 
 /// A list of claim names (or paths) from any strings: the builders' settings.
@@ -73,29 +73,29 @@ pub(crate) fn validate(
 ) -> Result<Identity, AuthError> {
     let exp = numeric_date(&claims, "exp")?.ok_or_else(|| invalid("exp missing"))?;
     if now - rules.leeway >= exp {
-        return Err(invalid("token expired"));
+        return Err(invalid("token expired").with_code(ReasonCode::Expired));
     }
     if let Some(nbf) = numeric_date(&claims, "nbf")?
         && now + rules.leeway < nbf
     {
-        return Err(invalid("token not yet valid (nbf)"));
+        return Err(invalid("token not yet valid (nbf)").with_code(ReasonCode::NotYetValid));
     }
     let iat = numeric_date(&claims, "iat")?;
     if let Some(iat) = iat
         && iat > now + rules.leeway
     {
-        return Err(invalid("token issued in the future (iat)"));
+        return Err(invalid("token issued in the future (iat)").with_code(ReasonCode::NotYetValid));
     }
     if let Some(max_age) = rules.max_age {
         let iat = iat.ok_or_else(|| invalid("iat missing and a maximum age is set"))?;
         if now - iat > max_age.as_secs_f64() + rules.leeway {
-            return Err(invalid("token older than the maximum age"));
+            return Err(invalid("token older than the maximum age").with_code(ReasonCode::Expired));
         }
     }
 
     match optional_string(&claims, "iss")? {
         Some(iss) if iss == rules.issuer => {}
-        Some(_) => return Err(invalid("iss does not match")),
+        Some(_) => return Err(invalid("iss does not match").with_code(ReasonCode::BadIssuer)),
         None => return Err(invalid("iss missing")),
     }
 
@@ -118,7 +118,7 @@ pub(crate) fn validate(
         Some(_) => return Err(invalid("aud is neither a string nor an array")),
     };
     if !aud_ok {
-        return Err(invalid("aud does not match"));
+        return Err(invalid("aud does not match").with_code(ReasonCode::BadAudience));
     }
     let source = Source::Jwt {
         issuer: rules.issuer.to_owned(),

@@ -267,7 +267,10 @@ fn outcome(
         }
         Ok(decision) => {
             decided!(info, decision, "policy denied");
-            Outcome::Deny(AuthError::forbidden("policy denied"))
+            Outcome::Deny(
+                AuthError::forbidden("policy denied")
+                    .with_code(crate::error::ReasonCode::PolicyDenied),
+            )
         }
         Err(error) => {
             tracing::warn!(

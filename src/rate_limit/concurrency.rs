@@ -113,7 +113,8 @@ impl Check for LimitInFlight {
         };
         if !admitted {
             let error = AuthError::rate_limited(Duration::from_secs(1))
-                .with_reason("too many requests in flight");
+                .with_reason("too many requests in flight")
+                .with_code(crate::error::ReasonCode::ConcurrencyLimited);
             return Step::Deny(error.into());
         }
         Step::Allow(Some(Slot {

@@ -432,7 +432,8 @@ impl Binding {
             return match self.proof {
                 Some(_) => Err(AuthError::invalid_token(
                     "DPoP proof with a token that is not DPoP-bound",
-                )),
+                )
+                .with_code(crate::error::ReasonCode::BindingMismatch)),
                 None => Ok(()),
             };
         };
@@ -462,7 +463,8 @@ impl Binding {
             (Some(_), None) => {
                 return Err(AuthError::invalid_token(
                     "DPoP-bound token presented without a DPoP proof",
-                ));
+                )
+                .with_code(crate::error::ReasonCode::BindingMismatch));
             }
             (None, Some(_)) => {
                 return Err(AuthError::invalid_token(
@@ -477,12 +479,14 @@ impl Binding {
                 Some(_) => {
                     return Err(AuthError::invalid_token(
                         "client certificate does not match the token's cnf x5t#S256",
-                    ));
+                    )
+                    .with_code(crate::error::ReasonCode::BindingMismatch));
                 }
                 None => {
                     return Err(AuthError::invalid_token(
                         "certificate-bound token without a client certificate",
-                    ));
+                    )
+                    .with_code(crate::error::ReasonCode::BindingMismatch));
                 }
             }
         }
