@@ -258,6 +258,8 @@ pub struct AuthError {
     scope: Option<Cow<'static, str>>,
     retry_after: Option<Duration>,
     dpop: Option<Arc<DpopChallenge>>,
+    /// The policies that decided a policy rejection, for audit events.
+    policies: Option<Arc<str>>,
 }
 
 /// What a rejection by an authenticator that accepts DPoP (RFC 9449) tells the client, for
@@ -329,6 +331,7 @@ impl AuthError {
             scope: None,
             retry_after: None,
             dpop: None,
+            policies: None,
         }
     }
 
@@ -418,6 +421,19 @@ impl AuthError {
     pub fn with_code(mut self, code: ReasonCode) -> Self {
         self.code = code;
         self
+    }
+
+    /// The same error naming the policies that decided it (comma-separated ids).
+    #[cfg_attr(not(feature = "policy"), allow(dead_code))]
+    pub(crate) fn with_policies(mut self, policies: impl Into<Arc<str>>) -> Self {
+        self.policies = Some(policies.into());
+        self
+    }
+
+    /// The ids of the policies that decided a policy rejection (comma-separated), for
+    /// audit events.
+    pub fn policies(&self) -> Option<&str> {
+        self.policies.as_deref()
     }
 
     /// Why, from a fixed set: the `reason` of metrics and audit events.

@@ -60,6 +60,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::audit::{self, Admitted};
 use crate::body::ResponseBody;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::head::RequestHead;
@@ -154,6 +155,12 @@ mod sealed {
             output: <Self::Wait as Future>::Output,
             request: &mut Request<B>,
         ) -> Verdict<Self::Ticket>;
+
+        /// What this layer asks of the request, for audit events (an authorization
+        /// layer's scopes, roles, expression or policy). By default nothing.
+        fn asked(&self) -> Option<&str> {
+            None
+        }
 
         /// The inner service answered: use the ticket (add headers, record, release).
         fn finish<R>(ticket: Self::Ticket, response: &mut Response<R>);
@@ -345,6 +352,13 @@ fn reject<C: Check, B>(
     report(C::LAYER, &error, request.extensions().get::<Identity>());
     let renderer = renderer_for(shared.renderer.as_ref(), request.extensions());
     let mut response = renderer.render(&error, &RequestHead::of(request));
+    audit::rejected(
+        C::LAYER,
+        &error,
+        request,
+        response.status(),
+        shared.check.asked(),
+    );
     // Each name replaces what the renderer set; a name listed twice in a row keeps both
     // (a subject's and a credential's `RateLimit-Policy`).
     let mut last: Option<HeaderName> = None;
@@ -411,7 +425,8 @@ where
             Step::Allow(ticket) => {
                 crate::metrics::decision(C::LAYER, None);
                 admit(shared, &mut request);
-                ResponseFuture::calling(self.inner.call(request), ticket)
+                let audit = Admitted::capture(C::LAYER, &request, shared.check.asked());
+                ResponseFuture::calling(self.inner.call(request), ticket, audit)
             }
             Step::Deny(rejection) => ResponseFuture::rejected(reject(shared, rejection, &request)),
             Step::Wait(wait) => {
@@ -425,6 +440,7 @@ where
                         request,
                         shared: self.shared.clone(),
                     })),
+                    audit: None,
                 }
             }
         }
@@ -450,6 +466,8 @@ pin_project! {
         // Boxed: only a check that waits needs it, and an answer known at once then moves
         // a small future instead of one that carries a whole request.
         pending: Option<Box<Pending<C, S, ReqBody>>>,
+        // What the audit event of an admission says, when a subscriber wants it.
+        audit: Option<Box<Admitted>>,
     }
 }
 
@@ -468,13 +486,14 @@ where
     C: Check,
     S: Service<Request<ReqBody>>,
 {
-    fn calling(future: S::Future, ticket: C::Ticket) -> Self {
+    fn calling(future: S::Future, ticket: C::Ticket, audit: Option<Box<Admitted>>) -> Self {
         Self {
             state: State::Calling {
                 future,
                 ticket: Some(ticket),
             },
             pending: None,
+            audit,
         }
     }
 
@@ -485,6 +504,7 @@ where
                 ticket: None,
             },
             pending: None,
+            audit: None,
         }
     }
 
@@ -494,6 +514,7 @@ where
                 response: Some(response),
             },
             pending: None,
+            audit: None,
         }
     }
 }
@@ -523,6 +544,8 @@ where
                         Verdict::Allow(ticket) => {
                             crate::metrics::decision(C::LAYER, None);
                             admit(&shared, &mut request);
+                            *this.audit =
+                                Admitted::capture(C::LAYER, &request, shared.check.asked());
                             let future = inner.call(request);
                             this.state.set(State::Calling {
                                 future,
@@ -542,6 +565,9 @@ where
                     // On an error too: the ticket (a held slot) is released here.
                     let ticket = ticket.take();
                     let mut response = result?;
+                    if let Some(audit) = this.audit.take() {
+                        audit.report(response.status());
+                    }
                     if let Some(ticket) = ticket
                         && let Some(finishing) = C::finish_later(ticket, &mut response)
                     {

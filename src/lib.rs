@@ -132,6 +132,7 @@ pub mod introspection;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+pub mod audit;
 pub mod metrics;
 
 #[cfg(feature = "rate-limit")]

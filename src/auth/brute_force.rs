@@ -484,6 +484,9 @@ impl Check for CountFailures {
             .client
             .peer(request.extensions())
             .map(|peer| s.client.resolve(peer, request.headers()));
+        if let Some(client) = client {
+            crate::audit::note_client(request, client);
+        }
         let id = s
             .credential
             .as_ref()

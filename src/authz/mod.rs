@@ -649,6 +649,10 @@ impl Check for Authorize {
         }
     }
 
+    fn asked(&self) -> Option<&str> {
+        Some(&self.requirement.required)
+    }
+
     fn finish<R>((): (), _response: &mut Response<R>) {}
 }
 

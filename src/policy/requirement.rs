@@ -269,7 +269,8 @@ fn outcome(
             decided!(info, decision, "policy denied");
             Outcome::Deny(
                 AuthError::forbidden("policy denied")
-                    .with_code(crate::error::ReasonCode::PolicyDenied),
+                    .with_code(crate::error::ReasonCode::PolicyDenied)
+                    .with_policies(decision.policies().join(",")),
             )
         }
         Err(error) => {
