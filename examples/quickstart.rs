@@ -118,6 +118,71 @@ use tower_api_guard::testing::TestIssuer;
 use tower_api_guard::upstream::{IdentityHeadersLayer, InternalJwtIssuer};
 use tower_api_guard::{GuardLayer, Identity, RedisConnection};
 
+/// Whether logs are JSON lines on stdout (GUARD_LOG_FORMAT=json): the banner and curl
+/// lines then go to stderr, so that stdout holds nothing but JSON.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `println!`, or `eprintln!` when stdout carries JSON logs.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
+/// Install the Prometheus recorder and serve `GET /metrics` on `addr` (GUARD_METRICS_ADDR).
+async fn serve_metrics(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("GUARD_METRICS_ADDR is not a socket address: {e}"))?;
+    // Latencies as histograms with buckets from 50 µs to 2.5 s (Grafana's
+    // histogram_quantile), not summaries.
+    let buckets = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .map_err(|e| format!("GUARD_METRICS_ADDR: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("GUARD_METRICS_ADDR: {e}"))?;
+    tower_api_guard::metrics::describe();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("GUARD_METRICS_ADDR: binding {addr}: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let text = handle.render();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    });
+    say!("Prometheus metrics on http://{addr}/metrics (GUARD_METRICS_ADDR)");
+    Ok(())
+}
+
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -126,16 +191,35 @@ const DEV_AUDIENCE: &str = "quickstart-api";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal, not in a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // Rejections are logged at `info`; `RUST_LOG=info,tower_api_guard=debug`
-                // also logs every authenticated request (which costs throughput).
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Logs: GUARD_LOG_FORMAT=json writes JSON lines (the audit events among them).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // Rejections are logged at `info`; `RUST_LOG=info,tower_api_guard=debug` also
+        // logs every authenticated request (which costs throughput), and
+        // `RUST_LOG=info,tower_api_guard::audit=debug` every admission's audit event.
+        .unwrap_or_else(|_| "info".into());
+    match std::env::var("GUARD_LOG_FORMAT").as_deref() {
+        Ok("json") => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_env_filter(filter)
+                .init()
+        }
+        Ok("text") | Err(_) => tracing_subscriber::fmt()
+            // Colours only on a terminal, not in a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init(),
+        Ok(other) => {
+            return Err(format!("GUARD_LOG_FORMAT (text or json): {other:?}").into());
+        }
+    }
+    // Metrics: GUARD_METRICS_ADDR serves them in Prometheus text at /metrics.
+    if let Ok(metrics_addr) = std::env::var("GUARD_METRICS_ADDR") {
+        serve_metrics(&metrics_addr).await?;
+    }
 
     let addr: SocketAddr = std::env::var("GUARD_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3000".into())
@@ -206,7 +290,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let jwt = if let Ok(file) = std::env::var("GUARD_JWKS_FILE") {
                 let jwks = std::fs::read(&file)
                     .map_err(|e| format!("GUARD_JWKS_FILE: reading {file}: {e}"))?;
-                println!("Keys from {file}");
+                say!("Keys from {file}");
                 let keys = StaticKeys::from_jwks_json(&jwks)
                     .map_err(|e| format!("GUARD_JWKS_FILE ({file}): {e}"))?;
                 authenticator(&issuer, &audience, keys, dpop.clone())
@@ -214,13 +298,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 let keys = match std::env::var("GUARD_JWKS_URL") {
                     Ok(url) => {
-                        println!("Keys from {url}");
+                        say!("Keys from {url}");
                         RemoteJwks::builder(url)
                             .build()
                             .map_err(|e| format!("GUARD_JWKS_URL: {e}"))?
                     }
                     Err(_) => {
-                        println!("Keys through OIDC discovery on {issuer}");
+                        say!("Keys through OIDC discovery on {issuer}");
                         RemoteJwks::discover(issuer.clone())
                             .build()
                             .map_err(|e| format!("GUARD_ISSUER: {e}"))?
@@ -236,7 +320,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 authenticator(&issuer, &audience, keys, dpop.clone())
                     .map_err(|e| format!("GUARD_ISSUER / GUARD_AUDIENCE: {e}"))?
             };
-            println!("Protecting {scheme}://{addr} for issuer {issuer}, audience {audience}");
+            say!("Protecting {scheme}://{addr} for issuer {issuer}, audience {audience}");
             jwt
         }
         Err(_) => {
@@ -330,17 +414,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .follow(&key_cache)
                 .await
                 .map_err(|e| format!("DATABASE_URL (listening for revocations): {e}"))?;
-            println!(
-                "API keys in PostgreSQL (DATABASE_URL); revocations reach this cache within 1 s"
-            );
+            say!("API keys in PostgreSQL (DATABASE_URL); revocations reach this cache within 1 s");
             Some(follower)
         }
         None => None,
     };
     let api_keys = ApiKeyAuthenticator::new(key_format, key_cache);
-    println!("# the demo API key (scope items:read), accepted on the same routes");
-    println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/me");
-    println!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/items\n");
+    say!("# the demo API key (scope items:read), accepted on the same routes");
+    say!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/me");
+    say!("curl -i -H \"X-API-Key: {demo_key}\" {scheme}://{addr}/items\n");
 
     // The usual stack in one layer, in the fast order: the brute-force guard per client
     // address (GUARD_AUTH_FAILURE_LIMIT, default 20/min, or `off`), then authentication
@@ -417,7 +499,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(upstream) => {
             let proxy =
                 proxy::Proxy::new(&upstream, "/api").map_err(|e| format!("GUARD_UPSTREAM: {e}"))?;
-            println!("# GUARD_UPSTREAM: {scheme}://{addr}/api/… is forwarded to {upstream}");
+            say!("# GUARD_UPSTREAM: {scheme}://{addr}/api/… is forwarded to {upstream}");
             let identity = IdentityHeadersLayer::new("x-auth-")?
                 .subject("x-auth-subject")?
                 .source("x-auth-source")?
@@ -428,7 +510,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .strip_header("dpop")?;
             let identity = match &internal_jwt {
                 Some(issuer) => {
-                    println!(
+                    say!(
                         "# GUARD_INTERNAL_JWT: upstreams get an internal JWT (iss {origin}, aud upstream); \
                          keys at {scheme}://{addr}/.well-known/internal-jwks.json"
                     );
@@ -521,7 +603,7 @@ async fn redis_connection() -> Result<Option<RedisConnection>, String> {
         let conn = RedisConnection::cluster(seeds)
             .await
             .map_err(|e| format!("GUARD_REDIS_CLUSTER (host:port,host:port,…): {e}"))?;
-        println!("Shared state in a Redis Cluster (GUARD_REDIS_CLUSTER)");
+        say!("Shared state in a Redis Cluster (GUARD_REDIS_CLUSTER)");
         return Ok(Some(conn));
     }
     let Ok(url) = std::env::var("REDIS_URL") else {
@@ -531,9 +613,9 @@ async fn redis_connection() -> Result<Option<RedisConnection>, String> {
         .await
         .map_err(|e| format!("REDIS_URL: {e}"))?;
     if conn.is_cluster() {
-        println!("Shared state in a Redis Cluster (REDIS_URL)");
+        say!("Shared state in a Redis Cluster (REDIS_URL)");
     } else {
-        println!("Shared state in Redis (REDIS_URL)");
+        say!("Shared state in Redis (REDIS_URL)");
     }
     Ok(Some(conn))
 }
@@ -589,7 +671,7 @@ async fn introspection() -> Result<Option<IntrospectionAuthenticator>, String> {
         .role_claims(["roles", "realm_access.roles"])
         .build()
         .map_err(|e| format!("GUARD_INTROSPECTION_URL: {e}"))?;
-    println!("Opaque tokens through {}", opaque.endpoint());
+    say!("Opaque tokens through {}", opaque.endpoint());
     Ok(Some(opaque))
 }
 
@@ -633,7 +715,7 @@ fn documents_policy()
         .into()
     });
     let policy = Policy::from_file(&path).map_err(|e| format!("GUARD_POLICY ({path}): {e}"))?;
-    println!(
+    say!(
         "# GUARD_POLICY: /documents/{{id}} is guarded by {path} ({}), reloaded on change and on SIGHUP",
         policy.engine_name()
     );
@@ -688,24 +770,24 @@ fn print_dpop_demo(
             .access_token(&token)
             .mint()
     };
-    println!("# DPoP: a token bound to a client key (cnf.jkt); each proof works once, within 60 s");
-    println!("DPOP_TOKEN={token}");
-    println!(
+    say!("# DPoP: a token bound to a client key (cnf.jkt); each proof works once, within 60 s");
+    say!("DPOP_TOKEN={token}");
+    say!(
         "curl -i -H \"Authorization: DPoP $DPOP_TOKEN\" -H \"DPoP: {}\" {scheme}://{addr}/me",
         proof("/me")
     );
-    println!(
+    say!(
         "curl -i -H \"Authorization: DPoP $DPOP_TOKEN\" -H \"DPoP: {}\" {scheme}://{addr}/items",
         proof("/items")
     );
     if nonces {
-        println!(
+        say!(
             "# GUARD_DPOP_NONCE=on: these proofs carry no nonce, so they get 401 \
              use_dpop_nonce and the nonce to put in the next proof (DPoP-Nonce header)"
         );
     }
-    println!("# the same token as Bearer: 401 (no downgrade)");
-    println!("curl -i -H \"Authorization: Bearer $DPOP_TOKEN\" {scheme}://{addr}/me\n");
+    say!("# the same token as Bearer: 401 (no downgrade)");
+    say!("curl -i -H \"Authorization: Bearer $DPOP_TOKEN\" {scheme}://{addr}/me\n");
 }
 
 fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr, scheme: &str) {
@@ -728,39 +810,35 @@ fn print_demo(issuer: &TestIssuer, jwks_url: &str, addr: SocketAddr, scheme: &st
         .roles(["auditor"])
         .expires_in(Duration::from_secs(3600))
         .mint();
-    println!("tower-api-guard quickstart on {scheme}://{addr}");
-    println!("Embedded dev issuer {DEV_ISSUER}, JWKS at {jwks_url}; tokens valid for 1 hour.\n");
-    println!("# no credentials: 401");
-    println!("curl -i {scheme}://{addr}/me\n");
-    println!("# admin token (items:read items:write, role admin)");
-    println!("TOKEN={admin}");
-    println!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/me");
-    println!("curl -i -X POST -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/items");
-    println!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/admin\n");
-    println!("# read-only token: GET /items 200, POST /items and /admin 403");
-    println!("READER={reader}");
-    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items");
-    println!("curl -i -X POST -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items\n");
-    println!("# the document policy (GUARD_POLICY): demo-user owns documents 1-3, other-user 4");
-    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
-    println!("curl -i -X PUT -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
-    println!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/4   # 403");
-    println!("# role auditor (subject auditor-user): reads any document, writes none");
-    println!("AUDITOR={auditor}");
-    println!("curl -i -H \"Authorization: Bearer $AUDITOR\" {scheme}://{addr}/documents/4");
-    println!(
+    say!("tower-api-guard quickstart on {scheme}://{addr}");
+    say!("Embedded dev issuer {DEV_ISSUER}, JWKS at {jwks_url}; tokens valid for 1 hour.\n");
+    say!("# no credentials: 401");
+    say!("curl -i {scheme}://{addr}/me\n");
+    say!("# admin token (items:read items:write, role admin)");
+    say!("TOKEN={admin}");
+    say!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/me");
+    say!("curl -i -X POST -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/items");
+    say!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/admin\n");
+    say!("# read-only token: GET /items 200, POST /items and /admin 403");
+    say!("READER={reader}");
+    say!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items");
+    say!("curl -i -X POST -H \"Authorization: Bearer $READER\" {scheme}://{addr}/items\n");
+    say!("# the document policy (GUARD_POLICY): demo-user owns documents 1-3, other-user 4");
+    say!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
+    say!("curl -i -X PUT -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/1");
+    say!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/documents/4   # 403");
+    say!("# role auditor (subject auditor-user): reads any document, writes none");
+    say!("AUDITOR={auditor}");
+    say!("curl -i -H \"Authorization: Bearer $AUDITOR\" {scheme}://{addr}/documents/4");
+    say!(
         "curl -i -X PUT -H \"Authorization: Bearer $AUDITOR\" {scheme}://{addr}/documents/4   # 403\n"
     );
-    println!("# ownership: only the user the path names, or role admin");
-    println!(
-        "curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/users/demo-user/orders"
-    );
-    println!(
+    say!("# ownership: only the user the path names, or role admin");
+    say!("curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/users/demo-user/orders");
+    say!(
         "curl -i -H \"Authorization: Bearer $READER\" {scheme}://{addr}/users/other-user/orders   # 403"
     );
-    println!(
-        "curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/users/other-user/orders\n"
-    );
+    say!("curl -i -H \"Authorization: Bearer $TOKEN\" {scheme}://{addr}/users/other-user/orders\n");
 }
 
 /// What `GET /me` answers: borrowed from the identity, serialized once (no JSON tree).
