@@ -43,7 +43,16 @@
 //! brute-force guard's failure counts and lockouts, and DPoP proof replay then live there. Every setting
 //! is read once at start; a bad value stops the server with a message naming the variable.
 //! The log filter is `RUST_LOG` (default `info`: rejections; `info,tower_api_guard=debug`
-//! also logs each authenticated request).
+//! also logs each authenticated request; `info,tower_api_guard::audit=debug` adds the audit
+//! event of every admission).
+//!
+//! Observability: `GUARD_METRICS_ADDR` (e.g. `127.0.0.1:9464`; default off) serves the
+//! crate's metrics in Prometheus text at `GET /metrics` on that address (decisions by layer,
+//! outcome and reason, key-set age and refreshes, cache hits, rate-limit outcomes, latency
+//! histograms; `docs/dashboard.json` is a Grafana dashboard for them).
+//! `GUARD_LOG_FORMAT=json` (default `text`) writes the logs, the audit events
+//! (`tower_api_guard::audit`) among them, as JSON lines on stdout; the banner and the curl
+//! lines then go to stderr.
 //!
 //! Policies: `GUARD_POLICY` is the policy file of `/documents/{id}`, Cedar (`.cedar`, validated
 //! against the `.cedarschema` file beside it, when there is one) or Rego (`.rego`, query `data.<package>.allow`);
