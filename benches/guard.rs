@@ -924,5 +924,80 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, policy_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches, introspection_benches }
+/// The cost of the metrics (issue 18): a full call through authentication (a token-cache
+/// hit), a scope guard and an in-memory rate limit, with no recorder installed and with a
+/// real one (metrics-exporter-prometheus), in the same run.
+fn metrics_benches(c: &mut Criterion) {
+    use tower::ServiceBuilder;
+    use tower_api_guard::authz::RequireLayer;
+    use tower_api_guard::rate_limit::{Quota, RateLimiterLayer};
+
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    let issuer = TestIssuer::new(ISSUER);
+    let jwt = JwtAuthenticator::builder(ISSUER, AUDIENCE)
+        .keys(issuer.static_keys())
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(AuthLayer::new(jwt))
+        .layer(RequireLayer::all_scopes(["items:read"]))
+        .layer(RateLimiterLayer::new([Quota::parse("1000000/s")
+            .unwrap()
+            .with_burst(
+                std::num::NonZeroU32::new(1_000_000_000).unwrap(),
+            )]))
+        .service(service_fn(inner as fn(_) -> _));
+    let token = issuer
+        .token()
+        .algorithm(Algorithm::ES256)
+        .subject("bench-user")
+        .audience(AUDIENCE)
+        .scope("items:read")
+        .expires_in(Duration::from_secs(3600))
+        .mint();
+    let bearer = format!("Bearer {token}");
+    let request = || {
+        Request::get("/items")
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap()
+    };
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = prometheus.handle();
+    metrics::with_local_recorder(&prometheus, || {
+        assert_eq!(
+            now(service.call(request())).unwrap().status(),
+            StatusCode::OK
+        );
+    });
+    assert!(
+        handle.render().contains(
+            "tower_api_guard_decisions_total{layer=\"auth\",outcome=\"allowed\",reason=\"none\"} 1"
+        ),
+        "{}",
+        handle.render()
+    );
+
+    let mut group = c.benchmark_group("metrics");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cache_hit_stack_no_recorder", |b| {
+        b.iter_batched(
+            request,
+            |req| black_box(now(service.call(req)).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("cache_hit_stack_prometheus_recorder", |b| {
+        metrics::with_local_recorder(&prometheus, || {
+            b.iter_batched(
+                request,
+                |req| black_box(now(service.call(req)).unwrap()),
+                BatchSize::SmallInput,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group! { name = benches; config = config(); targets = jwt_benches, dpop_benches, remote_benches, authz_benches, policy_benches, api_key_benches, rate_limit_benches, redis_benches, replay_insert_memory, upstream_benches, introspection_benches, metrics_benches }
 criterion_main!(benches);

@@ -7,8 +7,11 @@ use std::future::Future;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 /// A recorder that sees only what runs inside [`Recorded::run`].
+///
+/// The recorder is leaked: the crate caches metric handles per thread and per recorder
+/// address, so a recorder must not be dropped and another made at its address.
 pub struct Recorded {
-    recorder: DebuggingRecorder,
+    recorder: &'static DebuggingRecorder,
     snapshotter: Snapshotter,
 }
 
@@ -28,7 +31,7 @@ impl Default for Recorded {
 
 impl Recorded {
     pub fn new() -> Self {
-        let recorder = DebuggingRecorder::new();
+        let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
         let snapshotter = recorder.snapshotter();
         Self {
             recorder,
@@ -44,7 +47,7 @@ impl Recorded {
             .start_paused(false)
             .build()
             .unwrap();
-        metrics::with_local_recorder(&self.recorder, || runtime.block_on(future))
+        metrics::with_local_recorder(self.recorder, || runtime.block_on(future))
     }
 
     /// Everything recorded since the last `take` (counters count from zero again after it,
