@@ -167,20 +167,17 @@ impl JwksMetrics {
         }
     }
 
-    /// The gauges, from the state held at `now`.
-    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    /// The gauges, from the state held at `now` (at every refresh attempt and status
+    /// read, neither on the request path).
     fn observe(&self, snap: &Snapshot, now: SystemTime) {
-        #[cfg(feature = "metrics")]
-        {
-            self.keys.set(key_count(snap) as f64);
-            self.stale.set(if stale(snap, now) { 1.0 } else { 0.0 });
-            if let Some(at) = snap.last_success {
-                // A clock that went back reads as age 0.
-                let age = now.duration_since(at).unwrap_or(Duration::ZERO);
-                self.age.set(age.as_secs_f64());
-                if let Ok(unix) = at.duration_since(std::time::UNIX_EPOCH) {
-                    self.last_success.set(unix.as_secs_f64());
-                }
+        self.keys.set(key_count(snap) as f64);
+        self.stale.set(if stale(snap, now) { 1.0 } else { 0.0 });
+        if let Some(at) = snap.last_success {
+            // A clock that went back reads as age 0.
+            let age = now.duration_since(at).unwrap_or(Duration::ZERO);
+            self.age.set(age.as_secs_f64());
+            if let Ok(unix) = at.duration_since(std::time::UNIX_EPOCH) {
+                self.last_success.set(unix.as_secs_f64());
             }
         }
     }
