@@ -240,8 +240,16 @@ impl IntrospectionAuthenticator {
         }
     }
 
-    /// A remembered answer that is still good.
+    /// A remembered answer that is still good; one lookup for
+    /// `tower_api_guard_cache_requests_total`.
     fn cached(&self, key: &[u8; 32]) -> Option<Answer> {
+        let answer = self.lookup(key);
+        crate::metrics::cache(crate::metrics::Cache::Introspection, answer.is_some());
+        answer
+    }
+
+    /// [`cached`](Self::cached), uncounted.
+    fn lookup(&self, key: &[u8; 32]) -> Option<Answer> {
         let answer = self.0.cache.get(key)?;
         if answer.until() > self.0.clock.now_unix() {
             Some(answer)
@@ -259,8 +267,11 @@ impl IntrospectionAuthenticator {
         }
     }
 
-    /// Ask the endpoint, and judge its answer.
+    /// Ask the endpoint, and judge its answer. Timed for
+    /// `tower_api_guard_verification_seconds` (`method="introspection"`), whatever the
+    /// outcome, a call cut short by the time budget included.
     async fn introspect(&self, token: &str) -> Result<Answer, AuthError> {
+        let _timed = Timed(crate::metrics::Timer::start());
         let c = &*self.0;
         let request = IntrospectionRequest::new(&c.endpoint, token, &c.auth, c.budget);
         let body = c.client.introspect(request).await.map_err(|e| {
@@ -297,7 +308,8 @@ impl IntrospectionAuthenticator {
         if let Some(nbf) = claims::numeric_date(&map, "nbf")?
             && now + c.leeway < nbf
         {
-            return Err(AuthError::invalid_token("token not yet valid (nbf)"));
+            return Err(AuthError::invalid_token("token not yet valid (nbf)")
+                .with_code(crate::error::ReasonCode::NotYetValid));
         }
         claims::numeric_date(&map, "iat")?;
         let iss = claims::optional_string(&map, "iss")?.map(str::to_owned);
@@ -362,6 +374,11 @@ impl IntrospectionAuthenticator {
                     Err(guard) => {
                         let answer = this.introspect(&token).await?;
                         let _ = guard.insert(answer.clone());
+                        #[cfg(feature = "metrics")]
+                        crate::metrics::cache_entries(
+                            crate::metrics::Cache::Introspection,
+                            this.0.cache.len() as u64,
+                        );
                         return Self::from_answer(answer);
                     }
                 }
@@ -403,6 +420,16 @@ impl IntrospectionAuthenticator {
                 }
             }
         }
+    }
+}
+
+/// Records one introspection's time when dropped: at its end, or when the time budget
+/// cuts it short.
+struct Timed(crate::metrics::Timer);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        self.0.verification(crate::metrics::Method::Introspection);
     }
 }
 

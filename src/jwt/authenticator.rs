@@ -241,12 +241,26 @@ impl JwtAuthenticator {
         }
     }
 
-    /// The synchronous path. `Err(Refresh)` means: the `kid` is unknown and the source
-    /// offered a refresh.
+    /// The synchronous path: a full verification (signature and claims), timed for
+    /// `tower_api_guard_verification_seconds`. `Err(UnknownKid)` means: the `kid` is
+    /// unknown to `set`; that is not timed (the token was not checked: the verification
+    /// after the key set's refetch is).
     fn verify_now(&self, token: &str, set: &KeySet) -> Result<Identity, Step> {
+        let timer = crate::metrics::Timer::start();
+        let result = self.verify_and_cache(token, set);
+        if !matches!(result, Err(Step::UnknownKid(_))) {
+            timer.verification(crate::metrics::Method::Jwt);
+        }
+        result
+    }
+
+    /// [`verify_now`](Self::verify_now), untimed.
+    fn verify_and_cache(&self, token: &str, set: &KeySet) -> Result<Identity, Step> {
         let c = &*self.config;
         let verified = verify_jws(token, set, &c.algorithms, c.typ.as_deref())?;
-        let claims = jose::parse_object(&verified.payload).map_err(AuthError::invalid_token)?;
+        let claims = jose::parse_object(&verified.payload).map_err(|r| {
+            AuthError::invalid_token(r).with_code(crate::error::ReasonCode::Malformed)
+        })?;
         let iat = claims.get("iat").and_then(serde_json::Value::as_f64);
         let exp = claims.get("exp").and_then(serde_json::Value::as_f64);
         let identity = claims::validate(claims, &self.rules(), c.clock.now_unix())?;
@@ -269,6 +283,8 @@ impl JwtAuthenticator {
                     key: verified.key,
                 }),
             );
+            #[cfg(feature = "metrics")]
+            crate::metrics::cache_entries(crate::metrics::Cache::Token, cache.len() as u64);
         }
         Ok(identity)
     }
@@ -280,10 +296,18 @@ impl JwtAuthenticator {
             .map(|entry| entry.identity.clone())
     }
 
-    /// The cache entry behind [`cached`](Self::cached).
+    /// The cache entry behind [`cached`](Self::cached); one lookup for
+    /// `tower_api_guard_cache_requests_total` when the cache is on.
     fn cached_entry(&self, token: &[u8], set: &KeySet) -> Option<Arc<CachedToken>> {
+        let cache = self.config.cache.as_ref()?;
+        let entry = self.lookup(cache, token, set);
+        crate::metrics::cache(crate::metrics::Cache::Token, entry.is_some());
+        entry
+    }
+
+    /// [`cached_entry`](Self::cached_entry), uncounted.
+    fn lookup(&self, cache: &TokenCache, token: &[u8], set: &KeySet) -> Option<Arc<CachedToken>> {
         let c = &*self.config;
-        let cache = c.cache.as_ref()?;
         let key = cache_key(token);
         let entry = cache.get(&key)?;
         if entry.token.as_bytes() != token {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::authenticator::{JwtCredential, JwtFuture};
 use super::{JwtAuthenticator, jose};
 use crate::auth::Authenticator;
-use crate::error::{AuthError, ConfigError};
+use crate::error::{AuthError, ConfigError, ReasonCode};
 use crate::extract::TokenExtractor;
 use crate::head::RequestHead;
 
@@ -91,14 +91,15 @@ impl JwtIssuers {
 
     /// The authenticator for `token`'s unverified `iss`.
     fn route(&self, token: &str) -> Result<&JwtAuthenticator, AuthError> {
-        let compact = jose::split_compact(token).map_err(AuthError::invalid_token)?;
-        let claims = jose::decode_b64url(compact.claims).map_err(AuthError::invalid_token)?;
-        let claims = jose::parse_object(&claims).map_err(AuthError::invalid_token)?;
+        let malformed =
+            |r: &'static str| AuthError::invalid_token(r).with_code(ReasonCode::Malformed);
+        let compact = jose::split_compact(token).map_err(malformed)?;
+        let claims = jose::decode_b64url(compact.claims).map_err(malformed)?;
+        let claims = jose::parse_object(&claims).map_err(malformed)?;
         match claims.get("iss") {
-            Some(Value::String(iss)) => self
-                .by_issuer
-                .get(iss)
-                .ok_or_else(|| AuthError::invalid_token("issuer not configured")),
+            Some(Value::String(iss)) => self.by_issuer.get(iss).ok_or_else(|| {
+                AuthError::invalid_token("issuer not configured").with_code(ReasonCode::BadIssuer)
+            }),
             Some(_) => Err(AuthError::invalid_token("iss is not a string")),
             None => Err(AuthError::invalid_token("iss missing")),
         }

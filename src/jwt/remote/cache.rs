@@ -14,7 +14,7 @@ use futures_util::future::Shared;
 
 use super::discovery::jwks_url;
 use super::fetch::{FetchResponse, fetch};
-use super::{Inner, RemoteJwks};
+use super::{Inner, JwksMetrics, RemoteJwks};
 use crate::error::AuthError;
 use crate::jwt::keys::{KeySet, KeySetFuture, KeySource};
 
@@ -93,11 +93,12 @@ impl RemoteJwks {
     pub fn status(&self) -> KeySourceStatus {
         let snap = self.inner.state.load();
         let now = self.inner.clock.now();
+        self.inner.metrics.observe(&snap, now);
         KeySourceStatus {
-            keys: snap.keys.as_ref().map_or(0, |k| k.len()),
+            keys: key_count(&snap),
             last_success: snap.last_success,
             last_error: snap.last_error.as_ref().map(|e| e.to_string()),
-            stale: snap.expires_at.is_some_and(|at| now >= at),
+            stale: stale(&snap, now),
             usable: usable(&self.inner, &snap, now),
         }
     }
@@ -148,6 +149,40 @@ fn unavailable(inner: &Inner, reason: &'static str) -> AuthError {
     AuthError::unavailable(reason, retry)
 }
 
+fn key_count(snap: &Snapshot) -> usize {
+    snap.keys.as_ref().map_or(0, |k| k.len())
+}
+
+/// Past the TTL ([`KeySourceStatus::stale`]).
+fn stale(snap: &Snapshot, now: SystemTime) -> bool {
+    snap.expires_at.is_some_and(|at| now >= at)
+}
+
+impl JwksMetrics {
+    /// One fetch attempt ended.
+    fn refreshed(&self, ok: bool) {
+        match ok {
+            true => self.refresh_ok.increment(),
+            false => self.refresh_error.increment(),
+        }
+    }
+
+    /// The gauges, from the state held at `now` (at every refresh attempt and status
+    /// read, neither on the request path).
+    fn observe(&self, snap: &Snapshot, now: SystemTime) {
+        self.keys.set(key_count(snap) as f64);
+        self.stale.set(if stale(snap, now) { 1.0 } else { 0.0 });
+        if let Some(at) = snap.last_success {
+            // A clock that went back reads as age 0.
+            let age = now.duration_since(at).unwrap_or(Duration::ZERO);
+            self.age.set(age.as_secs_f64());
+            if let Ok(unix) = at.duration_since(std::time::UNIX_EPOCH) {
+                self.last_success.set(unix.as_secs_f64());
+            }
+        }
+    }
+}
+
 fn usable(inner: &Inner, snap: &Snapshot, now: SystemTime) -> bool {
     match (&snap.keys, snap.expires_at) {
         (Some(_), Some(expires)) => now < expires + inner.settings.max_stale,
@@ -186,6 +221,7 @@ impl KeySource for RemoteJwks {
                 .get(kid)
                 .is_some_and(|seen| now < seen + inner.settings.cooldown)
             {
+                crate::metrics::unknown_kid(false);
                 return None;
             }
             let mut last = inner
@@ -198,9 +234,12 @@ impl KeySource for RemoteJwks {
                     target: "tower_api_guard::jwks",
                     "unknown kid during the refetch cooldown"
                 );
+                crate::metrics::unknown_kid(false);
                 return None;
             }
             *last = Some(now);
+            // (The first fetch of a lazy set is no refetch: not counted.)
+            crate::metrics::unknown_kid(true);
         }
         let this = self.clone();
         let kid = kid.to_owned();
@@ -221,8 +260,18 @@ fn kids(set: &KeySet) -> Vec<&str> {
     kids
 }
 
-/// One fetch, and the state update that follows it.
+/// One fetch attempt, its state update, and its metrics.
 async fn refresh_once(inner: &Inner) -> Result<Arc<KeySet>, AuthError> {
+    let result = fetch_and_store(inner).await;
+    inner.metrics.refreshed(result.is_ok());
+    inner
+        .metrics
+        .observe(&inner.state.load(), inner.clock.now());
+    result
+}
+
+/// One fetch, and the state update that follows it.
+async fn fetch_and_store(inner: &Inner) -> Result<Arc<KeySet>, AuthError> {
     let before = inner.state.load_full();
     let outcome = match jwks_url(inner).await {
         Ok(url) => {

@@ -21,7 +21,9 @@ pub(super) async fn jwks_url(inner: &Inner) -> Result<String, FetchError> {
     let Location::Discovery(issuer) = &inner.location else {
         return Err(FetchError::new("no JWKS URL"));
     };
-    let url = discover(inner, issuer).await?;
+    let url = discover(inner, issuer).await.inspect_err(|_| {
+        crate::metrics::increment(crate::metrics::DISCOVERY_FAILURES);
+    })?;
     *inner.jwks_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
     Ok(url)
 }

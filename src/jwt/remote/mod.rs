@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
+use crate::metrics::{self, MetricKey};
 
 pub use cache::KeySourceStatus;
 use cache::{SharedRefresh, Snapshot};
@@ -85,6 +86,85 @@ struct Inner {
     unknown_kids: moka::sync::Cache<String, SystemTime>,
     jwks_url: Mutex<Option<String>>,
     jitter: std::collections::hash_map::RandomState,
+    metrics: JwksMetrics,
+}
+
+/// The metrics of one key set (feature `metrics`), their keys built once at
+/// [`build`](RemoteJwksBuilder::build) with the `jwks` label of [`metric_label`].
+#[derive(Debug)]
+struct JwksMetrics {
+    refresh_ok: MetricKey,
+    refresh_error: MetricKey,
+    keys: MetricKey,
+    age: MetricKey,
+    last_success: MetricKey,
+    stale: MetricKey,
+}
+
+impl JwksMetrics {
+    fn new(label: &str) -> Self {
+        let jwks = [("jwks", label)];
+        let refresh = |result| {
+            MetricKey::new(
+                metrics::JWKS_REFRESHES,
+                &[("jwks", label), ("result", result)],
+            )
+        };
+        Self {
+            refresh_ok: refresh("ok"),
+            refresh_error: refresh("error"),
+            keys: MetricKey::new(metrics::JWKS_KEYS, &jwks),
+            age: MetricKey::new(metrics::JWKS_AGE_SECONDS, &jwks),
+            last_success: MetricKey::new(metrics::JWKS_LAST_SUCCESS, &jwks),
+            stale: MetricKey::new(metrics::JWKS_STALE, &jwks),
+        }
+    }
+}
+
+/// The `jwks` label of a key set: its URL (a discovered set's issuer URL) without what may
+/// be secret: no userinfo (`user:password@`), no query string, no fragment. An authority
+/// that is not a plain `host[:port]` (a password with a raw `/` in it, say) is replaced
+/// by `invalid-host`, so that no part of it reaches the label.
+fn metric_label(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    // Userinfo: up to the last `@` before the path (a password may hold `?`, `#` or `@`).
+    let path_at = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..path_at].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    let rest = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let plain_host = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let valid = match authority.strip_prefix('[') {
+        // An IPv6 literal, with an optional port.
+        Some(v6) => v6.split_once(']').is_some_and(|(addr, port)| {
+            addr.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                && (port.is_empty()
+                    || port
+                        .strip_prefix(':')
+                        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        }),
+        None => match authority.split_once(':') {
+            Some((host, port)) => {
+                plain_host(host) && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+            }
+            None => plain_host(authority),
+        },
+    };
+    if valid {
+        format!("{scheme}{authority}{path}")
+    } else {
+        format!("{scheme}invalid-host")
+    }
 }
 
 /// A key set fetched from a JWKS URL (or found through OIDC discovery), cached, refreshed
@@ -247,8 +327,12 @@ impl RemoteJwksBuilder {
             None => default_fetcher()?,
         };
         let now = self.clock.now();
+        // A discovered set is labelled by its issuer's URL: configured, known from the
+        // start, and the same before and after discovery (one series per key set).
+        let metrics = JwksMetrics::new(&metric_label(url));
         Ok(RemoteJwks {
             inner: Arc::new(Inner {
+                metrics,
                 jwks_url: Mutex::new(match &self.location {
                     Location::Jwks(u) => Some(u.clone()),
                     Location::Discovery(_) => None,
@@ -276,5 +360,52 @@ impl RemoteJwksBuilder {
                 jitter: std::collections::hash_map::RandomState::new(),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_label;
+
+    #[test]
+    fn metric_labels_drop_userinfo_query_and_fragment() {
+        for (url, label) in [
+            ("https://id.example/jwks", "https://id.example/jwks"),
+            (
+                "http://127.0.0.1:8080/jwks.json",
+                "http://127.0.0.1:8080/jwks.json",
+            ),
+            ("https://id.example", "https://id.example"),
+            (
+                "https://id.example/realms/main/",
+                "https://id.example/realms/main/",
+            ),
+            ("https://u:p@id.example/jwks", "https://id.example/jwks"),
+            (
+                "https://u@id.example:8443/jwks",
+                "https://id.example:8443/jwks",
+            ),
+            (
+                "https://u:p?x#y@z@id.example/jwks",
+                "https://id.example/jwks",
+            ),
+            (
+                "https://id.example/jwks?key=s3cret&a=b",
+                "https://id.example/jwks",
+            ),
+            (
+                "https://id.example/jwks?to=a@b.example",
+                "https://id.example/jwks",
+            ),
+            ("https://id.example/jwks#frag", "https://id.example/jwks"),
+            ("https://id.example?x=1", "https://id.example"),
+            ("https://[::1]:8443/jwks?x", "https://[::1]:8443/jwks"),
+            ("https://u:p/ss@id.example/jwks", "https://invalid-host"),
+            ("https://u:p?ss/x@id.example/jwks", "https://invalid-host"),
+            ("https://id.example:port/jwks", "https://invalid-host"),
+            ("https://[::1]x/jwks", "https://invalid-host"),
+        ] {
+            assert_eq!(metric_label(url), label, "{url}");
+        }
     }
 }
