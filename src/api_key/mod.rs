@@ -64,6 +64,6 @@ pub use sql::PostgresKeyStore;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteKeyStore;
 pub use store::{
-    ApiKeyManager, ApiKeyStore, CachedKeyStore, CachedLookup, MemoryKeyStore, ResolvedKey,
-    StoreError, StoreFuture,
+    ApiKeyManager, ApiKeyStore, CachedKeyStore, CachedLookup, ListFilter, MemoryKeyStore,
+    ResolvedKey, StoreError, StoreFuture,
 };
