@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example api_keys -- create <owner> <name> [scope ...]   # prints the key once
-//! cargo run --example api_keys -- list <owner>
+//! cargo run --example api_keys -- list <owner> [--all]               # active keys; --all: revoked and expired too
 //! cargo run --example api_keys -- revoke <key-id>
 //! cargo run --example api_keys -- rotate <key-id> [grace-seconds]     # default 3600
 //! ```
@@ -13,12 +13,53 @@
 //! (`PostgresKeyStore::follow`) within a second. Otherwise the database is the SQLite file
 //! `GUARD_KEYS_DB` (default `api-keys.db` in the current directory). The key prefix is
 //! `GUARD_KEY_PREFIX` (default `sk_live`). Only digests are stored.
+//!
+//! `list` shows each key's age (since it was made: rotation makes a new key) and its last
+//! use, as written by the services' `LastUsedTracker` (in batches, so up to its interval
+//! late): pair it with `ApiKeyAuthenticator::warn_after_age` / `refuse_after_age`.
 
 use std::time::{Duration, SystemTime};
 
 use tower_api_guard::api_key::{
-    ApiKeyManager, KeyFormat, NewKey, PostgresKeyStore, SqliteKeyStore,
+    ApiKeyManager, ApiKeyRecord, KeyFormat, ListFilter, NewKey, PostgresKeyStore, SqliteKeyStore,
 };
+
+/// A duration for people: `42s`, `5m`, `3h`, `12d`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// One line of `list`: id, display form, name, scopes, state, age, last use.
+fn line(r: &ApiKeyRecord, now: SystemTime) -> String {
+    let state = if r.revoked_at.is_some_and(|at| now >= at) {
+        "revoked"
+    } else if r.expires_at.is_some_and(|at| now >= at) {
+        "expired"
+    } else if r.revoked_at.is_some() {
+        "active (revocation scheduled)"
+    } else {
+        "active"
+    };
+    let since = |t: SystemTime| human(now.duration_since(t).unwrap_or_default());
+    let last_used = r.last_used_at().map_or_else(
+        || "never used".to_owned(),
+        |t| format!("used {} ago", since(t)),
+    );
+    format!(
+        "{}  {}  {}  [{}]  {state}  age {}  {last_used}",
+        r.id,
+        r.display,
+        r.name,
+        r.scopes.join(" "),
+        since(r.created_at),
+    )
+}
 
 /// The store: PostgreSQL when `DATABASE_URL` names one, else SQLite; migrated.
 async fn store() -> Result<Box<dyn ApiKeyManager>, Box<dyn std::error::Error>> {
@@ -55,20 +96,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("key: {key}");
             println!("(the key is shown once; only its digest is stored)");
         }
-        ["list", owner] => {
-            for r in store.list_by_owner(owner).await? {
-                let state = if r.is_active(SystemTime::now()) {
-                    "active"
-                } else {
-                    "revoked/expired"
-                };
-                println!(
-                    "{}  {}  {}  [{}]  {state}",
-                    r.id,
-                    r.display,
-                    r.name,
-                    r.scopes.join(" ")
-                );
+        ["list", owner] | ["list", owner, "--all"] | ["list", "--all", owner]
+            if !owner.starts_with("--") =>
+        {
+            let now = SystemTime::now();
+            let filter = if args.iter().any(|a| a == "--all") {
+                ListFilter::All
+            } else {
+                ListFilter::ActiveAt(now)
+            };
+            for r in store.list(owner, filter).await? {
+                println!("{}", line(&r, now));
             }
         }
         ["revoke", id] => {
@@ -91,7 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: api_keys create <owner> <name> [scope ...] | list <owner> | revoke <id> | rotate <id> [grace-seconds]"
+                "usage: api_keys create <owner> <name> [scope ...] | list <owner> [--all] | revoke <id> | rotate <id> [grace-seconds]"
             );
             std::process::exit(2);
         }

@@ -23,7 +23,7 @@ use tower_api_guard::api_key::{
 };
 use tower_api_guard::auth::{AuthLayer, AuthenticatorExt};
 use tower_api_guard::clock::{Clock, ManualClock};
-use tower_api_guard::{AuthErrorKind, Identity, Source};
+use tower_api_guard::{AuthErrorKind, Identity, ReasonCode, Source};
 
 /// Why `auth` refuses `key` (it must).
 async fn rejection(auth: &ApiKeyAuthenticator, key: &str) -> String {
@@ -389,4 +389,237 @@ async fn last_used_is_written_in_batches_never_per_request() {
     tracker.shutdown().await;
     assert_eq!(store.last_used_batches(), 2);
     assert_eq!(store.last_used(&id), Some(clock.now()));
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A key past the maximum age is refused (401, `KeyTooOld`) on the authenticator's clock,
+/// from memory as from the store; one past the warning age is accepted and logged about at
+/// most once an hour, without its secret.
+#[tokio::test]
+async fn old_keys_are_warned_about_then_refused() {
+    let (captured, _guard) = common::events::Captured::install(tracing::Level::WARN);
+    let (clock, format, store) = setup();
+    let (key, record) = issue(&format, &store, &clock, NewKey::new("svc-old", "ci"));
+    let cached = CachedKeyStore::new(store.clone()).clock(clock.clone());
+    let auth = ApiKeyAuthenticator::new(format.clone(), cached)
+        .clock(clock.clone())
+        .warn_after_age(90 * DAY)
+        .refuse_after_age(365 * DAY);
+
+    clock.advance(90 * DAY - Duration::from_secs(1));
+    auth.verify(&key).await.unwrap();
+    assert_eq!(captured.take(), "", "younger than the warning age");
+
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..10 {
+        auth.verify(&key).await.expect("old but accepted");
+    }
+    let logged = captured.take();
+    assert_eq!(logged.lines().count(), 1, "once, not per request: {logged}");
+    assert!(logged.contains("WARN tower_api_guard::auth"), "{logged}");
+    assert!(
+        logged.contains(&format!("key_id={}", record.id)),
+        "{logged}"
+    );
+    assert!(logged.contains("owner=svc-old"), "{logged}");
+    assert!(logged.contains("age_days=90"), "{logged}");
+    assert!(!logged.contains(key.expose()), "never the key");
+
+    clock.advance(Duration::from_secs(3599));
+    auth.verify(&key).await.unwrap();
+    assert_eq!(captured.take(), "", "within the hour");
+    clock.advance(Duration::from_secs(1));
+    auth.verify(&key).await.unwrap();
+    assert!(
+        captured.take().contains("age_days=90"),
+        "again after an hour"
+    );
+
+    // Another old key is warned about on its own.
+    let (other, _) = issue_at(
+        &format,
+        &store,
+        clock.now() - 100 * DAY,
+        NewKey::new("svc-other", "n"),
+    );
+    auth.verify(&other).await.unwrap();
+    assert!(captured.take().contains("owner=svc-other"));
+
+    clock.set(record.created_at + 365 * DAY);
+    let err = auth.verify(&key).await.unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::InvalidToken);
+    assert_eq!(err.code(), ReasonCode::KeyTooOld);
+    assert_eq!(err.reason(), "API key older than the maximum age");
+    assert!(!format!("{err:?}").contains(key.expose()));
+    // Straight from the store as well.
+    let uncached = ApiKeyAuthenticator::new(format.clone(), store.clone())
+        .clock(clock.clone())
+        .refuse_after_age(365 * DAY);
+    assert_eq!(
+        uncached.verify(&key).await.unwrap_err().code(),
+        ReasonCode::KeyTooOld
+    );
+    // A revoked key is refused as revoked first; a new key is accepted.
+    store.revoke_now(&record.id, record.created_at);
+    assert_eq!(rejection(&uncached, &key).await, "API key revoked");
+    let (young, _) = issue(&format, &store, &clock, NewKey::new("svc-old", "ci"));
+    uncached.verify(&young).await.unwrap();
+    assert!(!captured.take().contains("older than the warning age"));
+}
+
+/// No policy: no age checks, however old the key.
+#[tokio::test]
+async fn without_an_age_policy_age_does_not_matter() {
+    let (clock, format, store) = setup();
+    let (key, _) = issue(&format, &store, &clock, NewKey::new("o", "n"));
+    let auth = ApiKeyAuthenticator::new(format, store).clock(clock.clone());
+    clock.advance(10_000 * DAY);
+    auth.verify(&key).await.unwrap();
+    // A creation time ahead of the clock is age zero, not an error.
+    let (clock, format, store) = setup();
+    let (key, _) = issue_at(&format, &store, clock.now() + DAY, NewKey::new("o", "n"));
+    let auth = ApiKeyAuthenticator::new(format, store)
+        .clock(clock)
+        .refuse_after_age(DAY);
+    auth.verify(&key).await.unwrap();
+}
+
+/// A key made at `at` (not the clock's time) and kept in `store`.
+fn issue_at(
+    format: &KeyFormat,
+    store: &MemoryKeyStore,
+    at: SystemTime,
+    new: NewKey,
+) -> (Plaintext, ApiKeyRecord) {
+    let (key, record) = format.generate_at(new, at).unwrap();
+    store.insert(record.clone());
+    (key, record)
+}
+
+/// What the API-key authenticator and its cache record (feature `metrics`).
+#[cfg(feature = "metrics")]
+mod metrics {
+    use super::*;
+    use common::metrics::Recorded;
+    use tower_api_guard::metrics::{
+        API_KEY_AGE, CACHE_ENTRIES, CACHE_REQUESTS, STORE_ERRORS, VERIFICATION_SECONDS,
+    };
+
+    const API_KEY: [(&str, &str); 1] = [("cache", "api_key")];
+
+    #[test]
+    fn one_miss_then_hits_are_counted_once_each_and_only_the_miss_is_timed() {
+        let recorded = Recorded::new();
+        let (clock, format, store) = setup();
+        let (key, _) = issue(&format, &store, &clock, NewKey::new("o", "n"));
+        let cached = CachedKeyStore::new(store.clone()).clock(clock.clone());
+        let auth = ApiKeyAuthenticator::new(format.clone(), cached).clock(clock.clone());
+        recorded.run(async {
+            auth.verify(&key).await.unwrap();
+            auth.verify(&key).await.unwrap();
+            auth.verify(&key).await.unwrap();
+        });
+        let taken = recorded.take();
+        let result = |r| [API_KEY[0], ("result", r)];
+        assert_eq!(
+            taken.counter(CACHE_REQUESTS, &result("miss")),
+            1,
+            "{taken:?}"
+        );
+        assert_eq!(
+            taken.counter(CACHE_REQUESTS, &result("hit")),
+            2,
+            "{taken:?}"
+        );
+        assert_eq!(taken.gauge(CACHE_ENTRIES, &API_KEY), Some(1.0));
+        let timed = taken.histogram(VERIFICATION_SECONDS, &[("method", "api_key")]);
+        assert_eq!(timed.len(), 1, "only the store lookup is timed: {timed:?}");
+        assert_eq!(store.lookups(), 1);
+
+        // An unknown key: one miss, then hits from the negative cache; both caches counted.
+        let (unknown, _) = format.generate(NewKey::new("x", "y")).unwrap();
+        recorded.run(async {
+            for _ in 0..3 {
+                assert!(auth.verify(&unknown).await.is_err());
+            }
+        });
+        let taken = recorded.take();
+        assert_eq!(taken.counter(CACHE_REQUESTS, &result("miss")), 1);
+        assert_eq!(taken.counter(CACHE_REQUESTS, &result("hit")), 2);
+        assert_eq!(taken.gauge(CACHE_ENTRIES, &API_KEY), Some(2.0));
+        assert_eq!(
+            taken
+                .histogram(VERIFICATION_SECONDS, &[("method", "api_key")])
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_store_failure_is_counted_under_auth_and_api_key() {
+        let recorded = Recorded::new();
+        let (_, format, _) = setup();
+        let (key, _) = format.generate(NewKey::new("o", "n")).unwrap();
+        let auth = ApiKeyAuthenticator::new(format, CachedKeyStore::new(Down));
+        recorded.run(async {
+            for _ in 0..2 {
+                let err = auth.verify(&key).await.unwrap_err();
+                assert_eq!(err.kind(), AuthErrorKind::Unavailable);
+            }
+        });
+        let taken = recorded.take();
+        assert_eq!(
+            taken.counter(STORE_ERRORS, &[("layer", "auth"), ("store", "api_key")]),
+            2
+        );
+        assert_eq!(taken.counter(STORE_ERRORS, &[]), 2);
+        assert_eq!(
+            taken.counter(CACHE_REQUESTS, &[API_KEY[0], ("result", "miss")]),
+            2,
+            "a failure is not cached"
+        );
+    }
+
+    #[test]
+    fn each_refusal_and_each_warned_request_is_counted() {
+        let recorded = Recorded::new();
+        let (clock, format, store) = setup();
+        let (key, _) = issue(&format, &store, &clock, NewKey::new("o", "n"));
+        let auth =
+            ApiKeyAuthenticator::new(format, CachedKeyStore::new(store).clock(clock.clone()))
+                .clock(clock.clone())
+                .warn_after_age(30 * DAY)
+                .refuse_after_age(60 * DAY);
+        let action = |a| [("action", a)];
+        recorded.run(async {
+            auth.verify(&key).await.unwrap();
+        });
+        assert_eq!(recorded.take().counter(API_KEY_AGE, &[]), 0, "young");
+
+        clock.advance(30 * DAY);
+        recorded.run(async {
+            for _ in 0..4 {
+                auth.verify(&key).await.unwrap();
+            }
+        });
+        let taken = recorded.take();
+        assert_eq!(
+            taken.counter(API_KEY_AGE, &action("warned")),
+            4,
+            "every request, though logged once"
+        );
+        assert_eq!(taken.counter(API_KEY_AGE, &action("refused")), 0);
+
+        clock.advance(30 * DAY);
+        recorded.run(async {
+            for _ in 0..3 {
+                let err = auth.verify(&key).await.unwrap_err();
+                assert_eq!(err.code(), ReasonCode::KeyTooOld);
+            }
+        });
+        let taken = recorded.take();
+        assert_eq!(taken.counter(API_KEY_AGE, &action("refused")), 3);
+        assert_eq!(taken.counter(API_KEY_AGE, &action("warned")), 0);
+    }
 }

@@ -5,9 +5,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_guard::api_key::{
-    ApiKeyAuthenticator, ApiKeyManager, CachedKeyStore, KeyFormat, MemoryKeyStore, NewKey,
-    PostgresKeyStore, SqliteKeyStore,
+    ApiKeyAuthenticator, ApiKeyManager, ApiKeyRecord, CachedKeyStore, KeyFormat, LastUsedTracker,
+    ListFilter, MemoryKeyStore, NewKey, PostgresKeyStore, SqliteKeyStore,
 };
+use tower_api_guard::clock::{Clock, ManualClock};
+
+fn names(records: Vec<ApiKeyRecord>) -> Vec<String> {
+    records.into_iter().map(|r| r.name).collect()
+}
 
 async fn suite<S: ApiKeyManager + Clone>(store: S) {
     let format = KeyFormat::new("sk_test")
@@ -87,17 +92,157 @@ async fn suite<S: ApiKeyManager + Clone>(store: S) {
     );
     assert!(auth.verify(&new_key).await.is_ok());
 
-    // Last-used batches are accepted.
+    // Last-used batches are accepted, and read back on every record.
+    assert_eq!(found.last_used_at(), None, "never used");
     store
         .record_last_used(vec![(new_record.id.clone(), now), (record.id.clone(), now)])
         .await
         .unwrap();
     store.record_last_used(Vec::new()).await.unwrap();
+    assert_eq!(
+        store
+            .find_by_id(&record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at(),
+        Some(now)
+    );
+    // An older instant does not move it back.
+    store
+        .record_last_used(vec![(record.id.clone(), now - Duration::from_secs(5))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find(&format.digest(&key))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at(),
+        Some(now)
+    );
 
     // The cache in front of it.
     let cached = CachedKeyStore::new(store.clone());
-    let auth = ApiKeyAuthenticator::new(format, cached).clock(clock);
+    let auth = ApiKeyAuthenticator::new(format.clone(), cached.clone()).clock(clock.clone());
     assert!(auth.verify(&new_key).await.is_ok());
+    assert_eq!(
+        names(cached.list("owner-1", ListFilter::All).await.unwrap()),
+        names(store.list_by_owner("owner-1").await.unwrap()),
+        "listing goes to the store"
+    );
+
+    last_use_is_read_back_after_the_batched_write(&store, &format, &clock).await;
+    active_and_all_keys(&store, &format, now).await;
+}
+
+/// Last use, written by the tracker's batch (flushed by hand: no waiting), is on the
+/// records read back by digest, by id and by listing.
+async fn last_use_is_read_back_after_the_batched_write<S: ApiKeyManager + Clone>(
+    store: &S,
+    format: &KeyFormat,
+    clock: &std::sync::Arc<ManualClock>,
+) {
+    let (key, record) = format
+        .generate_at(NewKey::new("owner-3", "used"), clock.now())
+        .unwrap();
+    store.create(&record).await.unwrap();
+    let tracker = LastUsedTracker::new(store.clone(), Duration::from_secs(3600));
+    let auth = ApiKeyAuthenticator::new(format.clone(), store.clone())
+        .clock(clock.clone())
+        .last_used(tracker.clone());
+    clock.advance(Duration::from_secs(60));
+    auth.verify(&key).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    let used_at = clock.now();
+    auth.verify(&key).await.unwrap();
+    assert_eq!(
+        store
+            .find_by_id(&record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at(),
+        None,
+        "not written per request"
+    );
+    tracker.flush().await;
+    assert_eq!(tracker.pending(), 0);
+    let by_id = store.find_by_id(&record.id).await.unwrap().unwrap();
+    assert_eq!(by_id.last_used_at(), Some(used_at));
+    let by_digest = store.find(&format.digest(&key)).await.unwrap().unwrap();
+    assert_eq!(by_digest.last_used_at(), Some(used_at));
+    for filter in [ListFilter::All, ListFilter::ActiveAt(clock.now())] {
+        let listed = store.list("owner-3", filter).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].last_used_at(), Some(used_at), "{filter:?}");
+    }
+    assert_eq!(
+        store.list_by_owner("owner-3").await.unwrap()[0].last_used_at(),
+        Some(used_at)
+    );
+    drop(auth);
+    tracker.shutdown().await;
+}
+
+/// Active keys (neither revoked nor expired at the instant) and all keys, oldest first.
+async fn active_and_all_keys<S: ApiKeyManager + Clone>(
+    store: &S,
+    format: &KeyFormat,
+    now: SystemTime,
+) {
+    let owner = "owner-4";
+    let minute = Duration::from_secs(60);
+    let make = |at: SystemTime, new: NewKey| format.generate_at(new, at).unwrap().1;
+    let plain = make(now, NewKey::new(owner, "plain"));
+    let expiring = make(
+        now + Duration::from_secs(1),
+        NewKey::new(owner, "expiring").expires_at(now + 2 * minute),
+    );
+    let revoked = make(now + Duration::from_secs(2), NewKey::new(owner, "revoked"));
+    let expired = make(
+        now + Duration::from_secs(3),
+        NewKey::new(owner, "expired").expires_at(now),
+    );
+    let later_revoked = make(now + Duration::from_secs(4), NewKey::new(owner, "later"));
+    for r in [&plain, &expiring, &revoked, &expired, &later_revoked] {
+        store.create(r).await.unwrap();
+    }
+    assert!(store.revoke(&revoked.id, now).await.unwrap());
+    assert!(store.revoke(&later_revoked.id, now + minute).await.unwrap());
+
+    let all = ["plain", "expiring", "revoked", "expired", "later"];
+    assert_eq!(
+        names(store.list(owner, ListFilter::All).await.unwrap()),
+        all
+    );
+    assert_eq!(names(store.list_by_owner(owner).await.unwrap()), all);
+    let active =
+        |at| async move { names(store.list(owner, ListFilter::ActiveAt(at)).await.unwrap()) };
+    assert_eq!(
+        active(now).await,
+        ["plain", "expiring", "later"],
+        "revoked and expired at the instant itself are not active"
+    );
+    assert_eq!(
+        active(now - Duration::from_millis(1)).await,
+        ["plain", "expiring", "revoked", "expired", "later"]
+    );
+    assert_eq!(active(now + minute).await, ["plain", "expiring"]);
+    assert_eq!(active(now + 2 * minute).await, ["plain"]);
+    // The store's answer is the records' own notion of active.
+    for at in [now, now + minute, now + 2 * minute] {
+        let listed = store.list(owner, ListFilter::ActiveAt(at)).await.unwrap();
+        assert!(listed.iter().all(|r| r.is_active(at)));
+    }
+    assert!(
+        store
+            .list("nobody", ListFilter::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

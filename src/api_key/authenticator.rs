@@ -7,16 +7,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderName;
 
-use super::{
-    ApiKeyRecord, ApiKeyStore, CachedLookup, KeyDigest, KeyFormat, LastUsedTracker, identity_of,
-};
+use super::{ApiKeyRecord, ApiKeyStore, CachedLookup, KeyDigest, KeyFormat, LastUsedTracker};
 use crate::auth::{Authenticator, Outcome, ReadyOrBoxed};
 use crate::clock::{Clock, SystemClock};
-use crate::error::AuthError;
+use crate::error::{AuthError, ReasonCode};
 use crate::extract::one_value;
 use crate::head::RequestHead;
 use crate::identity::Identity;
@@ -31,12 +29,87 @@ pub enum KeySourceHeader {
     AuthorizationApiKey,
 }
 
+/// How often, at most, the age warning is logged for one key.
+const AGE_WARNING_INTERVAL: Duration = Duration::from_secs(3600);
+/// How many keys the age warnings remember (a key forgotten early is warned about again).
+const AGE_WARNING_KEYS: usize = 10_000;
+
+/// The age policy: when to warn about a key, when to refuse it.
+#[derive(Clone, Default)]
+struct AgePolicy {
+    warn_after: Option<Duration>,
+    refuse_after: Option<Duration>,
+    /// When each key was last warned about, on the authenticator's clock.
+    warned: Option<Arc<quick_cache::sync::Cache<KeyDigest, SystemTime>>>,
+}
+
+impl AgePolicy {
+    /// Refuse a key past the maximum age; warn about one past the warning age (the event at
+    /// most once an hour per key, the counter on every request).
+    fn check(
+        &self,
+        record: &ApiKeyRecord,
+        digest: &KeyDigest,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        if self.warn_after.is_none() && self.refuse_after.is_none() {
+            return Ok(());
+        }
+        // A creation time in the future (a clock step) is age zero.
+        let age = now.duration_since(record.created_at).unwrap_or_default();
+        if self.refuse_after.is_some_and(|max| age >= max) {
+            crate::metrics::api_key_age(true);
+            return Err(
+                AuthError::invalid_token("API key older than the maximum age")
+                    .with_code(ReasonCode::KeyTooOld),
+            );
+        }
+        if self.warn_after.is_some_and(|warn| age >= warn) {
+            crate::metrics::api_key_age(false);
+            if self.first_warning_in_a_while(digest, now) {
+                tracing::warn!(
+                    target: "tower_api_guard::auth",
+                    key_id = %record.id,
+                    owner = %record.owner,
+                    age_days = age.as_secs() / 86_400,
+                    "API key older than the warning age: rotate it"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the key was not warned about within the interval (and note that it is now).
+    /// Two requests racing may both warn: the bound is approximate.
+    fn first_warning_in_a_while(&self, digest: &KeyDigest, now: SystemTime) -> bool {
+        let Some(warned) = &self.warned else {
+            return true;
+        };
+        if let Some(last) = warned.get(digest)
+            && now
+                .duration_since(last)
+                .is_ok_and(|d| d < AGE_WARNING_INTERVAL)
+        {
+            return false;
+        }
+        warned.insert(*digest, now);
+        true
+    }
+
+    fn remember_warnings(&mut self) {
+        if self.warned.is_none() {
+            self.warned = Some(Arc::new(quick_cache::sync::Cache::new(AGE_WARNING_KEYS)));
+        }
+    }
+}
+
 struct Inner {
     format: KeyFormat,
     store: Arc<dyn ApiKeyStore>,
     header: KeySourceHeader,
     clock: Arc<dyn Clock>,
     last_used: Option<LastUsedTracker>,
+    age: AgePolicy,
 }
 
 /// Authenticates requests by API key. See the [module docs](super).
@@ -50,6 +123,8 @@ impl fmt::Debug for ApiKeyAuthenticator {
         f.debug_struct("ApiKeyAuthenticator")
             .field("format", &self.inner.format)
             .field("header", &self.inner.header)
+            .field("warn_after_age", &self.inner.age.warn_after)
+            .field("refuse_after_age", &self.inner.age.refuse_after)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +140,7 @@ impl ApiKeyAuthenticator {
                 header: KeySourceHeader::Header(HeaderName::from_static("x-api-key")),
                 clock: Arc::new(SystemClock),
                 last_used: None,
+                age: AgePolicy::default(),
             }),
         }
     }
@@ -76,6 +152,7 @@ impl ApiKeyAuthenticator {
             header: arc.header.clone(),
             clock: arc.clock.clone(),
             last_used: arc.last_used.clone(),
+            age: arc.age.clone(),
         });
         f(&mut inner);
         Self {
@@ -95,10 +172,69 @@ impl ApiKeyAuthenticator {
         self.with(|i| i.last_used = Some(tracker))
     }
 
-    /// The clock for expiry and revocation instants.
+    /// The clock for expiry and revocation instants, and for keys' ages.
     #[must_use]
     pub fn clock(self, clock: Arc<dyn Clock>) -> Self {
         self.with(|i| i.clock = clock)
+    }
+
+    /// Warn about keys older than `age` (since their record's
+    /// [`created_at`](ApiKeyRecord::created_at), on this authenticator's [`clock`](Self::clock)):
+    /// they are still accepted, but each such request adds one to
+    /// `tower_api_guard_api_key_age_total{action="warned"}` (feature `metrics`) and a `warn`
+    /// event (target `tower_api_guard::auth`, fields `key_id`, `owner`, `age_days`; never the
+    /// key) is logged at most once an hour per key, however often the key is used.
+    ///
+    /// Rotation ([`KeyFormat::rotate`]) makes a new record, so a rotated key is young again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_guard::api_key::{ApiKeyAuthenticator, KeyFormat, MemoryKeyStore};
+    ///
+    /// const DAY: Duration = Duration::from_secs(86_400);
+    /// let auth = ApiKeyAuthenticator::new(KeyFormat::new("sk_live").unwrap(), MemoryKeyStore::new())
+    ///     .warn_after_age(90 * DAY)
+    ///     .refuse_after_age(365 * DAY);
+    /// ```
+    #[must_use]
+    pub fn warn_after_age(self, age: Duration) -> Self {
+        self.with(|i| {
+            i.age.warn_after = Some(age);
+            i.age.remember_warnings();
+        })
+    }
+
+    /// Refuse keys whose age (see [`warn_after_age`](Self::warn_after_age)) has reached
+    /// `age`: 401 `invalid_token`, reason "API key older than the maximum age", code
+    /// [`ReasonCode::KeyTooOld`], and one more
+    /// `tower_api_guard_api_key_age_total{action="refused"}` (feature `metrics`). A revoked or
+    /// expired key is refused as such first.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_api_guard::ReasonCode;
+    /// use tower_api_guard::api_key::{ApiKeyAuthenticator, KeyFormat, MemoryKeyStore, NewKey};
+    /// use tower_api_guard::clock::{Clock, ManualClock};
+    ///
+    /// const DAY: Duration = Duration::from_secs(86_400);
+    /// let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+    /// let format = KeyFormat::new("sk_test").unwrap();
+    /// let store = MemoryKeyStore::new();
+    /// let (key, record) = format.generate_at(NewKey::new("owner", "ci"), clock.now()).unwrap();
+    /// store.insert(record);
+    /// let auth = ApiKeyAuthenticator::new(format, store)
+    ///     .clock(clock.clone())
+    ///     .refuse_after_age(365 * DAY);
+    /// assert!(auth.verify(&key).await.is_ok());
+    /// clock.advance(365 * DAY);
+    /// assert_eq!(auth.verify(&key).await.unwrap_err().code(), ReasonCode::KeyTooOld);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn refuse_after_age(self, age: Duration) -> Self {
+        self.with(|i| i.age.refuse_after = Some(age))
     }
 
     /// Check a key outside a layer.
@@ -110,29 +246,30 @@ impl ApiKeyAuthenticator {
         let credential = ApiKeyCredential(self.inner.format.digest(key));
         match self.authenticate(credential).await? {
             Some(identity) => Ok(identity),
-            None => Err(AuthError::invalid_token("unknown API key")
-                .with_code(crate::error::ReasonCode::UnknownKey)),
+            None => Err(unknown()),
         }
     }
 }
 
+fn unknown() -> AuthError {
+    AuthError::invalid_token("unknown API key").with_code(ReasonCode::UnknownKey)
+}
+
 impl Inner {
-    /// The checks on a found record: the digest (in constant time), revocation, expiry.
+    /// The checks on a found record: the digest (in constant time), revocation, expiry, age.
     /// Records the use when the key passes.
     fn admit(&self, record: &ApiKeyRecord, digest: &KeyDigest) -> Result<(), AuthError> {
         if !record.digest.ct_eq(digest) {
-            return Err(AuthError::invalid_token("unknown API key")
-                .with_code(crate::error::ReasonCode::UnknownKey));
+            return Err(unknown());
         }
         let now = self.clock.now();
         if record.revoked_at.is_some_and(|at| now >= at) {
-            return Err(AuthError::invalid_token("API key revoked")
-                .with_code(crate::error::ReasonCode::Revoked));
+            return Err(AuthError::invalid_token("API key revoked").with_code(ReasonCode::Revoked));
         }
         if record.expires_at.is_some_and(|at| now >= at) {
-            return Err(AuthError::invalid_token("API key expired")
-                .with_code(crate::error::ReasonCode::Expired));
+            return Err(AuthError::invalid_token("API key expired").with_code(ReasonCode::Expired));
         }
+        self.age.check(record, digest, now)?;
         if let Some(tracker) = &self.last_used {
             tracker.touch(&record.id, now);
         }
@@ -140,15 +277,23 @@ impl Inner {
     }
 }
 
-/// Ask the store (the slow path: nothing in memory).
+/// Ask the store (the slow path: nothing in memory). The lookup is timed
+/// (`tower_api_guard_verification_seconds{method="api_key"}`) and a failure counted
+/// (`tower_api_guard_store_errors_total{layer="auth",store="api_key"}`).
 async fn check(inner: Arc<Inner>, digest: KeyDigest) -> Outcome {
-    let record = match inner.store.find(&digest).await {
-        Ok(Some(record)) => record,
+    let timer = crate::metrics::Timer::start();
+    // A caching store answers with the identity it keeps, shared by the hits to come.
+    let key = match inner.store.find_resolved(&digest).await {
+        Ok(Some(key)) => key,
         Ok(None) => {
-            return Err(AuthError::invalid_token("unknown API key")
-                .with_code(crate::error::ReasonCode::UnknownKey));
+            timer.verification(crate::metrics::Method::ApiKey);
+            return Err(unknown());
         }
         Err(e) => {
+            crate::metrics::store_error(
+                crate::gate::LayerKind::Auth,
+                crate::metrics::Store::ApiKey,
+            );
             tracing::warn!(target: "tower_api_guard::api_key", reason = %e.reason(), "API key store failed");
             return Err(AuthError::unavailable(
                 "API key store failed",
@@ -156,14 +301,9 @@ async fn check(inner: Arc<Inner>, digest: KeyDigest) -> Outcome {
             ));
         }
     };
-    inner.admit(&record, &digest)?;
-    // A caching store has just kept the record with its identity: share that one.
-    if let Some(CachedLookup::Found(key)) = inner.store.find_cached(&digest)
-        && *key.record() == record
-    {
-        return Ok(Some(key.identity().clone()));
-    }
-    Ok(Some(identity_of(&record)))
+    timer.verification(crate::metrics::Method::ApiKey);
+    inner.admit(key.record(), &digest)?;
+    Ok(Some(key.identity().clone()))
 }
 
 /// The credential of an [`ApiKeyAuthenticator`]: the digest of a key that passed the
@@ -237,8 +377,7 @@ impl Authenticator for ApiKeyAuthenticator {
                 .inner
                 .admit(key.record(), digest)
                 .map(|()| Some(key.identity().clone()))),
-            Some(CachedLookup::Unknown) => Ok(Err(AuthError::invalid_token("unknown API key")
-                .with_code(crate::error::ReasonCode::UnknownKey))),
+            Some(CachedLookup::Unknown) => Ok(Err(unknown())),
             None => Err(credential),
         }
     }

@@ -212,6 +212,7 @@ impl KeyFormat {
             revoked_at: None,
             plan: key.plan,
             metadata: key.metadata,
+            last_used_at: None,
         };
         Ok((Plaintext(plaintext), record))
     }

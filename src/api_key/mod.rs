@@ -17,6 +17,13 @@
 //!   `Authorization: ApiKey …`) and makes an [`Identity`] with [`Source::ApiKey`]. Revoked or
 //!   expired keys are 401; a store failure is 503. `jwt.or(api_keys)` accepts either
 //!   credential on one route.
+//! * **Lifecycle.** A [`LastUsedTracker`] writes when each key was last used, in batches;
+//!   records read back carry it ([`ApiKeyRecord::last_used_at`]).
+//!   [`ApiKeyManager::list`] lists an owner's active keys ([`ListFilter::ActiveAt`]) or all
+//!   of them ([`ListFilter::All`]). An age policy on the authenticator
+//!   ([`warn_after_age`](ApiKeyAuthenticator::warn_after_age),
+//!   [`refuse_after_age`](ApiKeyAuthenticator::refuse_after_age)) flags keys that were not
+//!   rotated, then refuses them.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -64,6 +71,6 @@ pub use sql::PostgresKeyStore;
 #[cfg(feature = "sqlite")]
 pub use sql::SqliteKeyStore;
 pub use store::{
-    ApiKeyManager, ApiKeyStore, CachedKeyStore, CachedLookup, MemoryKeyStore, ResolvedKey,
-    StoreError, StoreFuture,
+    ApiKeyManager, ApiKeyStore, CachedKeyStore, CachedLookup, ListFilter, MemoryKeyStore,
+    ResolvedKey, StoreError, StoreFuture,
 };

@@ -92,12 +92,54 @@ pub struct ApiKeyRecord {
     pub plan: Option<String>,
     /// Free-form metadata (a JSON object).
     pub metadata: serde_json::Value,
+    /// When the key was last used, as written by a [`LastUsedTracker`](super::LastUsedTracker)
+    /// (see [`last_used_at`](Self::last_used_at)).
+    pub(super) last_used_at: Option<SystemTime>,
 }
 
 impl ApiKeyRecord {
     /// Whether the key may be used at `now`.
     pub fn is_active(&self, now: SystemTime) -> bool {
         self.revoked_at.is_none_or(|at| now < at) && self.expires_at.is_none_or(|at| now < at)
+    }
+
+    /// When the key was last used, as of when this record was read: `None` for a key never
+    /// used (or used only since the last write).
+    ///
+    /// Last use is not written per request: a [`LastUsedTracker`](super::LastUsedTracker)
+    /// writes it in batches (every 30 s by default), and every store of this crate fills it
+    /// when it reads records back ([`find`](super::ApiKeyStore::find),
+    /// [`find_by_id`](super::ApiKeyManager::find_by_id), [`list`](super::ApiKeyManager::list)).
+    /// A record held by a [`CachedKeyStore`](super::CachedKeyStore) keeps the value it was
+    /// read with: ask the store itself for an up-to-date one.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use tower_api_guard::api_key::{ApiKeyManager, KeyFormat, MemoryKeyStore, NewKey};
+    ///
+    /// let store = MemoryKeyStore::new();
+    /// let (_, record) = KeyFormat::new("sk_test").unwrap().generate(NewKey::new("owner", "ci")).unwrap();
+    /// store.create(&record).await.unwrap();
+    /// assert_eq!(record.last_used_at(), None);
+    ///
+    /// let used = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    /// store.record_last_used(vec![(record.id.clone(), used)]).await.unwrap();
+    /// let read = store.find_by_id(&record.id).await.unwrap().unwrap();
+    /// assert_eq!(read.last_used_at(), Some(used));
+    /// # });
+    /// ```
+    pub fn last_used_at(&self) -> Option<SystemTime> {
+        self.last_used_at
+    }
+
+    /// The same record with its last use set: for stores outside this crate, which fill it
+    /// when they read a record back. [`ApiKeyManager::create`](super::ApiKeyManager::create)
+    /// stores it as given (a new key has none).
+    #[must_use]
+    pub fn with_last_used_at(mut self, at: Option<SystemTime>) -> Self {
+        self.last_used_at = at;
+        self
     }
 }
 

@@ -32,7 +32,7 @@ fn split(s: &str) -> Vec<String> {
 }
 
 /// The columns, in the order the row decoders read them.
-const COLUMNS: &str = "id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata";
+const COLUMNS: &str = "id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata, last_used_at";
 
 /// Build a record from a row's columns.
 #[allow(clippy::too_many_arguments)]
@@ -49,6 +49,7 @@ fn record(
     revoked_at: Option<i64>,
     plan: Option<String>,
     metadata: String,
+    last_used_at: Option<i64>,
 ) -> Result<ApiKeyRecord, StoreError> {
     let digest: [u8; 32] = digest
         .try_into()
@@ -67,6 +68,7 @@ fn record(
         plan,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::new("stored metadata is not JSON").with_source(e))?,
+        last_used_at: last_used_at.map(time),
     })
 }
 
@@ -75,7 +77,7 @@ macro_rules! sql_store {
         $(#[$meta:meta])*
         $name:ident, $feature:literal, $db:ty, $pool:ty, $options:ty, $pool_fn:ident,
         migration: $migration:expr,
-        find: $find:expr, by_id: $by_id:expr, owner: $owner:expr, insert: $insert:expr, revoke: $revoke:expr, touch: $touch:expr
+        find: $find:expr, by_id: $by_id:expr, owner: $owner:expr, owner_active: $owner_active:expr, insert: $insert:expr, revoke: $revoke:expr, touch: $touch:expr
     ) => {
         $(#[$meta])*
         #[derive(Clone)]
@@ -139,6 +141,7 @@ macro_rules! sql_store {
                 let query = match bind {
                     Bind::Bytes(b) => query.bind(b.to_vec()),
                     Bind::Text(t) => query.bind(t.to_owned()),
+                    Bind::TextAt(t, at) => query.bind(t.to_owned()).bind(at),
                 };
                 let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
                 rows.into_iter()
@@ -157,6 +160,7 @@ macro_rules! sql_store {
                             row.try_get("revoked_at").map_err(get)?,
                             row.try_get("plan").map_err(get)?,
                             row.try_get("metadata").map_err(get)?,
+                            row.try_get("last_used_at").map_err(get)?,
                         )
                     })
                     .collect()
@@ -192,6 +196,7 @@ macro_rules! sql_store {
                         .bind(r.revoked_at.map(millis))
                         .bind(r.plan)
                         .bind(r.metadata.to_string())
+                        .bind(r.last_used_at.map(millis))
                         .execute(&this.pool)
                         .await
                         .map_err(db_error)?;
@@ -214,6 +219,26 @@ macro_rules! sql_store {
                 Box::pin(async move {
                     let sql = format!($owner, COLUMNS);
                     this.fetch(&sql, Bind::Text(&owner)).await
+                })
+            }
+
+            fn list(&self, owner: &str, filter: super::ListFilter) -> super::StoreFuture<Vec<ApiKeyRecord>> {
+                let this = self.clone();
+                let owner = owner.to_owned();
+                Box::pin(async move {
+                    match filter {
+                        super::ListFilter::ActiveAt(now) => {
+                            let sql = format!($owner_active, COLUMNS);
+                            this.fetch(&sql, Bind::TextAt(&owner, millis(now))).await
+                        }
+                        // `All`, and any filter added later, filtered in memory.
+                        filter => {
+                            let sql = format!($owner, COLUMNS);
+                            let mut records = this.fetch(&sql, Bind::Text(&owner)).await?;
+                            records.retain(|r| filter.matches(r));
+                            Ok(records)
+                        }
+                    }
                 })
             }
 
@@ -274,6 +299,8 @@ fn postgres_pool(_: &sqlx::postgres::PgConnectOptions) -> sqlx::pool::PoolOption
 enum Bind<'a> {
     Bytes(&'a [u8]),
     Text(&'a str),
+    /// A text, then an instant in Unix milliseconds.
+    TextAt(&'a str, i64),
 }
 
 #[cfg(feature = "sqlite")]
@@ -301,7 +328,9 @@ sql_store! {
     find: "SELECT {} FROM tag_api_keys WHERE digest = ?",
     by_id: "SELECT {} FROM tag_api_keys WHERE id = ?",
     owner: "SELECT {} FROM tag_api_keys WHERE owner = ? ORDER BY created_at",
-    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    // Active at ?2: the instant comes before revocation and expiry (`ApiKeyRecord::is_active`).
+    owner_active: "SELECT {} FROM tag_api_keys WHERE owner = ?1 AND (revoked_at IS NULL OR ?2 < revoked_at) AND (expires_at IS NULL OR ?2 < expires_at) ORDER BY created_at",
+    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     revoke: "UPDATE tag_api_keys SET revoked_at = ? WHERE id = ?",
     touch: "UPDATE tag_api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?"
 }
@@ -350,7 +379,8 @@ sql_store! {
     find: "SELECT {} FROM tag_api_keys WHERE digest = $1",
     by_id: "SELECT {} FROM tag_api_keys WHERE id = $1",
     owner: "SELECT {} FROM tag_api_keys WHERE owner = $1 ORDER BY created_at",
-    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    owner_active: "SELECT {} FROM tag_api_keys WHERE owner = $1 AND (revoked_at IS NULL OR $2 < revoked_at) AND (expires_at IS NULL OR $2 < expires_at) ORDER BY created_at",
+    insert: "INSERT INTO tag_api_keys (id, digest, display, owner, name, scopes, roles, created_at, expires_at, revoked_at, plan, metadata, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     revoke: "UPDATE tag_api_keys SET revoked_at = $1 WHERE id = $2",
     touch: "UPDATE tag_api_keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), $1) WHERE id = $2"
 }

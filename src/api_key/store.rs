@@ -80,6 +80,55 @@ pub trait ApiKeyStore: Send + Sync + fmt::Debug + 'static {
         let _ = digest;
         None
     }
+
+    /// The record with this digest together with the [`Identity`] made from it, for
+    /// [`ApiKeyAuthenticator`](super::ApiKeyAuthenticator) after
+    /// [`find_cached`](Self::find_cached) answered `None`. The default makes a
+    /// [`ResolvedKey`] from [`find`](Self::find)'s record; [`CachedKeyStore`] answers with
+    /// the one it keeps, so that the requests that hit the cache later share it.
+    fn find_resolved(&self, digest: &KeyDigest) -> StoreFuture<Option<Arc<ResolvedKey>>> {
+        let found = self.find(digest);
+        Box::pin(async move {
+            Ok(found
+                .await?
+                .map(|record| Arc::new(ResolvedKey::new(record))))
+        })
+    }
+}
+
+/// Which of an owner's keys [`ApiKeyManager::list`] returns.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use tower_api_guard::api_key::{KeyFormat, ListFilter, NewKey};
+///
+/// let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// let (_, record) = KeyFormat::new("sk_test")
+///     .unwrap()
+///     .generate_at(NewKey::new("owner", "ci").expires_at(now + Duration::from_secs(60)), now)
+///     .unwrap();
+/// assert!(ListFilter::All.matches(&record));
+/// assert!(ListFilter::ActiveAt(now).matches(&record));
+/// assert!(!ListFilter::ActiveAt(now + Duration::from_secs(60)).matches(&record));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListFilter {
+    /// Every key, revoked and expired ones included.
+    All,
+    /// The keys usable at this instant: neither revoked nor expired at it (see
+    /// [`ApiKeyRecord::is_active`]).
+    ActiveAt(SystemTime),
+}
+
+impl ListFilter {
+    /// Whether `record` passes the filter.
+    pub fn matches(&self, record: &ApiKeyRecord) -> bool {
+        match self {
+            Self::All => true,
+            Self::ActiveAt(now) => record.is_active(*now),
+        }
+    }
 }
 
 /// A store's answer from memory (see [`ApiKeyStore::find_cached`]).
@@ -127,8 +176,42 @@ pub trait ApiKeyManager: ApiKeyStore {
     fn create(&self, record: &ApiKeyRecord) -> StoreFuture<()>;
     /// The record with this id.
     fn find_by_id(&self, id: &str) -> StoreFuture<Option<ApiKeyRecord>>;
-    /// The records of `owner`, oldest first.
+    /// The records of `owner`, oldest first: all of them, revoked and expired ones included
+    /// (the same as [`list`](Self::list) with [`ListFilter::All`]).
     fn list_by_owner(&self, owner: &str) -> StoreFuture<Vec<ApiKeyRecord>>;
+    /// The records of `owner` that pass `filter`, oldest first, each with its
+    /// [`last_used_at`](ApiKeyRecord::last_used_at).
+    ///
+    /// The default filters [`list_by_owner`](Self::list_by_owner) in memory; the stores of
+    /// this crate filter in the query.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::SystemTime;
+    /// use tower_api_guard::api_key::{ApiKeyManager, KeyFormat, ListFilter, MemoryKeyStore, NewKey};
+    ///
+    /// let store = MemoryKeyStore::new();
+    /// let format = KeyFormat::new("sk_test").unwrap();
+    /// for name in ["ci", "laptop"] {
+    ///     let (_, record) = format.generate(NewKey::new("owner", name)).unwrap();
+    ///     store.create(&record).await.unwrap();
+    /// }
+    /// let laptop = store.list_by_owner("owner").await.unwrap().pop().unwrap();
+    /// store.revoke(&laptop.id, SystemTime::now()).await.unwrap();
+    ///
+    /// let active = store.list("owner", ListFilter::ActiveAt(SystemTime::now())).await.unwrap();
+    /// assert_eq!(active.len(), 1);
+    /// assert_eq!(store.list("owner", ListFilter::All).await.unwrap().len(), 2);
+    /// # });
+    /// ```
+    fn list(&self, owner: &str, filter: ListFilter) -> StoreFuture<Vec<ApiKeyRecord>> {
+        let all = self.list_by_owner(owner);
+        Box::pin(async move {
+            let mut records = all.await?;
+            records.retain(|r| filter.matches(r));
+            Ok(records)
+        })
+    }
     /// Revoke the key `id` from `at` on; `false` when there is no such key.
     fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool>;
     /// Record when keys were last used, in one batch (see
@@ -144,6 +227,10 @@ impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
     fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
         (**self).find_cached(digest)
     }
+
+    fn find_resolved(&self, digest: &KeyDigest) -> StoreFuture<Option<Arc<ResolvedKey>>> {
+        (**self).find_resolved(digest)
+    }
 }
 
 /// An in-process store, for tests, examples and single-process services.
@@ -151,7 +238,6 @@ impl<S: ApiKeyStore + ?Sized> ApiKeyStore for Arc<S> {
 pub struct MemoryKeyStore {
     records: Arc<RwLock<HashMap<KeyDigest, ApiKeyRecord>>>,
     lookups: Arc<AtomicUsize>,
-    last_used: Arc<RwLock<HashMap<String, SystemTime>>>,
     batches: Arc<AtomicUsize>,
 }
 
@@ -190,23 +276,29 @@ impl MemoryKeyStore {
 
     /// The records of `owner`, oldest first.
     pub fn owned_by(&self, owner: &str) -> Vec<ApiKeyRecord> {
+        self.owned_by_filtered(owner, ListFilter::All)
+    }
+
+    fn owned_by_filtered(&self, owner: &str, filter: ListFilter) -> Vec<ApiKeyRecord> {
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<ApiKeyRecord> = records
             .values()
-            .filter(|r| r.owner == owner)
+            .filter(|r| r.owner == owner && filter.matches(r))
             .cloned()
             .collect();
         out.sort_by_key(|r| r.created_at);
         out
     }
 
-    /// When the key `id` was last used, as recorded by a [`LastUsedTracker`](super::LastUsedTracker).
+    /// When the key `id` was last used, as recorded by a [`LastUsedTracker`](super::LastUsedTracker)
+    /// (the record's [`last_used_at`](ApiKeyRecord::last_used_at)).
     pub fn last_used(&self, id: &str) -> Option<SystemTime> {
-        self.last_used
+        self.records
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .copied()
+            .values()
+            .find(|r| r.id == id)
+            .and_then(|r| r.last_used_at)
     }
 
     /// How many last-used batches were written.
@@ -255,16 +347,29 @@ impl ApiKeyManager for MemoryKeyStore {
         Box::pin(std::future::ready(Ok(list)))
     }
 
+    fn list(&self, owner: &str, filter: ListFilter) -> StoreFuture<Vec<ApiKeyRecord>> {
+        let list = self.owned_by_filtered(owner, filter);
+        Box::pin(std::future::ready(Ok(list)))
+    }
+
     fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool> {
         let done = self.revoke_now(id, at);
         Box::pin(std::future::ready(Ok(done)))
     }
 
+    /// Keeps the latest instant of each key, as the SQL stores do; ids of no key are ignored.
     fn record_last_used(&self, batch: Vec<(String, SystemTime)>) -> StoreFuture<()> {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        let mut map = self.last_used.write().unwrap_or_else(|e| e.into_inner());
+        let mut latest: HashMap<String, SystemTime> = HashMap::with_capacity(batch.len());
         for (id, at) in batch {
-            map.insert(id, at);
+            let seen = latest.entry(id).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+        let mut records = self.records.write().unwrap_or_else(|e| e.into_inner());
+        for record in records.values_mut() {
+            if let Some(&at) = latest.get(&record.id) {
+                record.last_used_at = Some(record.last_used_at.map_or(at, |seen| seen.max(at)));
+            }
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -521,6 +626,10 @@ impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
         self.inner.list_by_owner(owner)
     }
 
+    fn list(&self, owner: &str, filter: ListFilter) -> StoreFuture<Vec<ApiKeyRecord>> {
+        self.inner.list(owner, filter)
+    }
+
     fn revoke(&self, id: &str, at: SystemTime) -> StoreFuture<bool> {
         let this = self.clone();
         let id = id.to_owned();
@@ -539,8 +648,9 @@ impl<S: ApiKeyManager + Clone> ApiKeyManager for CachedKeyStore<S> {
     }
 }
 
-impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
-    fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
+impl<S: ApiKeyStore + Clone> CachedKeyStore<S> {
+    /// What memory says about `digest` (not counted).
+    fn lookup(&self, digest: &KeyDigest) -> Option<CachedLookup> {
         let now = self.clock.now();
         if let Some(key) = self.cached_key(digest, now) {
             return Some(CachedLookup::Found(key));
@@ -549,13 +659,24 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
             .then_some(CachedLookup::Unknown)
     }
 
-    fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
-        match self.find_cached(digest) {
+    /// The entries both caches hold (approximate under concurrent writes).
+    fn entries(&self) -> u64 {
+        (self.shared.positive.len() + self.shared.negative.len()) as u64
+    }
+
+    /// The key with this digest: from memory (a hit), or read from the wrapped store and kept
+    /// (a miss). Each call is counted once, as a hit or a miss.
+    fn resolve(&self, digest: &KeyDigest) -> StoreFuture<Option<Arc<ResolvedKey>>> {
+        match self.lookup(digest) {
             Some(CachedLookup::Found(key)) => {
-                return Box::pin(std::future::ready(Ok(Some(key.record.clone()))));
+                crate::metrics::cache(crate::metrics::Cache::ApiKey, true);
+                return Box::pin(std::future::ready(Ok(Some(key))));
             }
-            Some(CachedLookup::Unknown) => return Box::pin(std::future::ready(Ok(None))),
-            None => {}
+            Some(CachedLookup::Unknown) => {
+                crate::metrics::cache(crate::metrics::Cache::ApiKey, true);
+                return Box::pin(std::future::ready(Ok(None)));
+            }
+            None => crate::metrics::cache(crate::metrics::Cache::ApiKey, false),
         }
         let this = self.clone();
         let digest = *digest;
@@ -563,17 +684,21 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
             let shared = &this.shared;
             let generation = shared.generation.load(Ordering::SeqCst);
             let read_at = this.clock.now();
-            let found = this.inner.find(&digest).await?;
+            let found = this
+                .inner
+                .find(&digest)
+                .await?
+                .map(|record| Arc::new(ResolvedKey::new(record)));
             if shared.generation.load(Ordering::SeqCst) != generation {
                 // Invalidated while it was read: what was read may be stale.
                 return Ok(found);
             }
             let now = this.clock.now();
             match &found {
-                Some(record) => shared.positive.insert(
+                Some(key) => shared.positive.insert(
                     digest,
                     Entry {
-                        key: Arc::new(ResolvedKey::new(record.clone())),
+                        key: key.clone(),
                         until: now + this.ttl.0,
                         read_at,
                     },
@@ -585,8 +710,36 @@ impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
                 shared.positive.remove(&digest);
                 shared.negative.remove(&digest);
             }
+            crate::metrics::cache_entries(crate::metrics::Cache::ApiKey, this.entries());
             Ok(found)
         })
+    }
+}
+
+/// With the feature `metrics`, each lookup is counted once in
+/// `tower_api_guard_cache_requests_total{cache="api_key"}`, where it is answered: a
+/// [`find_cached`](ApiKeyStore::find_cached) that answers is a hit (one that answers `None`
+/// is not counted: the caller goes on to [`find`](ApiKeyStore::find) or
+/// [`find_resolved`](ApiKeyStore::find_resolved)); a `find` or `find_resolved` is a hit when
+/// memory answers and a miss when the wrapped store is asked, after which
+/// `tower_api_guard_cache_entries{cache="api_key"}` is set to the entries held (found and
+/// unknown keys together).
+impl<S: ApiKeyStore + Clone> ApiKeyStore for CachedKeyStore<S> {
+    fn find_cached(&self, digest: &KeyDigest) -> Option<CachedLookup> {
+        let found = self.lookup(digest);
+        if found.is_some() {
+            crate::metrics::cache(crate::metrics::Cache::ApiKey, true);
+        }
+        found
+    }
+
+    fn find(&self, digest: &KeyDigest) -> StoreFuture<Option<ApiKeyRecord>> {
+        let resolved = self.resolve(digest);
+        Box::pin(async move { Ok(resolved.await?.map(|key| key.record.clone())) })
+    }
+
+    fn find_resolved(&self, digest: &KeyDigest) -> StoreFuture<Option<Arc<ResolvedKey>>> {
+        self.resolve(digest)
     }
 }
 
