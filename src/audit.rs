@@ -72,6 +72,32 @@ pub(crate) fn note_client<B>(request: &mut Request<B>, client: IpAddr) {
     }
 }
 
+/// One audit event at `$level` (the target must be a literal for `tracing`).
+macro_rules! emit {
+    ($level:ident, $event:expr, $message:literal) => {{
+        let e = $event;
+        tracing::$level!(
+            target: "tower_api_guard::audit",
+            outcome = e.outcome,
+            reason = e.reason,
+            detail = e.detail,
+            layer = layer_name(e.layer),
+            client = %e.client,
+            method = %e.method,
+            route = e.route,
+            status = e.status.as_u16(),
+            subject = e.who.subject,
+            source = %e.who.source,
+            issuer = e.who.issuer,
+            key_id = e.who.key_id,
+            jti = e.who.jti,
+            asked = e.asked,
+            policy = e.policy,
+            $message
+        )
+    }};
+}
+
 /// What an admission keeps until the response, to report it then.
 pub(crate) struct Admitted {
     layer: LayerKind,
@@ -104,26 +130,20 @@ impl Admitted {
 
     /// The inner service answered with `status`.
     pub(crate) fn report(self, status: StatusCode) {
-        let who = Who::of(self.identity.as_ref());
-        tracing::debug!(
-            target: "tower_api_guard::audit",
-            outcome = "allowed",
-            reason = "none",
-            detail = "",
-            layer = layer_name(self.layer),
-            client = %Client(self.client),
-            method = %self.method,
-            route = %self.route,
-            status = status.as_u16(),
-            subject = who.subject,
-            source = %who.source,
-            issuer = who.issuer,
-            key_id = who.key_id,
-            jti = who.jti,
-            asked = self.asked.as_deref().unwrap_or(""),
-            policy = "",
-            "request allowed"
-        );
+        let event = Event {
+            outcome: "allowed",
+            reason: "none",
+            detail: "",
+            layer: self.layer,
+            client: Client(self.client),
+            method: &self.method,
+            route: &self.route,
+            status,
+            who: Who::of(self.identity.as_ref()),
+            asked: self.asked.as_deref().unwrap_or(""),
+            policy: "",
+        };
+        emit!(debug, event, "request allowed");
     }
 }
 
@@ -138,37 +158,40 @@ pub(crate) fn rejected<B>(
     if !wants_rejections() {
         return;
     }
-    let identity = request.extensions().get::<Identity>();
-    let who = Who::of(identity);
-    let asked = error.required_scope().or(asked).unwrap_or("");
-    macro_rules! event {
-        ($level:ident) => {
-            tracing::$level!(
-                target: "tower_api_guard::audit",
-                outcome = "rejected",
-                reason = error.code().as_str(),
-                detail = error.reason(),
-                layer = layer_name(layer),
-                client = %Client(client(request)),
-                method = %request.method(),
-                route = %route(request),
-                status = status.as_u16(),
-                subject = who.subject,
-                source = %who.source,
-                issuer = who.issuer,
-                key_id = who.key_id,
-                jti = who.jti,
-                asked,
-                policy = error.policies().unwrap_or(""),
-                "request rejected"
-            )
-        };
-    }
+    let route = route(request);
+    let event = Event {
+        outcome: "rejected",
+        reason: error.code().as_str(),
+        detail: error.reason(),
+        layer,
+        client: Client(client(request)),
+        method: request.method(),
+        route: &route,
+        status,
+        who: Who::of(request.extensions().get::<Identity>()),
+        asked: error.required_scope().or(asked).unwrap_or(""),
+        policy: error.policies().unwrap_or(""),
+    };
     if error.kind() == AuthErrorKind::Unavailable {
-        event!(warn);
+        emit!(warn, event, "request rejected");
     } else {
-        event!(info);
+        emit!(info, event, "request rejected");
     }
+}
+
+/// The fields of one event (the schema in the module docs).
+struct Event<'a> {
+    outcome: &'static str,
+    reason: &'static str,
+    detail: &'a str,
+    layer: LayerKind,
+    client: Client,
+    method: &'a Method,
+    route: &'a str,
+    status: StatusCode,
+    who: Who<'a>,
+    asked: &'a str,
+    policy: &'a str,
 }
 
 fn layer_name(layer: LayerKind) -> &'static str {

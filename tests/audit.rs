@@ -11,15 +11,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use common::events::Captured;
 use http::{Request, StatusCode};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -36,43 +35,16 @@ const FIELDS: [&str; 16] = [
     "source", "issuer", "key_id", "jti", "asked", "policy", "message",
 ];
 
-/// JSON lines written on this thread while the guard lives.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn install(directive: &str) -> (Self, tracing::subscriber::DefaultGuard) {
-        let lines = Self::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new(directive))
-            .with_writer(move || writer.clone())
-            .finish();
-        (lines, tracing::subscriber::set_default(subscriber))
-    }
-
-    /// The audit events since the last take, and the raw text of all events.
-    fn take(&self) -> (Vec<Value>, String) {
-        let text = String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap();
-        let events = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|v| v["target"] == "tower_api_guard::audit")
-            .collect();
-        (events, text)
-    }
+/// The audit events logged since the last take (as JSON objects), and the raw text of
+/// every event.
+fn take(lines: &Captured) -> (Vec<Value>, String) {
+    let text = lines.take();
+    let events = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["target"] == "tower_api_guard::audit")
+        .collect();
+    (events, text)
 }
 
 struct App {
@@ -126,7 +98,7 @@ fn assert_schema(event: &Value) {
 
 #[tokio::test]
 async fn every_decision_is_one_event_with_every_field() {
-    let (lines, _guard) = Lines::install("tower_api_guard::audit=debug");
+    let (lines, _guard) = Captured::install_json("tower_api_guard::audit=debug");
     let app = app();
 
     let token = app
@@ -143,7 +115,7 @@ async fn every_decision_is_one_event_with_every_field() {
         call(&app.router, Some(("authorization", &bearer))).await,
         StatusCode::OK
     );
-    let (events, text) = lines.take();
+    let (events, text) = take(&lines);
     assert!(!text.contains(&token));
     // One admission per layer: brute-force guard, authentication, authorization.
     assert_eq!(events.len(), 3, "{events:#?}");
@@ -169,7 +141,7 @@ async fn every_decision_is_one_event_with_every_field() {
         call(&app.router, Some(("x-api-key", &app.key))).await,
         StatusCode::OK
     );
-    let (events, text) = lines.take();
+    let (events, text) = take(&lines);
     assert!(!text.contains(&app.key));
     let authz = events.iter().find(|e| e["layer"] == "authz").unwrap();
     assert_eq!(authz["source"], "api_key");
@@ -189,7 +161,7 @@ async fn every_decision_is_one_event_with_every_field() {
         call(&app.router, Some(("authorization", &bearer))).await,
         StatusCode::FORBIDDEN
     );
-    let (events, text) = lines.take();
+    let (events, text) = take(&lines);
     assert!(!text.contains(&unscoped));
     let rejected: Vec<_> = events
         .iter()
@@ -208,7 +180,7 @@ async fn every_decision_is_one_event_with_every_field() {
 
     // No credential: rejected by authentication, no subject.
     assert_eq!(call(&app.router, None).await, StatusCode::UNAUTHORIZED);
-    let (events, _) = lines.take();
+    let (events, _) = take(&lines);
     let event = events.iter().find(|e| e["outcome"] == "rejected").unwrap();
     assert_eq!(event["layer"], "auth");
     assert_eq!(event["reason"], "missing_credentials");
@@ -218,18 +190,18 @@ async fn every_decision_is_one_event_with_every_field() {
 
 #[tokio::test]
 async fn at_info_only_rejections_are_reported() {
-    let (lines, _guard) = Lines::install("tower_api_guard::audit=info");
+    let (lines, _guard) = Captured::install_json("tower_api_guard::audit=info");
     let app = app();
     assert_eq!(
         call(&app.router, Some(("x-api-key", &app.key))).await,
         StatusCode::OK
     );
-    assert!(lines.take().0.is_empty());
+    assert!(take(&lines).0.is_empty());
     assert_eq!(
         call(&app.router, Some(("authorization", "Bearer nope"))).await,
         StatusCode::UNAUTHORIZED
     );
-    let (events, _) = lines.take();
+    let (events, _) = take(&lines);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["reason"], "malformed");
 }
@@ -255,7 +227,7 @@ proptest! {
         as_key in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (lines, _guard) = Lines::install("tower_api_guard::audit=debug");
+        let (lines, _guard) = Captured::install_json("tower_api_guard::audit=debug");
         let app = app();
         let (name, value) = if as_key {
             ("x-api-key", format!("sk_test_{secret}"))
@@ -264,7 +236,7 @@ proptest! {
         };
         let status = runtime.block_on(call(&app.router, Some((name, &value))));
         prop_assert!(status.is_client_error());
-        let (events, _) = lines.take();
+        let (events, _) = take(&lines);
         prop_assert!(!events.is_empty());
         for event in &events {
             for (field, v) in event.as_object().unwrap() {

@@ -33,6 +33,20 @@ impl Captured {
         (captured, tracing::subscriber::set_default(subscriber))
     }
 
+    /// Capture the events `directive` (an `EnvFilter` directive) lets through on this
+    /// thread as JSON lines, fields flattened, until the guard is dropped.
+    pub fn install_json(directive: &str) -> (Self, DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(directive))
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     /// What was logged since the last `take`, and forget it.
     pub fn take(&self) -> String {
         String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
