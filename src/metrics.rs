@@ -27,7 +27,7 @@
 //! | `tower_api_guard_jwks_unknown_kid_total` | counter | `action` | a token named an unknown `kid`: `refetch` (the key set was fetched again) or `cooldown` (skipped: a refetch ran recently) |
 //! | `tower_api_guard_discovery_failures_total` | counter | — | OpenID discovery documents that could not be fetched or were refused |
 //! | `tower_api_guard_rate_limit_decisions_total` | counter | `policy`, `outcome` | per quota (`policy` is the quota's name in `RateLimit-Policy`, `q0`, `k0`, …): `allowed` or `limited` |
-//! | `tower_api_guard_store_errors_total` | counter | `layer`, `store` | a shared store failed to answer (`store`: `redis`, `api_key`); the failure policy then decided |
+//! | `tower_api_guard_store_errors_total` | counter | `layer`, `store` | a store failed to answer (`store`: `redis` for the rate limits and the brute-force guard, `api_key`, `revocation`, `replay`); the failure policy then decided |
 //! | `tower_api_guard_fail_open_total` | counter | `layer` | requests let through unchecked because a store failed and the policy is fail-open |
 //! | `tower_api_guard_redis_seconds` | histogram | `op` | one Redis round trip: `rate_limit`, `revocation`, `replay`, `failures` |
 //! | `tower_api_guard_brute_force_lockouts_total` | counter | — | a client locked out by the brute-force guard |
@@ -343,8 +343,30 @@ impl MetricKey {
                     .collect::<Vec<_>>(),
             ),
             #[cfg(feature = "metrics")]
-            slot: handles::slots(1),
+            slot: 0,
         }
+        .interned()
+    }
+
+    /// The same key, with the slot of every equal key made before: the slots stay as many
+    /// as the distinct label sets, however often layers are built.
+    fn interned(self) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            static SLOTS: std::sync::Mutex<Vec<(Key, usize)>> = std::sync::Mutex::new(Vec::new());
+            let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = match slots.iter().find(|(k, _)| *k == self.key) {
+                Some(&(_, slot)) => slot,
+                None => {
+                    let slot = handles::slots(1);
+                    slots.push((self.key.clone(), slot));
+                    slot
+                }
+            };
+            Self { slot, ..self }
+        }
+        #[cfg(not(feature = "metrics"))]
+        self
     }
 
     #[cfg(feature = "metrics")]
@@ -560,7 +582,11 @@ pub(crate) enum RedisOp {
 pub(crate) enum Store {
     Redis,
     ApiKey,
+    Revocation,
+    Replay,
 }
+
+const STORES: [&str; 4] = ["redis", "api_key", "revocation", "replay"];
 
 /// A shared store failed to answer `layer`.
 #[inline]
@@ -572,12 +598,11 @@ pub(crate) fn store_error(layer: LayerKind, store: Store) {
             LAYERS
                 .into_iter()
                 .flat_map(|l| {
-                    ["redis", "api_key"]
-                        .map(|s| key(STORE_ERRORS, &[("layer", layer_label(l)), ("store", s)]))
+                    STORES.map(|s| key(STORE_ERRORS, &[("layer", layer_label(l)), ("store", s)]))
                 })
                 .collect()
         });
-        let key = KEYS.get(layer_index(layer) * 2 + store as usize);
+        let key = KEYS.get(layer_index(layer) * STORES.len() + store as usize);
         handles::increment(key);
     }
 }
@@ -670,7 +695,7 @@ pub(crate) fn fixed_label_values() -> Vec<(&'static str, &'static [&'static str]
         ("cache", &CACHES),
         ("result", &["hit", "miss", "ok", "error"]),
         ("op", &["rate_limit", "revocation", "replay", "failures"]),
-        ("store", &["redis", "api_key"]),
+        ("store", &STORES),
         ("action", &["refetch", "cooldown", "warned", "refused"]),
     ]
 }

@@ -429,8 +429,10 @@ impl JwtAuthenticator {
             .dpop
             .as_ref()
             .map_or(FailurePolicy::Closed, |d| d.replay_policy);
+        crate::metrics::store_error(crate::gate::LayerKind::Auth, crate::metrics::Store::Replay);
         match policy {
             FailurePolicy::Open => {
+                crate::metrics::fail_open(crate::gate::LayerKind::Auth);
                 tracing::warn!(target: "tower_api_guard::dpop", reason = %error.reason(), "DPoP replay cache failed; letting the request through (fail open)");
                 Ok(())
             }
@@ -498,6 +500,10 @@ impl JwtAuthenticator {
                 .with_code(crate::error::ReasonCode::Revoked)),
             Err(e) => match policy {
                 FailurePolicy::Closed => {
+                    crate::metrics::store_error(
+                        crate::gate::LayerKind::Auth,
+                        crate::metrics::Store::Revocation,
+                    );
                     tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; rejecting (fail closed)");
                     Err(AuthError::unavailable(
                         "revocation store failed",
@@ -505,6 +511,11 @@ impl JwtAuthenticator {
                     ))
                 }
                 FailurePolicy::Open => {
+                    crate::metrics::store_error(
+                        crate::gate::LayerKind::Auth,
+                        crate::metrics::Store::Revocation,
+                    );
+                    crate::metrics::fail_open(crate::gate::LayerKind::Auth);
                     tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; letting the request through (fail open)");
                     Ok(Some(identity))
                 }

@@ -442,7 +442,10 @@ mod redis_cache {
                 .to_owned();
             let timeout = self.timeout;
             ReplayAnswer::Wait(Box::pin(async move {
-                Self::bounded(timeout, set.query_async(&mut conn)).await
+                let timer = crate::metrics::Timer::start();
+                let answer = Self::bounded(timeout, set.query_async(&mut conn)).await;
+                timer.redis(crate::metrics::RedisOp::Replay);
+                answer
             }))
         }
     }

@@ -64,6 +64,7 @@ mod quota;
 #[cfg(feature = "redis")]
 mod redis_store;
 
+use crate::metrics::MetricKey;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -133,6 +134,9 @@ enum Store {
 struct Plan {
     quotas: Vec<Quota>,
     policy: HeaderValue,
+    /// Per quota, the keys of `tower_api_guard_rate_limit_decisions_total` under its name:
+    /// allowed, limited.
+    metrics: Vec<[MetricKey; 2]>,
 }
 
 impl Plan {
@@ -157,7 +161,22 @@ impl Plan {
             .collect();
         let policy =
             HeaderValue::from_str(&policy.join(", ")).unwrap_or(HeaderValue::from_static(""));
-        Self { quotas, policy }
+        let metrics = (0..quotas.len())
+            .map(|i| {
+                let name = format!("{name}{i}");
+                ["allowed", "limited"].map(|outcome| {
+                    MetricKey::new(
+                        crate::metrics::RATE_LIMIT_DECISIONS,
+                        &[("policy", &name), ("outcome", outcome)],
+                    )
+                })
+            })
+            .collect();
+        Self {
+            quotas,
+            policy,
+            metrics,
+        }
     }
 }
 
@@ -430,6 +449,19 @@ fn headers(plans: Plans<'_>, decision: &Decision, legacy: bool) -> Fields {
     }
 }
 
+/// Count a decision once, under the quota that decided it: the tightest one (the one that
+/// refused, or the one with the fewest requests left).
+fn count((plan, credential): Plans<'_>, decision: &Decision) {
+    let (i, _, _) = decision.tightest();
+    let keys = match i.checked_sub(plan.quotas.len()) {
+        Some(j) => credential.and_then(|c| c.metrics.get(j)),
+        None => plan.metrics.get(i),
+    };
+    if let Some(keys) = keys {
+        keys[usize::from(decision.retry_after().is_some())].increment();
+    }
+}
+
 /// The plan of a decision, and its credential's plan when it has one.
 type Plans<'a> = (&'a Plan, Option<&'a Plan>);
 
@@ -510,6 +542,7 @@ impl LimitRate {
 
     /// A decision made: the fields to add to the response, or the rejection.
     fn verdict(&self, plans: Plans<'_>, decision: &Decision) -> Verdict<Option<Fields>> {
+        count(plans, decision);
         let fields = headers(plans, decision, self.legacy);
         match decision.retry_after() {
             None => Verdict::Allow(Some(fields)),
@@ -560,6 +593,7 @@ impl Check for LimitRate {
                 let credential =
                     credential.map(|(c, own)| ((c.tag.clone(), c.suffix.clone()), own.clone()));
                 Step::Wait(Box::pin(async move {
+                    let timer = crate::metrics::Timer::start();
                     let decision = match &credential {
                         None => store.check(&key, &plan.quotas, cost).await,
                         Some(((tag, suffix), own)) => {
@@ -578,6 +612,7 @@ impl Check for LimitRate {
                             store.check_parts(&parts, cost).await
                         }
                     };
+                    timer.redis(crate::metrics::RedisOp::RateLimit);
                     StoreAnswer {
                         decision: decision.map_err(|reason| StoreFailure {
                             reason,
@@ -601,11 +636,15 @@ impl Check for LimitRate {
                     ?policy,
                     "rate-limit store failed"
                 );
+                crate::metrics::store_error(LayerKind::RateLimit, crate::metrics::Store::Redis);
                 match policy {
                     FailurePolicy::Closed => {
                         Verdict::Deny(AuthError::unavailable(reason, Duration::from_secs(1)).into())
                     }
-                    FailurePolicy::Open => Verdict::Allow(None),
+                    FailurePolicy::Open => {
+                        crate::metrics::fail_open(LayerKind::RateLimit);
+                        Verdict::Allow(None)
+                    }
                 }
             }
         }

@@ -266,7 +266,10 @@ impl RedisFailures {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, &'static str> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let timer = crate::metrics::Timer::start();
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        timer.redis(crate::metrics::RedisOp::Failures);
+        match answer {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err("Redis error"),
             Err(_) => Err("Redis over its time limit"),
