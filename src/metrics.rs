@@ -38,10 +38,18 @@
 //!
 //! # Example
 //!
-//! ```ignore
-//! let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-//! tower_api_guard::metrics::describe();
-//! // serve `handle.render()` at /metrics
+//! ```
+//! # #[cfg(feature = "metrics")]
+//! # {
+//! use metrics_exporter_prometheus::PrometheusBuilder;
+//!
+//! // In a server: `PrometheusBuilder::new().install_recorder()?` once at start, then serve
+//! // `handle.render()` at `/metrics`. Here the recorder is this thread's only.
+//! let recorder = PrometheusBuilder::new().build_recorder();
+//! let handle = recorder.handle();
+//! metrics::with_local_recorder(&recorder, tower_api_guard::metrics::describe);
+//! assert!(handle.render().is_empty() || handle.render().starts_with('#'));
+//! # }
 //! ```
 //!
 //! [`ReasonCode`]: crate::ReasonCode
