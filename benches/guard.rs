@@ -964,6 +964,7 @@ fn metrics_benches(c: &mut Criterion) {
     };
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = prometheus.handle();
+    metrics::with_local_recorder(&prometheus, tower_api_guard::metrics::enable);
     metrics::with_local_recorder(&prometheus, || {
         assert_eq!(
             now(service.call(request())).unwrap().status(),

@@ -159,7 +159,7 @@ async fn serve_metrics(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("GUARD_METRICS_ADDR: {e}"))?
         .install_recorder()
         .map_err(|e| format!("GUARD_METRICS_ADDR: {e}"))?;
-    tower_api_guard::metrics::describe();
+    tower_api_guard::metrics::enable();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("GUARD_METRICS_ADDR: binding {addr}: {e}"))?;

@@ -10,8 +10,10 @@
 //! `metrics-exporter-prometheus`; `BENCHMARKS.md` has the figures). Without the feature
 //! nothing is recorded and nothing is compiled in.
 //!
-//! Call [`describe`] once after installing the recorder so that the exporter can print each
-//! metric's help text and unit.
+//! **Call [`enable`] once after installing the recorder**: recording is off until then, so
+//! that an application without metrics pays one relaxed load per recording and nothing
+//! else. `enable` also registers each metric's help text and unit ([`describe`]) with the
+//! recorder, for the exporter to print.
 //!
 //! Every label value comes from a fixed set or from the configuration (a key set's URL, a
 //! rate-limit quota's name): never a subject, a key id, a client address or a path.
@@ -47,7 +49,8 @@
 //! // `handle.render()` at `/metrics`. Here the recorder is this thread's only.
 //! let recorder = PrometheusBuilder::new().build_recorder();
 //! let handle = recorder.handle();
-//! metrics::with_local_recorder(&recorder, tower_api_guard::metrics::describe);
+//! metrics::with_local_recorder(&recorder, tower_api_guard::metrics::enable);
+//! assert!(tower_api_guard::metrics::is_enabled());
 //! assert!(handle.render().is_empty() || handle.render().starts_with('#'));
 //! # }
 //! ```
@@ -103,9 +106,28 @@ pub const LOCKOUTS: &str = "tower_api_guard_brute_force_lockouts_total";
 /// `tower_api_guard_api_key_age_total`.
 pub const API_KEY_AGE: &str = "tower_api_guard_api_key_age_total";
 
+/// Whether the crate records metrics: [`enable`] was called.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turn recording on, for the whole process, and register every metric's description and
+/// unit with the installed recorder ([`describe`]). Call it once after installing the
+/// recorder; until then the crate records nothing (one relaxed load per recording).
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    describe();
+}
+
+/// Whether [`enable`] was called.
+#[inline]
+pub fn is_enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Register every metric's description and unit with the installed recorder, so that the
-/// exporter prints them (Prometheus `# HELP`). Call it once after installing the recorder;
-/// recording works without it.
+/// exporter prints them (Prometheus `# HELP`). [`enable`] calls it; call it again for a
+/// recorder installed later.
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub fn describe() {
@@ -261,6 +283,9 @@ mod handles {
         register: fn(&dyn Recorder, &::metrics::Key) -> H,
         f: impl FnOnce(&H),
     ) {
+        if !super::is_enabled() {
+            return;
+        }
         with_recorder(|recorder| {
             let address = address(recorder);
             let mut f = Some(f);
@@ -476,8 +501,9 @@ pub(crate) enum Method {
 /// A running time measurement; empty (and free) without the feature.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timer {
+    /// `None` while recording is off: no clock read.
     #[cfg(feature = "metrics")]
-    started: Instant,
+    started: Option<Instant>,
 }
 
 impl Timer {
@@ -486,7 +512,7 @@ impl Timer {
     pub(crate) fn start() -> Self {
         Self {
             #[cfg(feature = "metrics")]
-            started: Instant::now(),
+            started: is_enabled().then(Instant::now),
         }
     }
 
@@ -503,7 +529,8 @@ impl Timer {
                     .collect()
             });
             let key = KEYS.get(method as usize);
-            let seconds = self.started.elapsed().as_secs_f64();
+            let Some(started) = self.started else { return };
+            let seconds = started.elapsed().as_secs_f64();
             handles::record(key, seconds);
         }
     }
@@ -521,7 +548,8 @@ impl Timer {
                     .collect()
             });
             let key = KEYS.get(op as usize);
-            let seconds = self.started.elapsed().as_secs_f64();
+            let Some(started) = self.started else { return };
+            let seconds = started.elapsed().as_secs_f64();
             handles::record(key, seconds);
         }
     }
@@ -709,4 +737,39 @@ pub(crate) fn fixed_label_values() -> Vec<(&'static str, &'static [&'static str]
         ("store", &STORES),
         ("action", &["refetch", "cooldown", "warned", "refused"]),
     ]
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn nothing_is_recorded_until_enabled_then_each_recording_counts() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let counts = || {
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(_, _, _, value)| match value {
+                    DebugValue::Counter(n) => n,
+                    _ => 0,
+                })
+                .sum::<u64>()
+        };
+        if !is_enabled() {
+            ::metrics::with_local_recorder(&recorder, || decision(LayerKind::Auth, None));
+            assert_eq!(counts(), 0);
+        }
+        ::metrics::with_local_recorder(&recorder, || {
+            enable();
+            decision(LayerKind::Auth, None);
+            decision(LayerKind::Auth, Some(ReasonCode::Expired));
+            cache(Cache::Token, true);
+        });
+        assert_eq!(counts(), 3);
+    }
 }

@@ -32,6 +32,8 @@ impl Default for Recorded {
 impl Recorded {
     pub fn new() -> Self {
         let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
+        // Recording is off until enabled (for the whole test binary).
+        metrics::with_local_recorder(recorder, tower_api_guard::metrics::enable);
         let snapshotter = recorder.snapshotter();
         Self {
             recorder,
