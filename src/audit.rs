@@ -81,7 +81,7 @@ macro_rules! emit {
             outcome = e.outcome,
             reason = e.reason,
             detail = e.detail,
-            layer = layer_name(e.layer),
+            layer = e.layer.as_str(),
             client = %e.client,
             method = %e.method,
             route = e.route,
@@ -192,15 +192,6 @@ struct Event<'a> {
     who: Who<'a>,
     asked: &'a str,
     policy: &'a str,
-}
-
-fn layer_name(layer: LayerKind) -> &'static str {
-    match layer {
-        LayerKind::Auth => "auth",
-        LayerKind::BruteForce => "brute_force",
-        LayerKind::Authz => "authz",
-        LayerKind::RateLimit => "rate_limit",
-    }
 }
 
 /// The route template when one is known, else the path.

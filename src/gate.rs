@@ -98,6 +98,19 @@ pub struct Rejection {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+impl LayerKind {
+    /// The layer's name in metric labels and audit events: `auth`, `brute_force`,
+    /// `authz`, `rate_limit`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::BruteForce => "brute_force",
+            Self::Authz => "authz",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
+
 impl From<AuthError> for Rejection {
     fn from(error: AuthError) -> Self {
         Self {

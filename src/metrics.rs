@@ -429,16 +429,6 @@ impl MetricKey {
     }
 }
 
-/// The label value of a layer.
-const fn layer_label(layer: LayerKind) -> &'static str {
-    match layer {
-        LayerKind::Auth => "auth",
-        LayerKind::BruteForce => "brute_force",
-        LayerKind::Authz => "authz",
-        LayerKind::RateLimit => "rate_limit",
-    }
-}
-
 const LAYERS: [LayerKind; 4] = [
     LayerKind::Auth,
     LayerKind::BruteForce,
@@ -465,7 +455,7 @@ pub(crate) fn decision(layer: LayerKind, code: Option<ReasonCode>) {
         static KEYS: KeyTable = KeyTable::new(|| {
             let mut keys = Vec::with_capacity(LAYERS.len() * PER_LAYER);
             for layer in LAYERS {
-                let layer = layer_label(layer);
+                let layer = layer.as_str();
                 keys.push(key(
                     DECISIONS,
                     &[("layer", layer), ("outcome", "allowed"), ("reason", "none")],
@@ -637,12 +627,22 @@ pub(crate) fn store_error(layer: LayerKind, store: Store) {
             LAYERS
                 .into_iter()
                 .flat_map(|l| {
-                    STORES.map(|s| key(STORE_ERRORS, &[("layer", layer_label(l)), ("store", s)]))
+                    STORES.map(|s| key(STORE_ERRORS, &[("layer", l.as_str()), ("store", s)]))
                 })
                 .collect()
         });
         let key = KEYS.get(layer_index(layer) * STORES.len() + store as usize);
         handles::increment(key);
+    }
+}
+
+/// A store failed to answer `layer`, and `policy` decided: counted in `STORE_ERRORS`, and
+/// in `FAIL_OPEN` when the request goes through.
+#[inline]
+pub(crate) fn store_failed(layer: LayerKind, store: Store, policy: crate::error::FailurePolicy) {
+    store_error(layer, store);
+    if policy == crate::error::FailurePolicy::Open {
+        fail_open(layer);
     }
 }
 
@@ -655,7 +655,7 @@ pub(crate) fn fail_open(layer: LayerKind) {
         static KEYS: KeyTable = KeyTable::new(|| {
             LAYERS
                 .into_iter()
-                .map(|l| key(FAIL_OPEN, &[("layer", layer_label(l))]))
+                .map(|l| key(FAIL_OPEN, &[("layer", l.as_str())]))
                 .collect()
         });
         let key = KEYS.get(layer_index(layer));
@@ -663,28 +663,27 @@ pub(crate) fn fail_open(layer: LayerKind) {
     }
 }
 
-/// A counter without labels (`DISCOVERY_FAILURES`, `LOCKOUTS`).
+/// The counters without labels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Event {
+    /// `DISCOVERY_FAILURES`.
+    DiscoveryFailure,
+    /// `LOCKOUTS`.
+    Lockout,
+}
+
+/// Count one `event`.
 #[inline]
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-pub(crate) fn increment(name: &'static str) {
+pub(crate) fn event(event: Event) {
     #[cfg(feature = "metrics")]
     {
-        // One slot per name, registered on first use.
-        static NAMES: std::sync::Mutex<Vec<(&'static str, usize, &'static Key)>> =
-            std::sync::Mutex::new(Vec::new());
-        let (slot, key) = {
-            let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-            match names.iter().find(|(n, _, _)| *n == name) {
-                Some(&(_, slot, key)) => (slot, key),
-                None => {
-                    let key: &'static Key = Box::leak(Box::new(Key::from_static_name(name)));
-                    let slot = handles::slots(1);
-                    names.push((name, slot, key));
-                    (slot, key)
-                }
-            }
-        };
-        handles::increment(Slotted { slot, key });
+        static KEYS: KeyTable = KeyTable::new(|| {
+            [DISCOVERY_FAILURES, LOCKOUTS]
+                .map(Key::from_static_name)
+                .into()
+        });
+        handles::increment(KEYS.get(event as usize));
     }
 }
 
@@ -720,23 +719,6 @@ pub(crate) fn api_key_age(refused: bool) {
         let key = KEYS.get(usize::from(refused));
         handles::increment(key);
     }
-}
-
-/// The label sets of every metric with fixed labels, for tests: `(name, labels)`.
-#[cfg(all(test, feature = "metrics"))]
-pub(crate) fn fixed_label_values() -> Vec<(&'static str, &'static [&'static str])> {
-    let reasons: Vec<&'static str> = ReasonCode::ALL.iter().map(|c| c.as_str()).collect();
-    vec![
-        ("layer", &["auth", "brute_force", "authz", "rate_limit"]),
-        ("outcome", &["allowed", "rejected", "limited"]),
-        ("reason", Box::leak(reasons.into_boxed_slice())),
-        ("method", &["jwt", "api_key", "introspection"]),
-        ("cache", &CACHES),
-        ("result", &["hit", "miss", "ok", "error"]),
-        ("op", &["rate_limit", "revocation", "replay", "failures"]),
-        ("store", &STORES),
-        ("action", &["refetch", "cooldown", "warned", "refused"]),
-    ]
 }
 
 #[cfg(all(test, feature = "metrics"))]

@@ -14,6 +14,11 @@ fn names(records: Vec<ApiKeyRecord>) -> Vec<String> {
     records.into_iter().map(|r| r.name).collect()
 }
 
+/// The last use of the key `id`, as `store` reads it back.
+async fn last_used<S: ApiKeyManager>(store: &S, id: &str) -> Option<SystemTime> {
+    store.find_by_id(id).await.unwrap().unwrap().last_used_at()
+}
+
 async fn suite<S: ApiKeyManager + Clone>(store: S) {
     let format = KeyFormat::new("sk_test")
         .unwrap()
@@ -99,15 +104,7 @@ async fn suite<S: ApiKeyManager + Clone>(store: S) {
         .await
         .unwrap();
     store.record_last_used(Vec::new()).await.unwrap();
-    assert_eq!(
-        store
-            .find_by_id(&record.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_used_at(),
-        Some(now)
-    );
+    assert_eq!(last_used(&store, &record.id).await, Some(now));
     // An older instant does not move it back.
     store
         .record_last_used(vec![(record.id.clone(), now - Duration::from_secs(5))])
@@ -158,19 +155,13 @@ async fn last_use_is_read_back_after_the_batched_write<S: ApiKeyManager + Clone>
     let used_at = clock.now();
     auth.verify(&key).await.unwrap();
     assert_eq!(
-        store
-            .find_by_id(&record.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_used_at(),
+        last_used(store, &record.id).await,
         None,
         "not written per request"
     );
     tracker.flush().await;
     assert_eq!(tracker.pending(), 0);
-    let by_id = store.find_by_id(&record.id).await.unwrap().unwrap();
-    assert_eq!(by_id.last_used_at(), Some(used_at));
+    assert_eq!(last_used(store, &record.id).await, Some(used_at));
     let by_digest = store.find(&format.digest(&key)).await.unwrap().unwrap();
     assert_eq!(by_digest.last_used_at(), Some(used_at));
     for filter in [ListFilter::All, ListFilter::ActiveAt(clock.now())] {

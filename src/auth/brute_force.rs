@@ -174,7 +174,7 @@ impl Lockouts {
 
 /// The event of a lockout that starts (never the address).
 fn locked_out(lockout: Duration, level: u32, shared: bool) {
-    crate::metrics::increment(crate::metrics::LOCKOUTS);
+    crate::metrics::event(crate::metrics::Event::Lockout);
     tracing::warn!(
         target: "tower_api_guard::auth",
         lockout_secs = lockout.as_secs(),
@@ -649,9 +649,10 @@ mod remote {
             ?policy,
             "brute-force store failed"
         );
-        crate::metrics::store_error(
+        crate::metrics::store_failed(
             crate::gate::LayerKind::BruteForce,
             crate::metrics::Store::Redis,
+            policy,
         );
         match policy {
             FailurePolicy::Closed => Verdict::Deny(
@@ -662,10 +663,7 @@ mod remote {
                 .into(),
             ),
             // Still counted: a failure is recorded if Redis answers by then.
-            FailurePolicy::Open => {
-                crate::metrics::fail_open(crate::gate::LayerKind::BruteForce);
-                Verdict::Allow(Some(counted))
-            }
+            FailurePolicy::Open => Verdict::Allow(Some(counted)),
         }
     }
 

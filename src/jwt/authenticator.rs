@@ -429,10 +429,13 @@ impl JwtAuthenticator {
             .dpop
             .as_ref()
             .map_or(FailurePolicy::Closed, |d| d.replay_policy);
-        crate::metrics::store_error(crate::gate::LayerKind::Auth, crate::metrics::Store::Replay);
+        crate::metrics::store_failed(
+            crate::gate::LayerKind::Auth,
+            crate::metrics::Store::Replay,
+            policy,
+        );
         match policy {
             FailurePolicy::Open => {
-                crate::metrics::fail_open(crate::gate::LayerKind::Auth);
                 tracing::warn!(target: "tower_api_guard::dpop", reason = %error.reason(), "DPoP replay cache failed; letting the request through (fail open)");
                 Ok(())
             }
@@ -498,28 +501,26 @@ impl JwtAuthenticator {
             Ok(false) => Ok(Some(identity)),
             Ok(true) => Err(AuthError::invalid_token("token revoked")
                 .with_code(crate::error::ReasonCode::Revoked)),
-            Err(e) => match policy {
-                FailurePolicy::Closed => {
-                    crate::metrics::store_error(
-                        crate::gate::LayerKind::Auth,
-                        crate::metrics::Store::Revocation,
-                    );
-                    tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; rejecting (fail closed)");
-                    Err(AuthError::unavailable(
-                        "revocation store failed",
-                        Duration::from_secs(1),
-                    ))
+            Err(e) => {
+                crate::metrics::store_failed(
+                    crate::gate::LayerKind::Auth,
+                    crate::metrics::Store::Revocation,
+                    *policy,
+                );
+                match policy {
+                    FailurePolicy::Closed => {
+                        tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; rejecting (fail closed)");
+                        Err(AuthError::unavailable(
+                            "revocation store failed",
+                            Duration::from_secs(1),
+                        ))
+                    }
+                    FailurePolicy::Open => {
+                        tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; letting the request through (fail open)");
+                        Ok(Some(identity))
+                    }
                 }
-                FailurePolicy::Open => {
-                    crate::metrics::store_error(
-                        crate::gate::LayerKind::Auth,
-                        crate::metrics::Store::Revocation,
-                    );
-                    crate::metrics::fail_open(crate::gate::LayerKind::Auth);
-                    tracing::warn!(target: "tower_api_guard::revocation", reason = %e.reason(), "revocation check failed; letting the request through (fail open)");
-                    Ok(Some(identity))
-                }
-            },
+            }
         }
     }
 }

@@ -135,8 +135,8 @@ struct Plan {
     quotas: Vec<Quota>,
     policy: HeaderValue,
     /// Per quota, the keys of `tower_api_guard_rate_limit_decisions_total` under its name:
-    /// allowed, limited.
-    metrics: Vec<[MetricKey; 2]>,
+    /// allowed, limited. Shared: a Redis decision clones its plan.
+    metrics: Arc<[[MetricKey; 2]]>,
 }
 
 impl Plan {
@@ -636,15 +636,16 @@ impl Check for LimitRate {
                     ?policy,
                     "rate-limit store failed"
                 );
-                crate::metrics::store_error(LayerKind::RateLimit, crate::metrics::Store::Redis);
+                crate::metrics::store_failed(
+                    LayerKind::RateLimit,
+                    crate::metrics::Store::Redis,
+                    policy,
+                );
                 match policy {
                     FailurePolicy::Closed => {
                         Verdict::Deny(AuthError::unavailable(reason, Duration::from_secs(1)).into())
                     }
-                    FailurePolicy::Open => {
-                        crate::metrics::fail_open(LayerKind::RateLimit);
-                        Verdict::Allow(None)
-                    }
+                    FailurePolicy::Open => Verdict::Allow(None),
                 }
             }
         }

@@ -46,7 +46,6 @@ impl Recorded {
     pub fn run<F: Future>(&self, future: F) -> F::Output {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .start_paused(false)
             .build()
             .unwrap();
         metrics::with_local_recorder(self.recorder, || runtime.block_on(future))

@@ -22,7 +22,7 @@ pub(super) async fn jwks_url(inner: &Inner) -> Result<String, FetchError> {
         return Err(FetchError::new("no JWKS URL"));
     };
     let url = discover(inner, issuer).await.inspect_err(|_| {
-        crate::metrics::increment(crate::metrics::DISCOVERY_FAILURES);
+        crate::metrics::event(crate::metrics::Event::DiscoveryFailure);
     })?;
     *inner.jwks_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
     Ok(url)
