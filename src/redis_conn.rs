@@ -258,6 +258,20 @@ pub(crate) async fn slot_owners(conn: &mut RedisConnection) -> Option<Box<[u16]>
     Some(owner)
 }
 
+/// One Redis call within `limit`, its time recorded as `op` in
+/// `tower_api_guard_redis_seconds` however it ended: what every Redis client of the crate
+/// does for each call, each then naming its errors its own way.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    op: crate::metrics::RedisOp,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<redis::RedisResult<T>, tokio::time::error::Elapsed> {
+    let timer = crate::metrics::Timer::start();
+    let answer = tokio::time::timeout(limit, call).await;
+    timer.redis(op);
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

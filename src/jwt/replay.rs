@@ -416,7 +416,7 @@ mod redis_cache {
             timeout: Duration,
             f: impl Future<Output = redis::RedisResult<redis::Value>>,
         ) -> Result<bool, ReplayError> {
-            match tokio::time::timeout(timeout, f).await {
+            match crate::redis_conn::within(timeout, crate::metrics::RedisOp::Replay, f).await {
                 Ok(Ok(redis::Value::Okay)) => Ok(true),
                 Ok(Ok(redis::Value::SimpleString(s))) if s == "OK" => Ok(true),
                 Ok(Ok(redis::Value::Nil)) => Ok(false),
@@ -442,10 +442,7 @@ mod redis_cache {
                 .to_owned();
             let timeout = self.timeout;
             ReplayAnswer::Wait(Box::pin(async move {
-                let timer = crate::metrics::Timer::start();
-                let answer = Self::bounded(timeout, set.query_async(&mut conn)).await;
-                timer.redis(crate::metrics::RedisOp::Replay);
-                answer
+                Self::bounded(timeout, set.query_async(&mut conn)).await
             }))
         }
     }

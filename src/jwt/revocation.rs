@@ -324,10 +324,7 @@ return 1";
             timeout: Duration,
             f: impl Future<Output = redis::RedisResult<T>>,
         ) -> Result<T, RevocationError> {
-            let timer = crate::metrics::Timer::start();
-            let answer = tokio::time::timeout(timeout, f).await;
-            timer.redis(crate::metrics::RedisOp::Revocation);
-            match answer {
+            match crate::redis_conn::within(timeout, crate::metrics::RedisOp::Revocation, f).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(RevocationError::new("Redis error").with_source(e)),
                 Err(_) => Err(RevocationError::new("Redis timed out")),

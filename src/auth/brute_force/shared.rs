@@ -266,10 +266,8 @@ impl RedisFailures {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, &'static str> {
-        let timer = crate::metrics::Timer::start();
-        let answer = tokio::time::timeout(self.timeout, call).await;
-        timer.redis(crate::metrics::RedisOp::Failures);
-        match answer {
+        match crate::redis_conn::within(self.timeout, crate::metrics::RedisOp::Failures, call).await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err("Redis error"),
             Err(_) => Err("Redis over its time limit"),
